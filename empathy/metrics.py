@@ -242,10 +242,13 @@ class _PerExampleMean(Metric):
         self.count += scores.numel()
 
     def compute(self) -> Tensor:
-        """Mean per-example score over everything seen since the last reset (nan if none)."""
+        """Mean per-example score over everything seen since the last reset (nan if none).
+
+        The sum is kept in float64; the result is float32 like other torchmetrics values.
+        """
         if self.count == 0:
-            return torch.tensor(float("nan"), dtype=torch.float64, device=self.score_sum.device)
-        return self.score_sum / self.count
+            return torch.tensor(float("nan"), device=self.score_sum.device)
+        return (self.score_sum / self.count).float()
 
 
 class RationaleTokenF1(_PerExampleMean):
@@ -292,7 +295,7 @@ class RationaleMetrics(nn.Module):
     - ``strict``: only examples whose gold ``level`` is > 0, with strict labels (level-0
       rows have no rationale).
 
-    ``compute()`` returns 0-dim tensors under the keys ``rationale_token_f1_paper``,
+    ``compute()`` returns 0-dim float32 tensors under the keys ``rationale_token_f1_paper``,
     ``rationale_iou_f1_paper``, ``rationale_token_f1_strict``, ``rationale_iou_f1_strict``.
     When no example seen since the last reset has level > 0, the two strict values are nan.
     """
@@ -314,17 +317,27 @@ class RationaleMetrics(nn.Module):
         target_strict: Tensor,
         mask: Tensor,
         level: Tensor,
+        *,
+        preds_paper: Tensor | None = None,
     ) -> None:
-        """Add a batch: token tensors are [batch, tokens]; ``level`` is the gold level [batch]."""
+        """Add a batch: token tensors are [batch, tokens]; ``level`` is the gold level [batch].
+
+        ``preds`` is scored against ``target_strict`` on rows with ``level > 0``. The paper
+        metrics score ``preds_paper`` (default: ``preds``) against ``target_paper`` on every
+        row; a model trained with strict labels can pass its predictions converted to the
+        paper's convention there (every real token on rows it predicts level 0).
+        """
         _check_token_inputs(preds, target_strict, mask)
+        if preds_paper is None:
+            preds_paper = preds
         if not isinstance(level, Tensor) or level.ndim != 1 or level.shape[0] != preds.shape[0]:
             got = tuple(level.shape) if isinstance(level, Tensor) else type(level).__name__
             raise ValueError(
                 f"level must be a 1-D tensor with one gold level per example "
                 f"({preds.shape[0]}), got {got}"
             )
-        self.metrics["rationale_token_f1_paper"].update(preds, target_paper, mask)
-        self.metrics["rationale_iou_f1_paper"].update(preds, target_paper, mask)
+        self.metrics["rationale_token_f1_paper"].update(preds_paper, target_paper, mask)
+        self.metrics["rationale_iou_f1_paper"].update(preds_paper, target_paper, mask)
         # Always update (possibly with zero rows) so every DDP rank syncs the same states.
         keep = level.to(preds.device) > 0
         strict = (preds[keep], target_strict[keep], mask[keep])

@@ -157,6 +157,7 @@ def test_rationale_metric_hand_computed(metric_cls, per_example):
     metric = metric_cls()
     metric.update(PREDS, GOLD, MASK)
     assert computed(metric) == pytest.approx(sum(per_example) / 4)
+    assert metric.compute().dtype == torch.float32
     for i, expected in enumerate(per_example):
         single = metric_cls()
         single.update(PREDS[i : i + 1], GOLD[i : i + 1], MASK[i : i + 1])
@@ -346,6 +347,17 @@ def test_rationale_metrics_hand_computed():
     assert values["rationale_iou_f1_paper"] == pytest.approx((1 + 1 + 0 + 0) / 4)
     assert values["rationale_token_f1_strict"] == pytest.approx((2 / 3 + 0) / 2)
     assert values["rationale_iou_f1_strict"] == pytest.approx((1 + 0) / 2)
+
+
+def test_rationale_metrics_preds_paper_scores_only_the_paper_policy():
+    # preds_paper = gold paper labels -> paper metrics 1; strict ones still use preds
+    metrics = RationaleMetrics()
+    metrics.update(R_PREDS, R_PAPER, R_STRICT, R_MASK, R_LEVEL, preds_paper=R_PAPER)
+    values = {k: float(v) for k, v in metrics.compute().items()}
+    assert values["rationale_token_f1_paper"] == 1.0
+    assert values["rationale_iou_f1_paper"] == 1.0
+    assert values["rationale_token_f1_strict"] == pytest.approx(1 / 3)
+    assert values["rationale_iou_f1_strict"] == pytest.approx(1 / 2)
 
 
 def test_rationale_metrics_accumulate_and_reset():
