@@ -1,0 +1,315 @@
+"""One mechanism's CSV -> tokenized, aligned, split Hugging Face datasets, cached on disk.
+
+``prepare_mechanism`` wires the pure functions of ``read``, ``align`` and ``split`` together and
+caches the result (Arrow files written by ``DatasetDict.save_to_disk``) under a key made of
+everything that determines it, so a second call loads it instead of tokenizing again and a changed
+input never reuses a stale result.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from empathy.data.align import find_rationale_spans, rationale_labels, spans_beyond_truncation
+from empathy.data.read import LEVELS, Example, read_epitome_csv
+from empathy.data.split import (
+    SPLITS,
+    grouped_stratified_split,
+    seeker_groups,
+    splits_from_file,
+    write_split_csv,
+)
+
+# Bump when the processing changes in a way that changes the datasets (invalidates every cache).
+PIPELINE_VERSION = "1"
+DATASET_DIR = "dataset"
+SUMMARY_FILE = "summary.json"
+SPLIT_CSV = "split.csv"
+UNALIGNED_CSV = "unaligned_rationales.csv"
+TOKENIZE_BATCH = 1000
+
+FEATURES = datasets.Features(
+    {
+        "sp_id": datasets.Value("string"),
+        "rp_id": datasets.Value("string"),
+        "level": datasets.Value("int64"),
+        "seeker_post": datasets.Value("string"),
+        "response_post": datasets.Value("string"),
+        "seeker_id": datasets.Value("int64"),
+        "seeker_input_ids": datasets.Sequence(datasets.Value("int32")),
+        "response_input_ids": datasets.Sequence(datasets.Value("int32")),
+        "response_offsets": datasets.Sequence(datasets.Sequence(datasets.Value("int32"), length=2)),
+        "response_mask": datasets.Sequence(datasets.Value("int8")),
+        "rationale_strict": datasets.Sequence(datasets.Value("int8")),
+        "rationale_paper": datasets.Sequence(datasets.Value("int8")),
+        "rationale_unaligned": datasets.Value("int64"),
+    }
+)
+
+
+@dataclass
+class PreparedData:
+    """The prepared splits of one mechanism and where their by-products are."""
+
+    datasets: datasets.DatasetDict  # keys train / dev / test
+    summary: dict
+    split_csv: Path
+    cache_path: Path
+    unaligned_report: Path
+
+
+def missing_data_message(csv_path: Path, mechanism: str) -> str:
+    return (
+        f"the {mechanism} data file {csv_path} does not exist. Set the folder holding the EPITOME "
+        "CSVs with the environment variable EMPATHY_DATA_DIR or the option data.data_dir=..., or "
+        "fetch the files into data/epitome-reddit with `python scripts/fetch_data.py` (they come "
+        "from the dataset/ folder of the GitHub repository behavioral-data/Empathy-Mental-Health; "
+        "see data/README.md)."
+    )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_identity(tokenizer: Any) -> dict:
+    """Class and a hash of the full tokenizer definition (vocabulary, normaliser, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer (offsets are needed)")
+    return {
+        "class": type(tokenizer).__name__,
+        "sha256": hashlib.sha256(backend.to_str().encode("utf-8")).hexdigest(),
+    }
+
+
+def cache_key(params: Mapping[str, Any]) -> str:
+    text = json.dumps(params, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def _tokenize(tokenizer: Any, texts: Sequence[str], max_len: int) -> dict[str, list]:
+    out: dict[str, list] = {"input_ids": [], "offset_mapping": [], "special_tokens_mask": []}
+    for i in range(0, len(texts), TOKENIZE_BATCH):
+        enc = tokenizer(
+            list(texts[i:i + TOKENIZE_BATCH]),
+            truncation=True,
+            max_length=max_len,
+            padding=False,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        for k in out:
+            out[k].extend(enc[k])
+    return out
+
+
+def build_rows(
+    examples: Sequence[Example], tokenizer: Any, max_len: int
+) -> tuple[list[dict], list[dict], dict]:
+    """Tokenize and align: one dataset row per example, the report of rationale pieces that lost
+    tokens (unaligned or beyond ``max_len``), and counts of pieces."""
+    seeker_index: dict[str, int] = {}
+    for e in examples:
+        seeker_index.setdefault(e.seeker_post, len(seeker_index))
+    seeker_enc = _tokenize(tokenizer, list(seeker_index), max_len)
+    response_enc = _tokenize(tokenizer, [e.response_post for e in examples], max_len)
+
+    rows: list[dict] = []
+    report: list[dict] = []
+    counts = Counter()
+    for k, e in enumerate(examples):
+        offsets = [list(o) for o in response_enc["offset_mapping"][k]]
+        mask = [1 - s for s in response_enc["special_tokens_mask"][k]]
+        spans, unaligned = find_rationale_spans(e.response_post, e.rationales)
+        partly, wholly = spans_beyond_truncation(e.response_post, offsets, mask, spans)
+        counts["pieces"] += len(e.rationales)
+        counts["aligned"] += len(spans)
+        counts["unaligned"] += len(unaligned)
+        counts["beyond_max_len_partly"] += len(partly)
+        counts["beyond_max_len_wholly"] += len(wholly)
+        counts["rows_with_rationale"] += bool(e.rationales)
+        for piece in unaligned:
+            report.append({"sp_id": e.sp_id, "rp_id": e.rp_id, "piece": piece,
+                           "reason": "not found in the response (verbatim or after whitespace/case normalisation)"})
+        for kind, lost in (("partly", partly), ("wholly", wholly)):
+            for s, t in lost:
+                report.append({"sp_id": e.sp_id, "rp_id": e.rp_id, "piece": e.response_post[s:t],
+                               "reason": f"aligned, but {kind} beyond max_len={max_len} tokens"})
+        has_rationale = bool(e.rationales)
+        rows.append(
+            {
+                "sp_id": e.sp_id,
+                "rp_id": e.rp_id,
+                "level": e.level,
+                "seeker_post": e.seeker_post,
+                "response_post": e.response_post,
+                "seeker_id": seeker_index[e.seeker_post],
+                "seeker_input_ids": seeker_enc["input_ids"][seeker_index[e.seeker_post]],
+                "response_input_ids": response_enc["input_ids"][k],
+                "response_offsets": offsets,
+                "response_mask": mask,
+                "rationale_strict": rationale_labels(
+                    offsets, mask, spans, has_rationale=has_rationale, policy="strict"),
+                "rationale_paper": rationale_labels(
+                    offsets, mask, spans, has_rationale=has_rationale, policy="paper"),
+                "rationale_unaligned": len(unaligned),
+            }
+        )
+    return rows, report, dict(counts)
+
+
+def _write_report(path: Path, report: Sequence[Mapping[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["sp_id", "rp_id", "piece", "reason"])
+        writer.writeheader()
+        writer.writerows(report)
+
+
+def _summary(read_report: dict, split_of: Sequence[str], examples: Sequence[Example], counts: dict) -> dict:
+    per_split = {}
+    for name in SPLITS:
+        levels = Counter(e.level for e, s in zip(examples, split_of, strict=True) if s == name)
+        per_split[name] = {"rows": sum(levels.values()), "levels": {str(lv): levels.get(lv, 0) for lv in LEVELS}}
+    return {
+        "rows_read": read_report["rows_read"],
+        "rows_kept": read_report["rows_kept"],
+        "duplicate_rows_merged": read_report["duplicate_rows_merged"],
+        "conflicting_keys": read_report["conflicting_keys"],
+        "rows_dropped": read_report["rows_dropped"],
+        "conflicts": read_report["conflicts"],
+        "dropped": read_report["dropped"],
+        "splits": per_split,
+        "rows_with_rationale": counts.get("rows_with_rationale", 0),
+        "rationale_pieces": {
+            "total": counts.get("pieces", 0),
+            "aligned": counts.get("aligned", 0),
+            "unaligned": counts.get("unaligned", 0),
+            "beyond_max_len_partly": counts.get("beyond_max_len_partly", 0),
+            "beyond_max_len_wholly": counts.get("beyond_max_len_wholly", 0),
+        },
+    }
+
+
+def prepare_mechanism(
+    *,
+    data_dir: str | Path,
+    mechanism: str,
+    mechanism_file: str,
+    encoder_cfg: Mapping[str, Any],
+    max_len: int = 64,
+    on_conflict: str = "drop",
+    unescape_html: bool = True,
+    split_fractions: Sequence[float] = (0.75, 0.05, 0.2),
+    split_seed: int = 12,
+    split_file: str | Path | None = None,
+    cache_dir: str | Path = ".cache/empathy",
+) -> PreparedData:
+    """Read, validate, split, tokenize and align one mechanism's CSV; cached under ``cache_dir``."""
+    from empathy.models.encoders import load_tokenizer
+
+    csv_path = (Path(data_dir) / mechanism_file).resolve()
+    if not csv_path.is_file():
+        raise FileNotFoundError(missing_data_message(csv_path, mechanism))
+    split_path = Path(split_file).resolve() if split_file else None
+    if split_path is not None and not split_path.is_file():
+        raise FileNotFoundError(f"split file {split_path} (data.split_file) does not exist")
+    tokenizer = load_tokenizer(encoder_cfg)
+    params = {
+        "pipeline_version": PIPELINE_VERSION,
+        "csv_sha256": _sha256_file(csv_path),
+        "split_file_sha256": _sha256_file(split_path) if split_path else None,
+        "tokenizer": tokenizer_identity(tokenizer),
+        "max_len": int(max_len),
+        "on_conflict": on_conflict,
+        "unescape_html": bool(unescape_html),
+        "split_fractions": [float(f) for f in split_fractions],
+        "split_seed": int(split_seed),
+    }
+    cache_root = Path(cache_dir).resolve()
+    cache_path = cache_root / f"{mechanism}-{cache_key(params)}"
+    outputs = {
+        "split_csv": cache_path / SPLIT_CSV,
+        "unaligned_report": cache_path / UNALIGNED_CSV,
+    }
+
+    if (cache_path / SUMMARY_FILE).is_file():
+        dsd = datasets.load_from_disk(str(cache_path / DATASET_DIR))
+        summary = json.loads((cache_path / SUMMARY_FILE).read_text(encoding="utf-8"))
+        summary["cache_hit"] = True
+        return PreparedData(dsd, summary, outputs["split_csv"], cache_path, outputs["unaligned_report"])
+
+    examples, read_report = read_epitome_csv(csv_path, on_conflict=on_conflict, unescape_html=unescape_html)
+    if split_path is not None:
+        split_of = splits_from_file(split_path, examples)
+    else:
+        groups = seeker_groups([e.sp_id for e in examples], [e.seeker_post for e in examples])
+        split_of = grouped_stratified_split(
+            [e.level for e in examples], groups, fractions=tuple(split_fractions), seed=split_seed
+        )
+    rows, report, counts = build_rows(examples, tokenizer, max_len)
+    dsd = datasets.DatasetDict()
+    for name in SPLITS:
+        part = [r for r, s in zip(rows, split_of, strict=True) if s == name]
+        # Column-wise, so that an empty split still has every column.
+        dsd[name] = datasets.Dataset.from_dict({c: [r[c] for r in part] for c in FEATURES}, features=FEATURES)
+    summary = {
+        "mechanism": mechanism,
+        "csv_path": str(csv_path),
+        "max_len": int(max_len),
+        "encoder": str(encoder_cfg.get("name")),
+        "params": params,
+        **_summary(read_report.to_dict(), split_of, examples, counts),
+        "cache_path": str(cache_path),
+        "split_csv": str(outputs["split_csv"]),
+        "unaligned_report": str(outputs["unaligned_report"]),
+    }
+
+    # Write everything into a temporary folder next to the cache entry, then rename it into place:
+    # a crash never leaves a half-written entry, and a concurrent writer of the same key wins cleanly.
+    cache_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_root, prefix=f".{cache_path.name}.tmp-"))
+    try:
+        bars = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            # One shard per split: small data, and an empty split still gets a (loadable) file.
+            dsd.save_to_disk(str(tmp / DATASET_DIR), num_shards={name: 1 for name in dsd})
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
+        write_split_csv(tmp / SPLIT_CSV, examples, split_of)
+        _write_report(tmp / UNALIGNED_CSV, report)
+        (tmp / SUMMARY_FILE).write_text(json.dumps({**summary, "cache_hit": False}, indent=2), encoding="utf-8")
+        if cache_path.exists() and not (cache_path / SUMMARY_FILE).is_file():
+            shutil.rmtree(cache_path)  # an incomplete entry left by hand: replace it
+        try:
+            os.rename(tmp, cache_path)
+        except OSError:
+            if not (cache_path / SUMMARY_FILE).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process wrote the same entry first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    dsd = datasets.load_from_disk(str(cache_path / DATASET_DIR))
+    summary["cache_hit"] = False
+    return PreparedData(dsd, summary, outputs["split_csv"], cache_path, outputs["unaligned_report"])
