@@ -254,7 +254,7 @@ def prepare_mechanism(
     if (cache_path / SUMMARY_FILE).is_file():
         dsd = datasets.load_from_disk(str(cache_path / DATASET_DIR))
         summary = json.loads((cache_path / SUMMARY_FILE).read_text(encoding="utf-8"))
-        summary["cache_hit"] = True
+        summary.update(cache_hit=True, cache_path=str(cache_path), **{k: str(v) for k, v in outputs.items()})
         return PreparedData(dsd, summary, outputs["split_csv"], cache_path, outputs["unaligned_report"])
 
     examples, read_report = read_epitome_csv(csv_path, on_conflict=on_conflict, unescape_html=unescape_html)
