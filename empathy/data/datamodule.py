@@ -1,0 +1,172 @@
+"""LightningDataModule: wires the pure data functions (read, align, split, cache) to loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from empathy.data.collate import Collator
+from empathy.data.processing import PreparedData, prepare_mechanism
+from empathy.models.encoders import load_tokenizer
+
+SPLITS = ("train", "dev", "test")
+
+
+class ResumableSampler(Sampler[int]):
+    """A seeded shuffle per epoch (seed + epoch) that can start part-way into an epoch, so that a
+    run resumed from a mid-epoch checkpoint sees exactly the batches it had left."""
+
+    def __init__(self, size: int, seed: int, batch_size: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.batch_size = batch_size
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        self._resume = (epoch, batches_done)
+
+    def order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order(self.epoch)
+        if self._resume is not None and self._resume[0] == self.epoch:
+            order = order[self._resume[1] * self.batch_size :]
+            self._resume = None
+        return iter(order)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class EpitomeDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        mechanism: str,
+        mechanism_file: str,
+        encoder: Mapping[str, Any],
+        cache_dir: str = ".cache/empathy",
+        max_len: int = 64,
+        rationale_policy: str = "strict",
+        on_conflict: str = "drop",
+        unescape_html: bool = True,
+        split_fractions: Sequence[float] = (0.75, 0.05, 0.2),
+        split_seed: int = 12,
+        split_file: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 12,
+    ) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.mechanism = mechanism
+        self.mechanism_file = mechanism_file
+        self.encoder = encoder
+        self.cache_dir = cache_dir
+        self.max_len = max_len
+        self.rationale_policy = rationale_policy
+        self.on_conflict = on_conflict
+        self.unescape_html = unescape_html
+        self.split_fractions = tuple(split_fractions)
+        self.split_seed = split_seed
+        self.split_file = split_file
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.prepared: PreparedData | None = None
+        self.train_sampler: ResumableSampler | None = None
+        self.tokenizer = None
+
+    def prepare_data(self) -> None:
+        # Builds the on-disk cache once (rank 0); setup() then loads it on every process.
+        self._prepare()
+
+    def _prepare(self) -> PreparedData:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.encoder)
+        return prepare_mechanism(
+            data_dir=self.data_dir,
+            mechanism=self.mechanism,
+            mechanism_file=self.mechanism_file,
+            encoder_cfg=self.encoder,
+            max_len=self.max_len,
+            on_conflict=self.on_conflict,
+            unescape_html=self.unescape_html,
+            split_fractions=self.split_fractions,
+            split_seed=self.split_seed,
+            split_file=self.split_file,
+            cache_dir=self.cache_dir,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.prepared is not None:
+            return
+        prepared = self._prepare()
+        for split in SPLITS:
+            dataset = prepared.datasets[split]
+            prepared.datasets[split] = dataset.add_column("index", list(range(len(dataset))))
+        self.prepared = prepared
+        self.collator = Collator(self.tokenizer.pad_token_id)
+
+    def dataset(self, split: str):
+        if self.prepared is None:
+            self.setup()
+        return self.prepared.datasets[split]
+
+    def level_counts(self, split: str = "train") -> list[int]:
+        levels = self.dataset(split)["level"]
+        return [sum(1 for level in levels if level == c) for c in range(3)]
+
+    def inverse_frequency_weights(self) -> list[float]:
+        """Level-loss weights n / (3 * n_c) from the train split."""
+        counts = self.level_counts("train")
+        total = sum(counts)
+        return [total / (3 * max(1, c)) for c in counts]
+
+    def _loader(self, split: str, **kwargs) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train")
+        self.train_sampler = ResumableSampler(len(dataset), self.seed, self.batch_size)
+        return self._loader("train", batch_size=self.batch_size, sampler=self.train_sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("dev", batch_size=self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", batch_size=self.eval_batch_size)
+
+    def split_dataloader(self, split: str) -> DataLoader:
+        return self._loader(split, batch_size=self.eval_batch_size)
+
+    def seeker_dataloader(self) -> DataLoader:
+        """Each distinct seeker post once (all splits), in seeker_id order: for the seeker cache."""
+        rows: dict[int, list[int]] = {}
+        for split in SPLITS:
+            dataset = self.dataset(split)
+            for seeker_id, ids in zip(dataset["seeker_id"], dataset["seeker_input_ids"], strict=True):
+                rows.setdefault(seeker_id, ids)
+        items = [
+            {"seeker_id": sid, "seeker_input_ids": ids, "response_input_ids": [0], "response_mask": [0], "index": 0}
+            for sid, ids in sorted(rows.items())
+        ]
+        return DataLoader(items, batch_size=self.eval_batch_size, collate_fn=self.collator)

@@ -1,0 +1,72 @@
+"""Recompute the metrics of a saved checkpoint on a split of its own data.
+
+    python -m empathy.evaluate ckpt_path=<run>/checkpoints/best-epoch03.ckpt [split=dev|test|train]
+    python -m empathy.evaluate ckpt_path=... mechanism=IP encoder=minilm   # also checks the checkpoint
+
+Writes ``eval_<split>.json`` into the run folder and prints the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from empathy import runner
+from empathy.models.module import EmpathyModule
+
+
+def check_matches(cfg: DictConfig, hparams: dict[str, Any], ckpt_path: str) -> None:
+    """Fail clearly when the checkpoint is of another mechanism or encoder than asked for."""
+    asked_mechanism = cfg.get("mechanism")
+    if asked_mechanism is not None and asked_mechanism.name != hparams["mechanism"]:
+        raise ValueError(
+            f"{ckpt_path} is a {hparams['mechanism']} model, but mechanism={asked_mechanism.name} was asked for"
+        )
+    asked_encoder = cfg.get("encoder")
+    if asked_encoder is not None:
+        saved = hparams["encoder"]
+        if (asked_encoder.name, asked_encoder.get("path")) != (saved.get("name"), saved.get("path")):
+            raise ValueError(
+                f"{ckpt_path} was trained with encoder {saved.get('name')} ({saved.get('path')}), "
+                f"but encoder={asked_encoder.name} ({asked_encoder.get('path')}) was asked for"
+            )
+
+
+def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    runner.quiet_libraries()
+    ckpt_path = hydra.utils.to_absolute_path(cfg.ckpt_path)
+    module = EmpathyModule.from_checkpoint(ckpt_path)
+    hparams = module.hparams
+    check_matches(cfg, hparams, ckpt_path)
+    if cfg.split not in ("train", "dev", "test"):
+        raise ValueError(f"split must be train, dev or test, not {cfg.split!r}")
+    with open_dict(cfg):
+        cfg.mechanism = {"name": hparams["mechanism"], "file": _mechanism_file(hparams["mechanism"])}
+        cfg.encoder = hparams["encoder"]
+    datamodule = runner.build_datamodule(cfg, data_overrides=hparams["data_config"])
+    datamodule.setup()
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    results = trainer.test(module, dataloaders=datamodule.split_dataloader(cfg.split), weights_only=True)[0]
+    metrics = {key.replace("test/", f"{cfg.split}/", 1): value for key, value in runner.scalar_metrics(results).items()}
+    payload = {"checkpoint": ckpt_path, "split": cfg.split, "metrics": metrics}
+    runner.write_json(output_dir / f"eval_{cfg.split}.json", payload)
+    print(json.dumps(payload, indent=2))
+    return metrics
+
+
+def _mechanism_file(name: str) -> str:
+    return OmegaConf.load(Path(runner.CONFIG_DIR) / "mechanism" / f"{name}.yaml").file
+
+
+@hydra.main(version_base="1.3", config_path=runner.CONFIG_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The EPITOME bi-encoder as a plain ``nn.Module`` (no Lightning, no Hydra).
+
+A seeker encoder (frozen by default) and a response encoder (fine-tuned) read the two posts
+separately; the response's token states attend over the seeker's (response-to-seeker attention,
+added residually); an empathy head on the response's first token predicts the level (0 / 1 / 2)
+and a per-token head marks the response tokens that justify it (rationales).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from empathy.models.encoders import load_encoder
+
+NUM_LEVELS = 3
+IGNORE_INDEX = -100
+
+
+@dataclass
+class BiEncoderOutput:
+    level_logits: Tensor  # [batch, 3]
+    rationale_logits: Tensor  # [batch, response_tokens, 2]
+
+
+class BiEncoder(nn.Module):
+    def __init__(
+        self,
+        encoder: Mapping[str, Any],
+        *,
+        attention_heads: int = 1,
+        use_attention: bool = True,
+        freeze_seeker: bool = True,
+        dropout: float = 0.1,
+        num_levels: int = NUM_LEVELS,
+    ) -> None:
+        super().__init__()
+        self.response_encoder = load_encoder(encoder)
+        self.use_attention = use_attention
+        self.freeze_seeker = freeze_seeker
+        hidden = self.response_encoder.config.hidden_size
+        if use_attention:
+            self.seeker_encoder = load_encoder(encoder)
+            if freeze_seeker:
+                self.seeker_encoder.requires_grad_(False)
+            self.attention = nn.MultiheadAttention(
+                hidden, attention_heads, dropout=dropout, batch_first=True
+            )
+        else:
+            self.seeker_encoder = None
+            self.attention = None
+        self.dropout = nn.Dropout(dropout)
+        self.level_head = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_levels),
+        )
+        self.rationale_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, 2))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.response_encoder.config.hidden_size
+
+    def train(self, mode: bool = True) -> BiEncoder:
+        super().train(mode)
+        # A frozen seeker encoder is a fixed feature extractor: no dropout, so its outputs are
+        # deterministic and can be cached.
+        if self.seeker_encoder is not None and self.freeze_seeker:
+            self.seeker_encoder.eval()
+        return self
+
+    def encode_seeker(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Seeker token states [batch, seeker_tokens, hidden]."""
+        if self.seeker_encoder is None:
+            raise RuntimeError("this model has no seeker encoder (use_attention=false)")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_seeker):
+            return self.seeker_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def forward(
+        self,
+        response_input_ids: Tensor,
+        response_attention_mask: Tensor,
+        seeker_input_ids: Tensor | None = None,
+        seeker_attention_mask: Tensor | None = None,
+        seeker_states: Tensor | None = None,
+    ) -> BiEncoderOutput:
+        states = self.response_encoder(
+            input_ids=response_input_ids, attention_mask=response_attention_mask
+        ).last_hidden_state
+        if self.use_attention:
+            if seeker_states is None:
+                if seeker_input_ids is None or seeker_attention_mask is None:
+                    raise ValueError("the bi-encoder needs the seeker post (or its encoded states)")
+                seeker_states = self.encode_seeker(seeker_input_ids, seeker_attention_mask)
+            seeker_states = seeker_states.to(states.dtype)
+            attended, _ = self.attention(
+                states,
+                seeker_states,
+                seeker_states,
+                key_padding_mask=~seeker_attention_mask.bool(),
+                need_weights=False,
+            )
+            states = states + self.dropout(attended)
+        return BiEncoderOutput(
+            level_logits=self.level_head(states[:, 0]),
+            rationale_logits=self.rationale_head(states),
+        )
+
+
+def multitask_loss(
+    output: BiEncoderOutput,
+    level: Tensor,
+    rationale: Tensor,
+    rationale_mask: Tensor,
+    *,
+    lambda_EI: float = 1.0,
+    lambda_RE: float = 0.5,
+    class_weights: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """lambda_EI * CE(level) + lambda_RE * CE(rationale tokens), the latter over real response
+    tokens only (``rationale_mask``: special and padding tokens are ignored)."""
+    level_loss = F.cross_entropy(
+        output.level_logits.float(),
+        level,
+        weight=None if class_weights is None else class_weights.to(output.level_logits.device),
+    )
+    targets = rationale.masked_fill(~rationale_mask.bool(), IGNORE_INDEX)
+    if bool((targets != IGNORE_INDEX).any()):
+        rationale_loss = F.cross_entropy(
+            output.rationale_logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX
+        )
+    else:
+        rationale_loss = output.rationale_logits.sum() * 0.0
+    return {
+        "loss": lambda_EI * level_loss + lambda_RE * rationale_loss,
+        "level_loss": level_loss,
+        "rationale_loss": rationale_loss,
+    }

@@ -1,0 +1,86 @@
+"""Checkpoints that let a run killed mid-epoch continue bit for bit.
+
+Lightning restores the weights, optimiser, scheduler and loop counters from a checkpoint; to end
+a resumed run with exactly the metrics of an uninterrupted one we also need (a) the global RNG
+states (dropout) and (b) the position in the epoch's shuffled order. ``ResumableCheckpoint``
+saves ``last.ckpt`` every ``every_n_train_steps`` optimiser steps with both, and the train loader
+(``empathy.data.datamodule.ResumableSampler``) skips the batches that were already seen.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+
+class ResumableCheckpoint(pl.Callback):
+    def __init__(self, dirpath: str | os.PathLike, every_n_train_steps: int = 50, filename: str = "last.ckpt") -> None:
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = every_n_train_steps
+        self.filename = filename
+        self._position: dict[str, int] | None = None
+        self._pending_rng: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "ResumableCheckpoint"
+
+    # Saving --------------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.every_n_train_steps <= 0 or trainer.global_step % self.every_n_train_steps:
+            return
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return  # the end-of-epoch save covers it
+        self._position = {"epoch": trainer.current_epoch, "batches_done": batch_idx + 1}
+        self.save(trainer)
+        self._position = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        # The epoch is complete (validation included): a resume starts the next one afresh.
+        self._position = {"epoch": trainer.current_epoch + 1, "batches_done": 0}
+        self.save(trainer)
+        self._position = None
+
+    def save(self, trainer: pl.Trainer) -> None:
+        """Write ``last.ckpt`` atomically (temp file, then rename)."""
+        path = self.dirpath / self.filename
+        tmp = path.with_name(path.name + ".tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "position": self._position,
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+        }
+
+    # Loading -------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        position = state_dict.get("position")
+        self._pending_rng = state_dict
+        self._resume_position = position
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        position = getattr(self, "_resume_position", None)
+        if position:
+            sampler = getattr(trainer.datamodule, "train_sampler", None) if trainer.datamodule else None
+            if sampler is not None and hasattr(sampler, "resume_at"):
+                sampler.resume_at(position["epoch"], position["batches_done"])
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            torch.set_rng_state(self._pending_rng["torch_rng"])
+            random.setstate(_as_python_state(self._pending_rng["python_rng"]))
+            self._pending_rng = None
+
+
+def _as_python_state(state: Any) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)

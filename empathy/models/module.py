@@ -1,0 +1,252 @@
+"""LightningModule around the bi-encoder: optimiser, steps, metrics over whole splits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+from torch.optim.lr_scheduler import LambdaLR
+
+from empathy.metrics import RationaleMetrics, level_metrics
+from empathy.models.biencoder import BiEncoder, BiEncoderOutput, multitask_loss
+
+STAGE_PREFIX = {"val": "dev", "test": "test"}
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.0) -> LambdaLR:
+    """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0 (the paper: no warm-up)."""
+    warmup = int(round(warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return LambdaLR(optimizer, factor)
+
+
+def _plain(value: Any) -> Any:
+    """Configs are stored in checkpoints as plain containers (loadable with weights_only=True)."""
+    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def to_paper_predictions(preds: Tensor, pred_level: Tensor, mask: Tensor) -> Tensor:
+    """Rationale predictions under the paper's labelling: a response predicted at level 0 has
+    every real token as rationale, as its gold labels would."""
+    return torch.where((pred_level == 0).unsqueeze(1), mask.to(preds.dtype), preds)
+
+
+class EmpathyModule(pl.LightningModule):
+    def __init__(
+        self,
+        encoder: Mapping[str, Any],
+        mechanism: str,
+        net: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        cache_seeker: bool = True,
+        rationale_policy: str = "strict",
+        max_len: int = 64,
+        class_weights: list[float] | None = None,
+        data_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if rationale_policy not in ("strict", "paper"):
+            raise ValueError(f"rationale_policy must be 'strict' or 'paper', not {rationale_policy!r}")
+        self.save_hyperparameters(
+            {
+                "encoder": _plain(encoder),
+                "mechanism": mechanism,
+                "net": _plain(net),
+                "loss": _plain(loss),
+                "optimizer": _plain(optimizer),
+                "scheduler": _plain(scheduler),
+                "cache_seeker": cache_seeker,
+                "rationale_policy": rationale_policy,
+                "max_len": max_len,
+                "class_weights": None if class_weights is None else [float(w) for w in class_weights],
+                "data_config": _plain(data_config) or {},
+            }
+        )
+        self.net = BiEncoder(self.hparams.encoder, **self.hparams.net)
+        weights = self.hparams.class_weights
+        self.register_buffer(
+            "class_weights", None if weights is None else torch.tensor(weights, dtype=torch.float32), persistent=False
+        )
+        self.val_level = level_metrics()
+        self.test_level = level_metrics()
+        self.val_rationale = RationaleMetrics()
+        self.test_rationale = RationaleMetrics()
+        self._seeker_cache: dict[int, Tensor] | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> EmpathyModule:
+        """Load a checkpoint safely (``weights_only=True``: no arbitrary pickle is executed)."""
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"checkpoint not found: {path}") from None
+        if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
+            raise ValueError(f"{path} is not an empathy training checkpoint (no hyper_parameters / state_dict)")
+        module = cls(**checkpoint["hyper_parameters"])
+        module.load_state_dict(checkpoint["state_dict"])
+        return module
+
+    # ---------------------------------------------------------------- seeker cache
+    @property
+    def caches_seeker(self) -> bool:
+        net = self.net
+        return bool(self.hparams.cache_seeker and net.use_attention and net.freeze_seeker)
+
+    @torch.no_grad()
+    def build_seeker_cache(self, loader) -> None:
+        """Encode every seeker post once, in a fixed order and batching, so that cached states are
+        the same in every run (and after a resume) whatever the training batches are."""
+        was_training = self.net.training
+        self.net.eval()
+        cache: dict[int, Tensor] = {}
+        context = self.trainer.precision_plugin.forward_context() if self._trainer is not None else torch.no_grad()
+        with context:
+            for batch in loader:
+                ids = batch["seeker_input_ids"].to(self.device)
+                mask = batch["seeker_attention_mask"].to(self.device)
+                states = self.net.encode_seeker(ids, mask)
+                for row, seeker_id in enumerate(batch["seeker_id"].tolist()):
+                    cache[seeker_id] = states[row, : int(mask[row].sum())].clone()
+        self._seeker_cache = cache
+        self.net.train(was_training)
+
+    def _ensure_seeker_cache(self) -> None:
+        if not self.caches_seeker or self._seeker_cache is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "seeker_dataloader"):
+            self.build_seeker_cache(datamodule.seeker_dataloader())
+
+    def on_fit_start(self) -> None:
+        self._ensure_seeker_cache()
+
+    def on_validation_start(self) -> None:
+        self._ensure_seeker_cache()
+
+    def on_test_start(self) -> None:
+        self._ensure_seeker_cache()
+
+    def on_predict_start(self) -> None:
+        self._ensure_seeker_cache()
+
+    def _cached_seeker_states(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+        if self._seeker_cache is None:
+            return None
+        ids = batch["seeker_id"].tolist()
+        if any(i not in self._seeker_cache for i in ids):
+            return None
+        return pad_sequence([self._seeker_cache[i] for i in ids], batch_first=True)
+
+    # ---------------------------------------------------------------- steps
+    def forward(self, batch: Mapping[str, Tensor]) -> BiEncoderOutput:
+        return self.net(
+            response_input_ids=batch["response_input_ids"],
+            response_attention_mask=batch["response_attention_mask"],
+            seeker_input_ids=batch["seeker_input_ids"],
+            seeker_attention_mask=batch["seeker_attention_mask"],
+            seeker_states=self._cached_seeker_states(batch),
+        )
+
+    def _loss(self, output: BiEncoderOutput, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return multitask_loss(
+            output,
+            batch["level"],
+            batch[f"rationale_{self.hparams.rationale_policy}"],
+            batch["rationale_mask"],
+            lambda_EI=self.hparams.loss["lambda_EI"],
+            lambda_RE=self.hparams.loss["lambda_RE"],
+            class_weights=self.class_weights,
+        )
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        output = self(batch)
+        losses = self._loss(output, batch)
+        size = batch["level"].shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
+        self.log("train/level_loss", losses["level_loss"], batch_size=size)
+        self.log("train/rationale_loss", losses["rationale_loss"], batch_size=size)
+        return losses["loss"]
+
+    def predictions(self, output: BiEncoderOutput, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Predicted levels [batch] and rationale tokens [batch, tokens] (0 outside ``mask``)."""
+        level = output.level_logits.argmax(-1)
+        rationale = output.rationale_logits.argmax(-1) * mask.to(torch.long)
+        return level, rationale
+
+    def _eval_step(self, batch: Mapping[str, Tensor], stage: str) -> None:
+        output = self(batch)
+        losses = self._loss(output, batch)
+        mask = batch["rationale_mask"].bool()
+        level, rationale = self.predictions(output, mask)
+        paper_preds = rationale if self.hparams.rationale_policy == "paper" else to_paper_predictions(rationale, level, mask)
+        level_metric = self.val_level if stage == "val" else self.test_level
+        rationale_metric = self.val_rationale if stage == "val" else self.test_rationale
+        level_metric.update(level, batch["level"])
+        rationale_metric.update(
+            preds=rationale,
+            preds_paper=paper_preds,
+            target_paper=batch["rationale_paper"],
+            target_strict=batch["rationale_strict"],
+            mask=mask,
+            level=batch["level"],
+        )
+        self.log(f"{STAGE_PREFIX[stage]}/loss", losses["loss"], batch_size=level.shape[0], sync_dist=True)
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        prefix = STAGE_PREFIX[stage]
+        level_metric = self.val_level if stage == "val" else self.test_level
+        rationale_metric = self.val_rationale if stage == "val" else self.test_rationale
+        values = level_metric.compute()
+        self.log(f"{prefix}/acc", values["acc"])
+        self.log(f"{prefix}/macro_f1", values["macro_f1"], prog_bar=True)
+        for cls, f1 in enumerate(values["f1_per_class"]):
+            self.log(f"{prefix}/f1_level{cls}", f1)
+        rationale = rationale_metric.compute()
+        for name, value in rationale.items():
+            self.log(f"{prefix}/{name}", value)
+        # The unsuffixed rationale metrics are the strict ones (rows with gold level > 0).
+        self.log(f"{prefix}/rationale_token_f1", rationale["rationale_token_f1_strict"])
+        self.log(f"{prefix}/rationale_iou_f1", rationale["rationale_iou_f1_strict"])
+        self.last_confusion = {prefix: values["confusion"].detach().cpu()}
+        level_metric.reset()
+        rationale_metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params)
+        if not self.hparams.scheduler:
+            return {"optimizer": optimizer}
+        total = int(self.trainer.estimated_stepping_batches)
+        if not math.isfinite(total) or total <= 0:
+            total = 1
+        scheduler = hydra.utils.instantiate(self.hparams.scheduler)(optimizer, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,158 @@
+"""What the entry points share: building objects from a composed config and writing results."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from empathy.data.datamodule import EpitomeDataModule
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+# Data settings that define the split and the labels; stored in checkpoints so that evaluation
+# rebuilds exactly the data a model was trained on.
+DATA_KEYS = ("max_len", "rationale_policy", "on_conflict", "unescape_html", "split_fractions", "split_seed", "split_file")
+
+
+def quiet_libraries() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_datamodule(cfg: DictConfig, data_overrides: Mapping[str, Any] | None = None) -> EpitomeDataModule:
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data.update(data_overrides or {})
+    data["data_dir"] = hydra.utils.to_absolute_path(data["data_dir"])
+    data["cache_dir"] = hydra.utils.to_absolute_path(data["cache_dir"])
+    if data.get("split_file"):
+        data["split_file"] = hydra.utils.to_absolute_path(data["split_file"])
+    return hydra.utils.instantiate(
+        data,
+        mechanism=cfg.mechanism.name,
+        mechanism_file=cfg.mechanism.file,
+        encoder=OmegaConf.to_container(cfg.encoder, resolve=True),
+        seed=cfg.get("seed", 12),
+        _convert_="all",
+    )
+
+
+def class_weights(cfg: DictConfig, datamodule: EpitomeDataModule) -> list[float] | None:
+    weights = cfg.loss.get("class_weights")
+    if weights is None:
+        return None
+    if weights == "inverse_frequency":
+        return datamodule.inverse_frequency_weights()
+    if isinstance(weights, str):
+        raise ValueError(f"loss.class_weights: expected null, inverse_frequency or 3 numbers, got {weights!r}")
+    weights = [float(w) for w in weights]
+    if len(weights) != 3:
+        raise ValueError(f"loss.class_weights: expected 3 numbers (levels 0, 1, 2), got {weights}")
+    return weights
+
+
+def build_module(cfg: DictConfig, datamodule: EpitomeDataModule):
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return hydra.utils.instantiate(
+        cfg.model,
+        encoder=OmegaConf.to_container(cfg.encoder, resolve=True),
+        mechanism=cfg.mechanism.name,
+        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        rationale_policy=cfg.data.rationale_policy,
+        max_len=cfg.data.max_len,
+        class_weights=class_weights(cfg, datamodule),
+        data_config={k: data.get(k) for k in DATA_KEYS},
+        _recursive_=False,
+    )
+
+
+def run_id() -> str | None:
+    """The cluster job's identity, when there is one (SLURM array task or job)."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def build_loggers(cfg: DictConfig, output_dir: Path) -> list[pl.loggers.Logger]:
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if not logger_cfg or "_target_" not in logger_cfg:
+            continue
+        extra: dict[str, Any] = {}
+        if logger_cfg._target_.endswith("WandbLogger"):
+            job = run_id()
+            extra = {
+                "name": f"{cfg.mechanism.name}-{cfg.encoder.name}-seed{cfg.seed}" + (f"-{job}" if job else ""),
+                "group": cfg.get("group") or None,
+                "tags": [cfg.mechanism.name, cfg.encoder.name, *cfg.get("tags", [])],
+                "config": OmegaConf.to_container(cfg, resolve=True),
+            }
+            if job:
+                extra["id"] = f"{job}-{output_dir.name}"
+        loggers.append(hydra.utils.instantiate({**OmegaConf.to_container(logger_cfg, resolve=True), **extra, "_recursive_": False, "_convert_": "all"}))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    return [
+        hydra.utils.instantiate(cb)
+        for cb in (cfg.get("callbacks") or {}).values()
+        if cb and "_target_" in cb
+    ]
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                continue
+            value = value.item()
+        out[key] = float(value)
+    return out
+
+
+def log_confusion(loggers, module, prefix: str) -> None:
+    """A confusion-matrix image for W&B (rows: gold level, columns: predicted)."""
+    confusion = getattr(module, "last_confusion", {}).get(prefix)
+    wandb_loggers = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
+    if confusion is None or not wandb_loggers:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3.2, 3))
+    ax.imshow(confusion.numpy(), cmap="Blues")
+    for i in range(confusion.shape[0]):
+        for j in range(confusion.shape[1]):
+            ax.text(j, i, int(confusion[i, j]), ha="center", va="center")
+    ax.set_xlabel("predicted level")
+    ax.set_ylabel("gold level")
+    ax.set_title(f"{prefix} {module.hparams.mechanism}")
+    fig.tight_layout()
+    for lg in wandb_loggers:
+        lg.log_image(key=f"{prefix}/confusion_matrix", images=[fig])
+    plt.close(fig)

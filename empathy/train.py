@@ -1,0 +1,93 @@
+"""Train a bi-encoder for one mechanism, keep the best checkpoint by dev macro-F1, test it.
+
+    python -m empathy.train mechanism=IP encoder=minilm loss.lambda_RE=0.5 seed=3
+    python -m empathy.train -m mechanism=ER,IP,EX seed=1,2,3          # a Hydra multirun
+    python -m empathy.train --help                                    # every config group
+
+Writes into the run folder: metrics.json (dev/* and test/* of the best checkpoint),
+resolved_config.yaml, split.csv, checkpoints/ (best-*.ckpt, last.ckpt) and the logger's files.
+Returns the dev metric named by ``optimized_metric`` (what a sweeper optimises).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from empathy import runner
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    if ckpt_path in (None, ""):
+        return None
+    if ckpt_path == "last":
+        path = output_dir / "checkpoints" / "last.ckpt"
+        return str(path) if path.exists() else None
+    path = Path(hydra.utils.to_absolute_path(ckpt_path))
+    if not path.exists():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint ({path})")
+    return str(path)
+
+
+def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    runner.quiet_libraries()
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = runner.build_datamodule(cfg)
+    datamodule.setup()
+    module = runner.build_module(cfg, datamodule)
+    loggers = runner.build_loggers(cfg, output_dir)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=runner.build_callbacks(cfg), logger=loggers or False
+    )
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
+        shutil.copyfile(datamodule.prepared.split_csv, output_dir / "split.csv")
+
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, output_dir), weights_only=True)
+    fit_minutes = (time.perf_counter() - started) / 60
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = best or None  # fast_dev_run and runs without checkpoints evaluate the last weights
+    metrics: dict[str, Any] = {}
+    metrics.update(runner.scalar_metrics(trainer.validate(module, datamodule=datamodule, ckpt_path=best, weights_only=True)[0]))
+    if cfg.get("test"):
+        metrics.update(runner.scalar_metrics(trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)[0]))
+        runner.log_confusion(loggers, module, "test")
+    result = {
+        "metrics": metrics,
+        "best_checkpoint": best,
+        "fit_minutes": round(fit_minutes, 3),
+        "epochs": trainer.current_epoch,
+        "mechanism": cfg.mechanism.name,
+        "encoder": cfg.encoder.name,
+        "seed": cfg.seed,
+        "summary": datamodule.prepared.summary,
+    }
+    if trainer.is_global_zero:
+        runner.write_json(output_dir / "metrics.json", result)
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            lg.experiment.summary.update(metrics)
+            import wandb
+
+            wandb.finish()
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=runner.CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    result = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return result["metrics"].get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

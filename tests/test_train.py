@@ -1,0 +1,162 @@
+"""Training and evaluation through the real Hydra entry points, on a tiny encoder and small data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from empathy import runner
+from empathy.data.synthetic import write_synthetic_epitome
+from empathy.evaluate import evaluate
+from empathy.models.module import EmpathyModule
+from empathy.train import train
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory) -> Path:
+    return write_synthetic_epitome(tmp_path_factory.mktemp("epitome"), n_rows=80, seed=0)
+
+
+def compose_cfg(name: str, overrides: list[str], data_dir: Path, out: Path) -> DictConfig:
+    with initialize_config_dir(runner.CONFIG_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.data_dir = str(data_dir)
+        cfg.paths.cache_dir = str(out / "cache")
+        cfg.paths.output_dir = str(out)
+        cfg.paths.log_dir = str(out)
+    return cfg
+
+
+def train_cfg(data_dir: Path, out: Path, *extra: str) -> DictConfig:
+    return compose_cfg(
+        "train",
+        [
+            "encoder=tiny",
+            "logger=csv",
+            "trainer.max_epochs=2",
+            "trainer.precision=32-true",
+            "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false",
+            "data.batch_size=8",
+            "model.optimizer.lr=1e-3",
+            "callbacks.resumable.every_n_train_steps=3",
+            *extra,
+        ],
+        data_dir,
+        out,
+    )
+
+
+def test_fast_dev_run_train_then_evaluate(synthetic_dir, tmp_path):
+    cfg = train_cfg(synthetic_dir, tmp_path / "run", "debug=fast", "mechanism=IP")
+    result = train(cfg, Path(cfg.paths.output_dir))
+    metrics = result["metrics"]
+    for key in ("acc", "macro_f1", "rationale_token_f1", "rationale_iou_f1"):
+        assert 0.0 <= metrics[f"test/{key}"] <= 1.0
+        assert 0.0 <= metrics[f"dev/{key}"] <= 1.0
+    for policy in ("paper", "strict"):
+        assert f"test/rationale_iou_f1_{policy}" in metrics
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["metrics"] == pytest.approx(metrics)
+    assert (tmp_path / "run" / "split.csv").exists()
+    assert (tmp_path / "run" / "resolved_config.yaml").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_dir, tmp_path_factory) -> tuple[DictConfig, dict]:
+    out = tmp_path_factory.mktemp("trained")
+    cfg = train_cfg(synthetic_dir, out, "mechanism=ER")
+    return cfg, train(cfg, out)
+
+
+def test_train_writes_best_checkpoint_and_evaluate_reproduces_it(trained_run, synthetic_dir, tmp_path):
+    cfg, result = trained_run
+    best = Path(result["best_checkpoint"])
+    assert best.exists() and best.parent.name == "checkpoints"
+    assert (best.parent / "last.ckpt").exists()
+    # The checkpoint loads with weights_only=True: nothing but tensors and plain containers.
+    checkpoint = torch.load(best, weights_only=True)
+    assert checkpoint["hyper_parameters"]["mechanism"] == "ER"
+    for split in ("test", "dev"):
+        eval_cfg = compose_cfg("evaluate", [f"ckpt_path={best}", f"split={split}", "trainer.enable_progress_bar=false"], synthetic_dir, tmp_path)
+        with open_dict(eval_cfg):
+            eval_cfg.paths.cache_dir = cfg.paths.cache_dir
+        metrics = evaluate(eval_cfg, tmp_path)
+        for key in ("acc", "macro_f1", "rationale_token_f1", "rationale_iou_f1", "rationale_iou_f1_paper"):
+            assert metrics[f"{split}/{key}"] == pytest.approx(result["metrics"][f"{split}/{key}"], abs=1e-6)
+        assert (tmp_path / f"eval_{split}.json").exists()
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_mechanism_or_encoder(trained_run, synthetic_dir, tmp_path):
+    _, result = trained_run
+    best = result["best_checkpoint"]
+    cfg = compose_cfg("evaluate", [f"ckpt_path={best}", "mechanism=IP"], synthetic_dir, tmp_path)
+    with pytest.raises(ValueError, match="is a ER model, but mechanism=IP"):
+        evaluate(cfg, tmp_path)
+    cfg = compose_cfg("evaluate", [f"ckpt_path={best}", "encoder=minilm"], synthetic_dir, tmp_path)
+    with pytest.raises(ValueError, match="trained with encoder tiny"):
+        evaluate(cfg, tmp_path)
+
+
+def test_same_seed_gives_identical_metrics(trained_run, synthetic_dir, tmp_path):
+    cfg, result = trained_run
+    again = train(train_cfg(synthetic_dir, tmp_path, "mechanism=ER"), tmp_path)
+    assert again["metrics"] == result["metrics"]
+
+
+class _Crash(pl.Callback):
+    """Kills training after ``step`` optimiser steps, like a job killed mid-epoch."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_after_interrupt_ends_with_the_same_metrics(trained_run, synthetic_dir, tmp_path, monkeypatch):
+    _, uninterrupted = trained_run
+    out = tmp_path / "killed"
+    cfg = train_cfg(synthetic_dir, out, "mechanism=ER")
+    build = runner.build_callbacks
+    # Epoch 0 has 8 steps (60 train rows / 8); last.ckpt is written at steps 3 and 6, and at
+    # epoch end (8): crash at step 11, mid-epoch 1, three steps after the checkpoint at step 9.
+    monkeypatch.setattr(runner, "build_callbacks", lambda c: [*build(c), _Crash(step=11)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, out)
+    monkeypatch.setattr(runner, "build_callbacks", build)
+    last = out / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 9
+    with open_dict(cfg):
+        cfg.ckpt_path = "last"
+    resumed = train(cfg, out)
+    assert resumed["metrics"] == uninterrupted["metrics"]
+
+
+class _Snapshot(pl.Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.seeker = {k: v.clone() for k, v in pl_module.net.seeker_encoder.state_dict().items()}
+        self.response = {k: v.clone() for k, v in pl_module.net.response_encoder.state_dict().items()}
+
+    def on_train_end(self, trainer, pl_module):
+        self.seeker_after = pl_module.net.seeker_encoder.state_dict()
+        self.response_after = pl_module.net.response_encoder.state_dict()
+
+
+def test_frozen_seeker_is_unchanged_and_response_is_trained(synthetic_dir, tmp_path, monkeypatch):
+    snapshot = _Snapshot()
+    build = runner.build_callbacks
+    monkeypatch.setattr(runner, "build_callbacks", lambda c: [*build(c), snapshot])
+    train(train_cfg(synthetic_dir, tmp_path, "trainer.max_epochs=1", "test=false"), tmp_path)
+    for name, before in snapshot.seeker.items():
+        assert torch.equal(before, snapshot.seeker_after[name]), name
+    changed = [n for n, before in snapshot.response.items() if not torch.equal(before, snapshot.response_after[n])]
+    assert len(changed) > len(snapshot.response) // 2
