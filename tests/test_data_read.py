@@ -72,14 +72,15 @@ CONFLICT_ROWS = [
 
 def test_conflicts_dropped_by_default(write_csv):
     examples, report = read_epitome_csv(write_csv(CONFLICT_ROWS))
-    assert [e.key for e in examples] == [("s2", "r2")]
+    # Copies that differ only in rationales are merged (union of pieces), not dropped.
+    assert [(e.key, e.rationales) for e in examples] == [(("s2", "r2"), ()), (("s3", "r3"), ("q", "other"))]
     assert [(c["rp_id"], c["rows"], c["fields"], c["resolution"]) for c in report.conflicts] == [
         ("r1", [1, 3], ["level"], "drop"),
-        ("r3", [4, 5], ["rationales"], "drop"),
     ]
-    assert sorted(d["row"] for d in report.rows_dropped) == [1, 3, 4, 5]
+    assert {"sp_id": "s3", "rp_id": "r3", "rows": [4, 5], "rationales_merged": 2} in report.duplicates_merged
+    assert sorted(d["row"] for d in report.rows_dropped) == [1, 3]
     assert all("conflicting" in d["reason"] for d in report.rows_dropped)
-    assert report.to_dict()["rows_dropped"] == 4
+    assert report.to_dict()["rows_dropped"] == 2
 
 
 def test_conflicts_keep_first(write_csv):
@@ -87,9 +88,9 @@ def test_conflicts_keep_first(write_csv):
     assert [(e.key, e.level, e.rationales, e.row) for e in examples] == [
         (("s1", "r1"), 1, ("resp",), 1),
         (("s2", "r2"), 0, (), 2),
-        (("s3", "r3"), 1, ("q",), 4),
+        (("s3", "r3"), 1, ("q", "other"), 4),
     ]
-    assert sorted(d["row"] for d in report.rows_dropped) == [3, 5]
+    assert sorted(d["row"] for d in report.rows_dropped) == [3]
 
 
 def test_conflicts_error(write_csv):

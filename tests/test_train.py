@@ -43,7 +43,7 @@ def train_cfg(data_dir: Path, out: Path, *extra: str) -> DictConfig:
             "trainer.max_epochs=2",
             "trainer.precision=32-true",
             "trainer.accelerator=cpu",
-            "trainer.enable_progress_bar=false",
+            "++trainer.enable_progress_bar=false",
             "data.batch_size=8",
             "model.optimizer.lr=1e-3",
             "callbacks.resumable.every_n_train_steps=3",
@@ -85,7 +85,7 @@ def test_train_writes_best_checkpoint_and_evaluate_reproduces_it(trained_run, sy
     checkpoint = torch.load(best, weights_only=True)
     assert checkpoint["hyper_parameters"]["mechanism"] == "ER"
     for split in ("test", "dev"):
-        eval_cfg = compose_cfg("evaluate", [f"ckpt_path={best}", f"split={split}", "trainer.enable_progress_bar=false"], synthetic_dir, tmp_path)
+        eval_cfg = compose_cfg("evaluate", [f"ckpt_path={best}", f"split={split}", "++trainer.enable_progress_bar=false"], synthetic_dir, tmp_path)
         with open_dict(eval_cfg):
             eval_cfg.paths.cache_dir = cfg.paths.cache_dir
         metrics = evaluate(eval_cfg, tmp_path)
@@ -105,10 +105,21 @@ def test_evaluate_refuses_a_checkpoint_of_another_mechanism_or_encoder(trained_r
         evaluate(cfg, tmp_path)
 
 
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 def test_same_seed_gives_identical_metrics(trained_run, synthetic_dir, tmp_path):
     cfg, result = trained_run
     again = train(train_cfg(synthetic_dir, tmp_path, "mechanism=ER"), tmp_path)
     assert again["metrics"] == result["metrics"]
+    assert_same_weights(final_weights(tmp_path), final_weights(Path(cfg.paths.output_dir)))
 
 
 class _Crash(pl.Callback):
@@ -123,7 +134,7 @@ class _Crash(pl.Callback):
 
 
 def test_resume_after_interrupt_ends_with_the_same_metrics(trained_run, synthetic_dir, tmp_path, monkeypatch):
-    _, uninterrupted = trained_run
+    uninterrupted_cfg, uninterrupted = trained_run
     out = tmp_path / "killed"
     cfg = train_cfg(synthetic_dir, out, "mechanism=ER")
     build = runner.build_callbacks
@@ -139,6 +150,8 @@ def test_resume_after_interrupt_ends_with_the_same_metrics(trained_run, syntheti
         cfg.ckpt_path = "last"
     resumed = train(cfg, out)
     assert resumed["metrics"] == uninterrupted["metrics"]
+    # The final weights too: the metrics come from the best checkpoint, maybe an early one.
+    assert_same_weights(final_weights(out), final_weights(Path(uninterrupted_cfg.paths.output_dir)))
 
 
 class _Snapshot(pl.Callback):

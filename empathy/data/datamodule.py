@@ -17,13 +17,23 @@ SPLITS = ("train", "dev", "test")
 
 
 class ResumableSampler(Sampler[int]):
-    """A seeded shuffle per epoch (seed + epoch) that can start part-way into an epoch, so that a
-    run resumed from a mid-epoch checkpoint sees exactly the batches it had left."""
+    """The training order: a seeded shuffle per epoch (seed, epoch) that can start part-way
+    into an epoch, so that a run resumed from a mid-epoch checkpoint sees exactly the batches it
+    had left.
 
-    def __init__(self, size: int, seed: int, batch_size: int) -> None:
+    With ``lengths``, consecutive ``batch_size`` chunks are grouped by length: the shuffled
+    order is cut into windows of ``window`` batches, each window sorted by length and cut into
+    batches, and the batches shuffled. Batches then hold posts of similar length, so dynamic
+    padding pads little (the original code padded everything to max_len)."""
+
+    def __init__(
+        self, size: int, seed: int, batch_size: int, lengths: Sequence[int] | None = None, window: int = 50
+    ) -> None:
         self.size = size
         self.seed = seed
         self.batch_size = batch_size
+        self.lengths = None if lengths is None else list(lengths)
+        self.window = window
         self.epoch = 0
         self._resume: tuple[int, int] | None = None
 
@@ -35,7 +45,16 @@ class ResumableSampler(Sampler[int]):
 
     def order(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-        return torch.randperm(self.size, generator=generator).tolist()
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.lengths is None:
+            return order
+        span = self.window * self.batch_size
+        batches = []
+        for start in range(0, self.size, span):
+            window = sorted(order[start : start + span], key=lambda i: -self.lengths[i])
+            batches += [window[i : i + self.batch_size] for i in range(0, len(window), self.batch_size)]
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [i for b in shuffled for i in batches[b]]
 
     def __iter__(self) -> Iterator[int]:
         order = self.order(self.epoch)
@@ -67,6 +86,7 @@ class EpitomeDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
+        group_by_length: bool = True,
         seed: int = 12,
     ) -> None:
         super().__init__()
@@ -85,6 +105,7 @@ class EpitomeDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        self.group_by_length = group_by_length
         self.seed = seed
         self.prepared: PreparedData | None = None
         self.train_sampler: ResumableSampler | None = None
@@ -146,7 +167,10 @@ class EpitomeDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train")
-        self.train_sampler = ResumableSampler(len(dataset), self.seed, self.batch_size)
+        lengths = None
+        if self.group_by_length:
+            lengths = [len(r) for r in dataset["response_input_ids"]]
+        self.train_sampler = ResumableSampler(len(dataset), self.seed, self.batch_size, lengths)
         return self._loader("train", batch_size=self.batch_size, sampler=self.train_sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -33,7 +33,7 @@ from empathy.data.split import (
 )
 
 # Bump when the processing changes in a way that changes the datasets (invalidates every cache).
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 DATASET_DIR = "dataset"
 SUMMARY_FILE = "summary.json"
 SPLIT_CSV = "split.csv"

@@ -12,7 +12,7 @@ import csv
 import html
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 COLUMNS = ("sp_id", "rp_id", "seeker_post", "response_post", "level", "rationales")
@@ -160,8 +160,10 @@ def read_epitome_csv(
 ) -> tuple[list[Example], ReadReport]:
     """Read one EPITOME CSV into validated :class:`Example` rows (file order) and a report.
 
-    ``on_conflict`` resolves duplicate ``(sp_id, rp_id)`` rows whose level, rationales or posts
-    disagree: ``drop`` every copy (default), keep the ``first``, or raise (``error``).
+    Duplicate ``(sp_id, rp_id)`` rows: identical copies are merged; copies that differ only in
+    their rationales are merged with the union of their rationale pieces (the level agrees);
+    ``on_conflict`` resolves copies whose level or posts disagree: ``drop`` every copy (default),
+    keep the ``first``, or raise (``error``). Every merge and drop is recorded in the report.
     ``unescape_html`` decodes HTML entities (``&amp;``, ``&gt;``, ...) in posts and rationales.
     """
     if on_conflict not in ON_CONFLICT:
@@ -233,6 +235,14 @@ def read_epitome_csv(
         if not differing:
             report.duplicates_merged.append({"sp_id": sp_id, "rp_id": rp_id, "rows": rows})
             kept.append(first)
+            continue
+        if differing == ["rationales"]:
+            # Same pair, same level, annotators marked different rationales: keep every piece.
+            pieces = tuple(dict.fromkeys(p for e in group for p in e.rationales))
+            report.duplicates_merged.append(
+                {"sp_id": sp_id, "rp_id": rp_id, "rows": rows, "rationales_merged": len(pieces)}
+            )
+            kept.append(replace(first, rationales=pieces))
             continue
         if on_conflict == "error":
             raise DataError(

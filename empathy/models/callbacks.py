@@ -9,13 +9,17 @@ saves ``last.ckpt`` every ``every_n_train_steps`` optimiser steps with both, and
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class ResumableCheckpoint(pl.Callback):
@@ -84,3 +88,21 @@ class ResumableCheckpoint(pl.Callback):
 def _as_python_state(state: Any) -> tuple:
     version, internal, gauss = state
     return (version, tuple(internal), gauss)
+
+
+class EpochSummary(pl.Callback):
+    """One log line per epoch (train loss, dev metrics, seconds), readable in the run's log file
+    and on a terminal without a progress bar (cluster jobs, CI)."""
+
+    KEYS = ("train/loss", "dev/loss", "dev/acc", "dev/macro_f1", "dev/rationale_iou_f1")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        values = " ".join(f"{k}={float(metrics[k]):.4f}" for k in self.KEYS if k in metrics)
+        seconds = time.perf_counter() - getattr(self, "_started", time.perf_counter())
+        log.info("epoch %d/%d  %s  (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, values, seconds)

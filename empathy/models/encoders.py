@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the model classes import torch: keep `empathy.prepare` light
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PACKAGED_PREFIX = "packaged:"
 
@@ -37,6 +40,8 @@ def _get(cfg: Mapping[str, Any], key: str) -> Any:
 
 def load_tokenizer(cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
     """The encoder's fast tokenizer (offsets are needed to align rationales)."""
+    from transformers import AutoTokenizer
+
     source = _get(cfg, "tokenizer") or _get(cfg, "path")
     if not source:
         raise ValueError(f"encoder {_get(cfg, 'name')!r} names neither a path nor a tokenizer")
@@ -55,6 +60,8 @@ def load_tokenizer(cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
 
 def load_encoder(cfg: Mapping[str, Any]) -> PreTrainedModel:
     """A fresh encoder: pretrained weights from ``path``, or random weights from ``config``."""
+    from transformers import AutoConfig, AutoModel
+
     path = _get(cfg, "path")
     config = _get(cfg, "config")
     if path:
