@@ -1,0 +1,63 @@
+"""Train every (experiment, mechanism, seed) as one Hydra multirun, then write the results table.
+
+    python scripts/reproduce_table.py                                   # default x ER,IP,EX x seeds 1..5
+    python scripts/reproduce_table.py --experiments default,paper,no_attention trainer=gpu
+    python scripts/reproduce_table.py --aggregate-only outputs/reproduce/2026-01-01_10-00-00 [DIR ...]
+    python scripts/reproduce_table.py --dry-run                         # print the command only
+
+Positional ``key=value`` arguments are passed to ``empathy.train`` as they are. The table goes to
+``<out>/paper_table.md`` and ``<out>/paper_table.csv`` (see empathy/results.py and
+docs/experiments.md); re-running with --aggregate-only regenerates it from the run folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from empathy import results
+
+
+def comma_list(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for empathy.train (key=value)")
+    parser.add_argument("--experiments", type=comma_list, default=["default"], help="conf/experiment names, comma-separated")
+    parser.add_argument("--mechanisms", type=comma_list, default=["ER", "IP", "EX"])
+    parser.add_argument("--seeds", type=comma_list, default=["1", "2", "3", "4", "5"])
+    parser.add_argument("--sweep-dir", help="the multirun folder (default: $EMPATHY_LOG_DIR or outputs, then reproduce/<time>)")
+    parser.add_argument("--out", default="results", help="folder of paper_table.md / .csv (default: results)")
+    parser.add_argument("--aggregate-only", nargs="+", metavar="DIR", help="only aggregate these finished run / multirun folders")
+    parser.add_argument("--dry-run", action="store_true", help="print the training command and exit")
+    args = parser.parse_args(argv)
+
+    status = 0
+    roots = args.aggregate_only
+    if not roots:
+        log_dir = Path(os.environ.get("EMPATHY_LOG_DIR", "outputs"))
+        sweep_dir = Path(args.sweep_dir or log_dir / "reproduce" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")).resolve()
+        seeds = [int(s) for s in args.seeds]
+        command = results.multirun_command(args.experiments, args.mechanisms, seeds, sweep_dir, args.overrides, sys.executable)
+        print(shlex.join(command), flush=True)
+        if args.dry_run:
+            return 0
+        status = subprocess.call(command)
+        if status:
+            print(f"the multirun exited with status {status}; aggregating the jobs that finished", file=sys.stderr)
+        roots = [str(sweep_dir)]
+    written = results.aggregate(roots, args.out)
+    print(written["markdown"].read_text(encoding="utf-8"))
+    print(f"wrote {written['markdown']} and {written['csv']}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
