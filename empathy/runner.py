@@ -84,6 +84,19 @@ def run_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+def sweep_name() -> str | None:
+    """The multirun folder's name inside a Hydra multirun job (the W&B group of its runs), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return Path(hydra_cfg.sweep.dir).name
+
+
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[pl.loggers.Logger]:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
@@ -94,7 +107,7 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[pl.loggers.Logger]:
             job = run_id()
             extra = {
                 "name": f"{cfg.mechanism.name}-{cfg.encoder.name}-seed{cfg.seed}" + (f"-{job}" if job else ""),
-                "group": cfg.get("group") or None,
+                "group": cfg.get("group") or sweep_name(),
                 "tags": [cfg.mechanism.name, cfg.encoder.name, *cfg.get("tags", [])],
                 "config": OmegaConf.to_container(cfg, resolve=True),
             }

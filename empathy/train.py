@@ -11,6 +11,7 @@ Returns the dev metric named by ``optimized_metric`` (what a sweeper optimises).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -21,11 +22,19 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from empathy import runner
+from empathy import results, runner
+
+log = logging.getLogger(__name__)
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, resume: str = "never") -> str | None:
+    if resume not in ("auto", "never"):
+        raise ValueError(f"resume: expected auto or never, got {resume!r}")
     if ckpt_path in (None, ""):
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if resume == "auto" and last.exists():
+            log.info("resuming from %s (resume=auto; resume=never starts afresh)", last)
+            return str(last)
         return None
     if ckpt_path == "last":
         path = output_dir / "checkpoints" / "last.ckpt"
@@ -52,7 +61,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         shutil.copyfile(datamodule.prepared.split_csv, output_dir / "split.csv")
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, output_dir), weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, output_dir, cfg.get("resume", "never")), weights_only=True)
     fit_minutes = (time.perf_counter() - started) / 60
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -71,6 +80,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "encoder": cfg.encoder.name,
         "seed": cfg.seed,
         "summary": datamodule.prepared.summary,
+        "hardware": results.hardware(),
     }
     if trainer.is_global_zero:
         runner.write_json(output_dir / "metrics.json", result)
