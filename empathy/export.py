@@ -1,0 +1,45 @@
+"""Export a training checkpoint as a self-contained folder for prediction.
+
+    python -m empathy.export ckpt_path=outputs/train/runs/<run>/checkpoints/best-epoch03.ckpt out=models/ER
+    python -m empathy.export ckpt_path=... out=models/ER overwrite=true seeker=store
+
+The folder (safetensors, tokenizer files, config.json; no optimizer state, no pickle) loads with
+``EmpathyPredictor.from_pretrained({"ER": "models/ER"})`` or ``python -m empathy.predict
+models.ER=models/ER ...``; see :func:`empathy.predict.predictor.export_model` for its layout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from empathy import runner
+from empathy.predict.predictor import CONFIG_FILE, export_model
+
+
+def export(cfg: DictConfig) -> Path:
+    runner.quiet_libraries()
+    out = export_model(
+        hydra.utils.to_absolute_path(cfg.ckpt_path),
+        hydra.utils.to_absolute_path(cfg.out),
+        overwrite=cfg.overwrite,
+        seeker=cfg.seeker,
+        mechanism=cfg.get("mechanism"),
+    )
+    config = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
+    seeker = config.get("seeker") or {}
+    how = {"stored": f"stored in {seeker.get('file')}", "pretrained": f"referenced: {seeker.get('pretrained_path')}"}
+    print(f"exported {config['mechanism']} model to {out} (seeker encoder {how.get(seeker.get('source'), 'none')})")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=runner.CONFIG_DIR, config_name="export")
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()
