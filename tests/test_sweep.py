@@ -31,7 +31,7 @@ def test_a_multirun_of_two_jobs_gives_two_folders_a_summary_and_a_table(tmp_path
     data = write_synthetic_epitome(tmp_path / "data", n_rows=40, seed=0)
     logs = tmp_path / "logs"
     command = [
-        sys.executable, "-m", "empathy.train", "-m", "encoder=tiny", "debug=limit", "seed=1,2", "logger=csv",
+        sys.executable, "-m", "empathy.train", "-m", "encoder=tiny", "debug=limit", "trainer.max_epochs=1", "seed=1,2", "logger=csv",
         f"paths.data_dir={data}", f"paths.log_dir={logs}", f"paths.cache_dir={tmp_path / 'cache'}",
         "trainer.precision=32-true", "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
     ]  # fmt: skip
