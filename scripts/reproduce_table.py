@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         if status:
             print(f"the multirun exited with status {status}; aggregating the jobs that finished", file=sys.stderr)
         roots = [str(sweep_dir)]
-    written = results.aggregate(roots, args.out)
+    try:
+        written = results.aggregate(roots, args.out)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return status or 2
     print(written["markdown"].read_text(encoding="utf-8"))
     print(f"wrote {written['markdown']} and {written['csv']}")
     return status
