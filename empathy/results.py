@@ -300,11 +300,15 @@ def distinguishing_suffixes(configs: Sequence[Mapping[str, Any]], max_keys: int 
     differing = [k for k in keys if len({repr(f.get(k, "<unset>")) for f in flat}) > 1]
     suffixes = []
     for f in flat:
-        parts = [f"{k}={f.get(k, '<unset>')}" for k in differing[:max_keys]]
+        parts = [f"{k}={_short(f.get(k, '<unset>'))}" for k in differing[:max_keys]]
         if len(differing) > max_keys:
             parts.append(f"+{len(differing) - max_keys} more")
         suffixes.append(", ".join(parts))
     return suffixes
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # ----------------------------------------------------------------------------------- statistics
