@@ -99,7 +99,7 @@ def sweep_name() -> str | None:
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[pl.loggers.Logger]:
     loggers = []
-    for name, logger_cfg in (cfg.get("logger") or {}).items():
+    for logger_cfg in (cfg.get("logger") or {}).values():
         if not logger_cfg or "_target_" not in logger_cfg:
             continue
         extra: dict[str, Any] = {}

@@ -14,7 +14,6 @@ from omegaconf import DictConfig, open_dict
 from empathy import runner
 from empathy.data.synthetic import write_synthetic_epitome
 from empathy.evaluate import evaluate
-from empathy.models.module import EmpathyModule
 from empathy.train import train
 
 
