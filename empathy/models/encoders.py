@@ -12,9 +12,7 @@ An encoder config (``conf/encoder/*.yaml``) has:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the model classes import torch: keep `empathy.prepare` light
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
