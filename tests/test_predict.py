@@ -289,13 +289,14 @@ BAD_CSV = [
     ('seeker_post,response_post\nok,fine\nok,' + "x" * 60 + "\n", {"max_chars": 50}, 2, "response_post", "60 characters, over max_chars=50"),
     ('seeker_post,response_post\nok,fine,extra\n', {}, 1, None, "found 3 fields; expected 2"),
     ('id,seeker_post,response\n1,ok,fine\n', {}, None, "response_post", "missing column"),
+    (b'seeker_post,response_post\nok,fine\nok,caf\xe9\n', {}, 2, "response_post", "bytes that are not valid UTF-8"),
 ]
 
 
 @pytest.mark.parametrize(("text", "options", "row", "column", "message"), BAD_CSV)
 def test_bad_csv_rows_name_file_row_and_column(predictor, tmp_path, text, options, row, column, message):
     src = tmp_path / "pairs.csv"
-    src.write_text(text, encoding="utf-8")
+    src.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
     with pytest.raises(DataError, match=message) as info:
         predict_file(predictor, src, tmp_path / "out.csv", progress=False, **options)
     err = info.value

@@ -121,7 +121,12 @@ def _csv_field_limit():
 
 
 def _undecodable(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+    """Whether the text holds bytes that were not UTF-8 (kept as lone surrogates on reading)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _missing_column(path: Path, column: str, option: str, found: Sequence[str]) -> DataError:
@@ -532,7 +537,7 @@ def predict_file(
     reasons: Counter[str] = Counter()
     started = time.perf_counter()
     total = count_rows(input_path, kind) if progress else None
-    bar = tqdm(total=total, unit="rows", unit_scale=True, disable=not progress, desc="predict", smoothing=0.05)
+    bar = tqdm(total=total, unit="rows", disable=not progress, desc="predict", smoothing=0.05)
     try:
         with atomic_output(output_path, overwrite) as tmp:
             writer = WRITERS[out_kind](tmp)
