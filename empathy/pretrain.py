@@ -1,0 +1,135 @@
+"""Domain-adaptive pre-training: continue masked-LM training of an encoder on unlabelled text.
+
+    python -m empathy.pretrain corpus=epitome encoder=minilm trainer.max_steps=2000
+    python -m empathy.pretrain corpus=table 'corpus.files=[posts.parquet]' 'corpus.text_columns=[seeker_post,response_post]'
+    python -m empathy.train encoder=local encoder.path=<run folder>/encoder       # then fine-tune
+
+Writes into the run folder: pretrain_metrics.json (held-out MLM loss and perplexity before and
+after training, corpus counts), resolved_config.yaml, encoder/ (Hugging Face folder: safetensors,
+config, tokenizer) and the logger's files. Returns the held-out MLM loss after training.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from empathy import results, runner
+
+log = logging.getLogger(__name__)
+
+ENCODER_FOLDER = "encoder"
+METRICS_FILE = "pretrain_metrics.json"
+EPITOME_KEYS = ("on_conflict", "unescape_html", "split_fractions", "split_seed", "split_file")
+
+
+def build_datamodule(cfg: DictConfig):
+    data = cfg.data
+    epitome = {k: data.get(k) for k in EPITOME_KEYS}
+    epitome["data_dir"] = hydra.utils.to_absolute_path(data.data_dir)
+    if epitome.get("split_file"):
+        epitome["split_file"] = hydra.utils.to_absolute_path(epitome["split_file"])
+    epitome["mechanisms"] = OmegaConf.to_container(cfg.mechanisms, resolve=True)
+    corpus = OmegaConf.to_container(cfg.corpus, resolve=True)
+    if corpus.get("files"):
+        corpus["files"] = [hydra.utils.to_absolute_path(f) for f in corpus["files"]]
+    return hydra.utils.instantiate(
+        cfg.datamodule,
+        corpus=corpus,
+        encoder=OmegaConf.to_container(cfg.encoder, resolve=True),
+        epitome=epitome,
+        seed=cfg.seed,
+        cache_dir=str(Path(hydra.utils.to_absolute_path(cfg.paths.cache_dir)) / "corpus"),
+        _convert_="all",
+    )
+
+
+def build_loggers(cfg: DictConfig, output_dir: Path) -> list[pl.loggers.Logger]:
+    loggers = []
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        if not logger_cfg or "_target_" not in logger_cfg:
+            continue
+        extra: dict[str, Any] = {}
+        if logger_cfg._target_.endswith("WandbLogger"):
+            extra = {
+                "name": f"pretrain-{cfg.corpus.name}-{cfg.encoder.name}-seed{cfg.seed}",
+                "group": cfg.get("group") or runner.sweep_name(),
+                "job_type": "pretrain",
+                "tags": ["pretrain", cfg.corpus.name, cfg.encoder.name, *cfg.get("tags", [])],
+                "config": OmegaConf.to_container(cfg, resolve=True),
+            }
+        loggers.append(hydra.utils.instantiate(
+            {**OmegaConf.to_container(logger_cfg, resolve=True), **extra, "_recursive_": False, "_convert_": "all"}
+        ))
+    return loggers
+
+
+def heldout(metrics: dict[str, float]) -> dict[str, float]:
+    return {k.split("/", 1)[1]: v for k, v in runner.scalar_metrics(metrics).items() if k.startswith("heldout/")}
+
+
+def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    runner.quiet_libraries()
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    module = hydra.utils.instantiate(cfg.model, encoder=OmegaConf.to_container(cfg.encoder, resolve=True), _recursive_=False)
+    loggers = build_loggers(cfg, output_dir)
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False)
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
+
+    before = heldout(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    fit_minutes = (time.perf_counter() - started) / 60
+    after = heldout(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+
+    folder = output_dir / ENCODER_FOLDER
+    result = {
+        "heldout_before": before,
+        "heldout_after": after,
+        "steps": trainer.global_step,
+        "fit_minutes": round(fit_minutes, 3),
+        "encoder": cfg.encoder.name,
+        "encoder_path": cfg.encoder.get("path"),
+        "corpus": datamodule.summary,
+        "max_len": cfg.datamodule.max_len,
+        "seed": cfg.seed,
+        "encoder_folder": str(folder),
+        "hardware": results.hardware(),
+    }
+    if trainer.is_global_zero:
+        module.save_encoder(folder, datamodule.tokenizer)
+        runner.write_json(output_dir / METRICS_FILE, result)
+        log.info(
+            "held-out MLM loss %.4f -> %.4f, perplexity %.2f -> %.2f after %d steps (%.1f min); "
+            "encoder saved to %s (train with encoder=local encoder.path=%s)",
+            before["mlm_loss"], after["mlm_loss"], before["perplexity"], after["perplexity"],
+            trainer.global_step, fit_minutes, folder, folder,
+        )
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            lg.experiment.summary.update({f"heldout_before/{k}": v for k, v in before.items()})
+            import wandb
+
+            wandb.finish()
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=runner.CONFIG_DIR, config_name="pretrain")
+def main(cfg: DictConfig) -> float | None:
+    result = pretrain(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return result["heldout_after"].get("mlm_loss")
+
+
+if __name__ == "__main__":
+    main()
