@@ -1,0 +1,66 @@
+"""Domain-adaptive pre-training, then fine-tuning with the pre-trained encoder (two entry points).
+
+    python scripts/dapt_then_finetune.py                                     # corpus=epitome, MiniLM, ER
+    python scripts/dapt_then_finetune.py corpus=epitome trainer.max_steps=2000 -- mechanism=IP seed=3
+    python scripts/dapt_then_finetune.py --dry-run encoder=roberta-base -- -m mechanism=ER,IP,EX
+
+Overrides before ``--`` go to ``python -m empathy.pretrain``, those after it to
+``python -m empathy.train experiment=dapt_then_finetune encoder=local encoder.path=<pretrain run>/encoder``.
+``data.*`` overrides given before ``--`` are passed to both (the excluded dev/test texts are those
+of the split that training uses). The pre-training run folder is chosen here
+(``<log_dir>/pretrain/runs/<time>``) so that its encoder folder is known before training starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(pretrain overrides, train overrides): before and after ``--``; ``data.*`` go to both."""
+    args = list(args)
+    if "--" in args:
+        cut = args.index("--")
+        pretrain, train = args[:cut], args[cut + 1:]
+    else:
+        pretrain, train = args, []
+    shared = [a for a in pretrain if a.lstrip("+~").startswith("data.")]
+    return pretrain, [*shared, *train]
+
+
+def commands(args: Sequence[str], run_dir: Path, python: str = sys.executable) -> list[list[str]]:
+    pretrain, train = split_overrides(args)
+    encoder = run_dir / "encoder"
+    return [
+        [python, "-m", "empathy.pretrain", *pretrain, f"hydra.run.dir={run_dir}"],
+        [python, "-m", "empathy.train", "experiment=dapt_then_finetune", "encoder=local",
+         f"encoder.path={encoder}", *train],
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="print the two commands, run nothing")
+    parser.add_argument("--run-dir", help="the pre-training run folder (default: <log_dir>/pretrain/runs/<time>)")
+    known, rest = parser.parse_known_args(argv)
+    log_dir = os.environ.get("EMPATHY_LOG_DIR", "outputs")
+    run_dir = Path(known.run_dir or Path(log_dir) / "pretrain" / "runs" / time.strftime("%Y-%m-%d_%H-%M-%S-dapt")).resolve()
+    for command in commands(rest, run_dir):
+        print("+", shlex.join(command), flush=True)
+        if known.dry_run:
+            continue
+        code = subprocess.call(command)
+        if code:
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
