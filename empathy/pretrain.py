@@ -21,7 +21,8 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from empathy import results, runner
+from empathy import CONFIG_DIR, results, runner
+from empathy.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         module.save_encoder(folder, datamodule.tokenizer)
-        runner.write_json(output_dir / METRICS_FILE, result)
+        write_json_atomic(output_dir / METRICS_FILE, result)
         log.info(
             "held-out MLM loss %.4f -> %.4f, perplexity %.2f -> %.2f after %d steps (%.1f min); "
             "encoder saved to %s (train with encoder=local encoder.path=%s)",
@@ -125,7 +126,7 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=runner.CONFIG_DIR, config_name="pretrain")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain")
 def main(cfg: DictConfig) -> float | None:
     result = pretrain(cfg, Path(HydraConfig.get().runtime.output_dir))
     return result["heldout_after"].get("mlm_loss")

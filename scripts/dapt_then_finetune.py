@@ -6,9 +6,10 @@
 
 Overrides before ``--`` go to ``python -m empathy.pretrain``, those after it to
 ``python -m empathy.train experiment=dapt_then_finetune encoder=local encoder.path=<pretrain run>/encoder``.
-``data.*`` overrides given before ``--`` are passed to both (the excluded dev/test texts are those
-of the split that training uses). The pre-training run folder is chosen here
-(``<log_dir>/pretrain/runs/<time>``) so that its encoder folder is known before training starts.
+``data.*`` and ``paths.*`` overrides given before ``--`` are passed to both (the excluded dev/test
+texts are those of the split that training uses). The pre-training run folder is chosen here
+(``--run-dir``, else ``<paths.log_dir or EMPATHY_LOG_DIR or outputs>/pretrain/runs/<time>-dapt``)
+so that its encoder folder is known before training starts; pre-training is one run (no ``-m``).
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ from pathlib import Path
 
 
 def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(pretrain overrides, train overrides): before and after ``--``; ``data.*`` go to both."""
+    """(pretrain overrides, train overrides): before and after ``--``; ``data.*`` and ``paths.*``
+    go to both."""
     args = list(args)
     if "--" in args:
         cut = args.index("--")
         pretrain, train = args[:cut], args[cut + 1:]
     else:
         pretrain, train = args, []
-    shared = [a for a in pretrain if a.lstrip("+~").startswith("data.")]
+    shared = [a for a in pretrain if a.lstrip("+~").startswith(("data.", "paths."))]
     return pretrain, [*shared, *train]
 
 
@@ -49,9 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="print the two commands, run nothing")
     parser.add_argument("--run-dir", help="the pre-training run folder (default: <log_dir>/pretrain/runs/<time>)")
-    known, rest = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    known, before = parser.parse_known_args(argv[:cut])  # options of this script come before --
+    rest = [*before, *argv[cut:]]
     log_dir = os.environ.get("EMPATHY_LOG_DIR", "outputs")
-    run_dir = Path(known.run_dir or Path(log_dir) / "pretrain" / "runs" / time.strftime("%Y-%m-%d_%H-%M-%S-dapt")).resolve()
+    for override in before:
+        if override.startswith("paths.log_dir="):
+            log_dir = override.split("=", 1)[1]
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S") + "-dapt"
+    run_dir = Path(known.run_dir or Path(log_dir) / "pretrain" / "runs" / stamp).resolve()
     for command in commands(rest, run_dir):
         print("+", shlex.join(command), flush=True)
         if known.dry_run:

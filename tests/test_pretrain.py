@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from empathy import runner
+from empathy import CONFIG_DIR
 from empathy.data import corpus as C
 from empathy.data.processing import prepare_mechanism
 from empathy.data.synthetic import FILES, write_synthetic_epitome
@@ -121,6 +121,18 @@ def test_missing_text_column_names_the_file_and_the_column(tmp_path):
         C.table_format(tmp_path / "posts.xlsx")
 
 
+def test_streaming_corpus_gives_mlm_batches(tmp_path):
+    path = tmp_path / "posts.jsonl"
+    path.write_text("\n".join(json.dumps({"body": f"post {i}: I hear you, that sounds hard."}) for i in range(200)), encoding="utf-8")
+    corpus = {"name": "table", "format": "json", "files": [str(path)], "text_columns": ["body"], "streaming": True}
+    dm = datamodule(corpus, tmp_path, max_len=16, batch_size=4, heldout_fraction=0.1, cache_dir=str(tmp_path / "cache"))
+    dm.setup()
+    assert dm.summary["train_texts"] is None and dm.summary["heldout_blocks"] > 0  # unknown until read
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape == (4, 16) and batch["labels"].shape == (4, 16)
+    assert (batch["labels"][:, 0] == -100).all() and (batch["labels"][:, -1] == -100).all()  # [CLS] / [SEP] never masked
+
+
 # ---------------------------------------------------------------------------- exclusion
 @pytest.fixture(scope="module")
 def eval_texts_by_prepare(epitome_dir, tmp_path_factory) -> set[str]:
@@ -163,7 +175,7 @@ def test_exclusion_flag_on_a_user_corpus(epitome_dir, eval_texts_by_prepare, tmp
 
 # ---------------------------------------------------------------------------- entry point
 def pretrain_cfg(data_dir: Path, out: Path, *extra: str) -> DictConfig:
-    with initialize_config_dir(runner.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("pretrain", overrides=[
             "encoder=tiny", "logger=csv", "trainer.accelerator=cpu", "trainer.precision=32-true",
             "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",

@@ -24,7 +24,8 @@ import hashlib
 import html
 import logging
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +103,21 @@ def _existing(files: Sequence[str | Path]) -> list[str]:
     return out
 
 
-def _quiet_load(*args: Any, **kwargs: Any):
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """``datasets`` without its per-step progress bars (restored afterwards)."""
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        return datasets.load_dataset(*args, **kwargs)
+        yield
     finally:
         if bars:
             datasets.enable_progress_bars()
+
+
+def _quiet_load(*args: Any, **kwargs: Any):
+    with no_progress_bars():
+        return datasets.load_dataset(*args, **kwargs)
 
 
 def read_text_files(
@@ -463,6 +471,10 @@ class CorpusDataModule(pl.LightningDataModule):
 
     def select_texts(self) -> tuple[datasets.Dataset | datasets.IterableDataset, datasets.Dataset | datasets.IterableDataset]:
         """(train texts, held-out texts) after deduplication and exclusion; counts in ``summary``."""
+        with no_progress_bars():
+            return self._select_texts()
+
+    def _select_texts(self):
         ds, excluded = self.read_texts()
         summary: dict[str, Any] = {"corpus": self.corpus.get("name"), "streaming": bool(self.corpus.get("streaming"))}
         summary["texts_read"] = _count(ds)
@@ -487,7 +499,11 @@ class CorpusDataModule(pl.LightningDataModule):
         from empathy.models.encoders import load_tokenizer
 
         self.tokenizer = load_tokenizer(self.encoder)
-        train, heldout = self.select_texts()
+        with no_progress_bars():
+            self._setup()
+
+    def _setup(self) -> None:
+        train, heldout = self._select_texts()
         summary = self.summary
         kwargs = {"packing": self.packing, "with_offsets": self.whole_word_mask}
         self.train_blocks = tokenize_blocks(train, self.tokenizer, self.max_len, **kwargs)
@@ -537,7 +553,3 @@ class CorpusDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.heldout_batches, batch_size=None, shuffle=False)
 
-
-def iter_texts(ds: Iterable[Mapping[str, str]]) -> list[str]:
-    """The ``text`` column as a list (tests and small corpora)."""
-    return [row[TEXT] for row in ds]
