@@ -1,5 +1,10 @@
 """empathy: EPITOME empathy recognition (Sharma et al., EMNLP 2020) as a config-driven framework."""
 
+from pathlib import Path
+
+# The Hydra config tree (conf/ beside the package in a checkout or editable install).
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
 MECHANISMS = ("ER", "IP", "EX")
 LEVELS = (0, 1, 2)
 

@@ -15,10 +15,8 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from empathy import CONFIG_DIR
 from empathy.analysis import OverTimeResult, analyse_over_time, read_predictions, write_outputs
-
-# Not runner.CONFIG_DIR: importing runner loads torch and Lightning, which this does not need.
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def analyze(cfg: DictConfig) -> OverTimeResult:

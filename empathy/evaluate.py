@@ -16,7 +16,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from empathy import runner
+from empathy import CONFIG_DIR, runner
+from empathy.io import write_json_atomic
 from empathy.models.module import EmpathyModule
 
 
@@ -54,16 +55,16 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     results = trainer.test(module, dataloaders=datamodule.split_dataloader(cfg.split), weights_only=True)[0]
     metrics = {key.replace("test/", f"{cfg.split}/", 1): value for key, value in runner.scalar_metrics(results).items()}
     payload = {"checkpoint": ckpt_path, "split": cfg.split, "metrics": metrics}
-    runner.write_json(output_dir / f"eval_{cfg.split}.json", payload)
+    write_json_atomic(output_dir / f"eval_{cfg.split}.json", payload)
     print(json.dumps(payload, indent=2))
     return metrics
 
 
 def _mechanism_file(name: str) -> str:
-    return OmegaConf.load(Path(runner.CONFIG_DIR) / "mechanism" / f"{name}.yaml").file
+    return OmegaConf.load(Path(CONFIG_DIR) / "mechanism" / f"{name}.yaml").file
 
 
-@hydra.main(version_base="1.3", config_path=runner.CONFIG_DIR, config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
 

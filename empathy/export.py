@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from empathy import runner
+from empathy import CONFIG_DIR, runner
 from empathy.predict.predictor import CONFIG_FILE, export_model
 
 
@@ -36,7 +36,7 @@ def export(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path=runner.CONFIG_DIR, config_name="export")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

@@ -16,9 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
+from empathy import CONFIG_DIR
 from empathy.data.processing import PreparedData, prepare_mechanism
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def format_summary(summary: dict, outputs: dict[str, Path]) -> str:

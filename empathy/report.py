@@ -14,11 +14,9 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
+from empathy import CONFIG_DIR
 from empathy.analysis import read_predictions
 from empathy.predict.report import write_report
-
-# Not runner.CONFIG_DIR: importing runner loads torch and Lightning, which this does not need.
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def run(cfg: DictConfig) -> Path:

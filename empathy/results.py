@@ -23,7 +23,6 @@ import math
 import os
 import platform
 import statistics
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from empathy.io import write_text_atomic
 
 METRICS = ("acc", "macro_f1", "rationale_token_f1", "rationale_iou_f1")
 METRIC_TITLES = {"acc": "acc", "macro_f1": "macro-F1", "rationale_token_f1": "T-F1", "rationale_iou_f1": "IOU-F1"}
@@ -454,20 +455,6 @@ def to_markdown(
                 values = " | ".join(_reference_text(figures[mechanism].get(m)) for m in METRICS)
                 lines.append(f"| *{label}* | {policy} | | {values} | |")
     return "\n".join(lines) + "\n"
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def aggregate(roots: Sequence[str | os.PathLike], out_dir: str | os.PathLike, name: str = "paper_table") -> dict[str, Any]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,8 +13,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from empathy.data.datamodule import EpitomeDataModule
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 # Data settings that define the split and the labels; stored in checkpoints so that evaluation
 # rebuilds exactly the data a model was trained on.
@@ -123,16 +119,6 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         for cb in (cfg.get("callbacks") or {}).values()
         if cb and "_target_" in cb
     ]
-
-
-def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from empathy import results
+from empathy.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class SweepSummary(Callback):
 
     def write(self, sweep_dir: str | Path) -> str:
         text = summary_table(sweep_dir, self.columns)
-        results.write_text_atomic(Path(sweep_dir) / self.filename, text)
+        write_text_atomic(Path(sweep_dir) / self.filename, text)
         return text
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:

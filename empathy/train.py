@@ -22,7 +22,8 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from empathy import results, runner
+from empathy import CONFIG_DIR, results, runner
+from empathy.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "hardware": results.hardware(),
     }
     if trainer.is_global_zero:
-        runner.write_json(output_dir / "metrics.json", result)
+        write_json_atomic(output_dir / "metrics.json", result)
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
             lg.experiment.summary.update(metrics)
@@ -93,7 +94,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=runner.CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     result = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     return result["metrics"].get(cfg.optimized_metric)

@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from empathy import runner
+from empathy import CONFIG_DIR, runner
 from empathy.data.synthetic import write_synthetic_epitome
 from empathy.train import resolve_ckpt_path, train
 
@@ -27,7 +27,7 @@ def subprocess_env() -> dict[str, str]:
 
 
 def test_cluster_slurm_switches_the_launcher_and_reads_the_site_file(tmp_path):
-    conf = shutil.copytree(runner.CONFIG_DIR, tmp_path / "conf")
+    conf = shutil.copytree(CONFIG_DIR, tmp_path / "conf")
     with initialize_config_dir(str(conf), version_base="1.3"):
         cfg = compose("train", overrides=["cluster=slurm"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
@@ -80,7 +80,7 @@ class _StartStep(pl.Callback):
 def test_a_rerun_of_the_same_job_folder_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     data = write_synthetic_epitome(tmp_path / "data", n_rows=40, seed=0)
     out = tmp_path / "job"
-    with initialize_config_dir(runner.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose(
             "train",
             overrides=[

@@ -22,7 +22,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from empathy import runner
+from empathy import CONFIG_DIR
 from empathy.data.synthetic import write_synthetic_epitome
 from empathy.evaluate import evaluate
 
@@ -58,7 +58,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process_and_writes_once(tmp_path):
     best = run / "checkpoints" / checkpoints[0]
     assert result["best_checkpoint"] == str(best)
     for split in ("test", "dev"):
-        with initialize_config_dir(runner.CONFIG_DIR, version_base="1.3"):
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
             cfg = compose("evaluate", overrides=[f"ckpt_path={best}", f"split={split}", "++trainer.enable_progress_bar=false"])
         with open_dict(cfg):
             cfg.paths.data_dir, cfg.paths.cache_dir = str(data), str(cache)
@@ -75,7 +75,7 @@ def test_bf16_mixed_precision_is_selectable(tmp_path):
     from empathy.train import train
 
     data = write_synthetic_epitome(tmp_path / "data", n_rows=40, seed=0)
-    with initialize_config_dir(runner.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose(
             "train",
             overrides=["encoder=tiny", "debug=fast", "trainer.accelerator=cpu", "trainer.precision=bf16-mixed",

@@ -12,11 +12,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from empathy import runner
+from empathy import CONFIG_DIR
 from empathy.data.synthetic import write_synthetic_epitome
 from empathy.train import train
 
-EXPERIMENT_DIR = Path(runner.CONFIG_DIR) / "experiment"
+EXPERIMENT_DIR = Path(CONFIG_DIR) / "experiment"
 EXPERIMENTS = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
 # What each ablation changes, checked on the composed config (experiments not listed here only
 # need to compose and train).
@@ -42,7 +42,7 @@ def test_the_experiment_folder_is_listed():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_runs_a_fast_dev_run(experiment, synthetic_dir, tmp_path):
-    with initialize_config_dir(runner.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose(
             "train",
             overrides=[

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from transformers import AutoConfig, AutoModel
 
-from empathy import runner
+from empathy import CONFIG_DIR
 from empathy.data.synthetic import write_synthetic_epitome
 from empathy.export import export
 from empathy.models.module import EmpathyModule
@@ -27,7 +27,7 @@ RESPONSES = ["I'm so sorry. Have you talked to anyone?", "That sounds really har
 
 
 def compose_cfg(name: str, overrides: list[str], data_dir: Path, out: Path) -> DictConfig:
-    with initialize_config_dir(runner.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose(name, overrides=overrides)
     with open_dict(cfg):
         cfg.paths.data_dir = str(data_dir)

@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from empathy import runner
+from empathy import CONFIG_DIR, runner
 from empathy.data.read import DataError
 from empathy.data.synthetic import write_synthetic_epitome
 from empathy.evaluate import evaluate
@@ -42,7 +42,7 @@ PAIRS = [
 
 
 def compose_cfg(name: str, overrides: list[str], data_dir: Path, out: Path) -> DictConfig:
-    with initialize_config_dir(runner.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose(name, overrides=overrides)
     with open_dict(cfg):
         cfg.paths.data_dir = str(data_dir)

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from empathy import results, runner
+from empathy import CONFIG_DIR, results, runner
 from empathy.data.synthetic import write_synthetic_epitome
 from empathy.sweep import summary_table
 
@@ -63,7 +63,7 @@ def test_the_summary_marks_unfinished_jobs(tmp_path):
 
 
 def test_multirun_jobs_get_the_sweep_folder_as_their_wandb_group(tmp_path):
-    with initialize_config_dir(runner.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["encoder=tiny", "logger=wandb"], return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.mode = RunMode.MULTIRUN
@@ -92,6 +92,6 @@ def test_multirun_jobs_get_the_sweep_folder_as_their_wandb_group(tmp_path):
 def test_run_and_sweep_folders_cannot_collide_within_a_second():
     from omegaconf import OmegaConf
 
-    hydra_cfg = OmegaConf.to_container(OmegaConf.load(Path(runner.CONFIG_DIR) / "hydra" / "default.yaml"))
+    hydra_cfg = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "default.yaml"))
     assert hydra_cfg["run"]["dir"].endswith("%f}") and hydra_cfg["sweep"]["dir"].endswith("%f}")
     assert "${hydra.job.num}" in hydra_cfg["sweep"]["subdir"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from empathy import LEVELS, MECHANISMS
+from empathy.io import atomic_output
 
 DEFAULT_BIN_EDGES = (1, 2, 4, 8, 16)
 PREDICTION_SUFFIXES = ("level", "prob0", "prob1", "prob2")
@@ -415,15 +415,8 @@ def plot_over_time(bins: pd.DataFrame, *, ci: float = 0.95, title: str = "Mean p
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        write(tmp)
 
 
 def write_outputs(result: OverTimeResult, output_dir: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Path]:

@@ -8,12 +8,12 @@ two splits, so a model is never tested on a seeker post it was trained on.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from empathy.io import atomic_output
 
 SPLITS = ("train", "dev", "test")
 SPLIT_COLUMNS = ("sp_id", "rp_id", "split")
@@ -129,20 +129,12 @@ def write_split_csv(path: str | Path, examples: Sequence, splits: Sequence[str])
     """Write ``sp_id, rp_id, split`` for each example, atomically (temp file, then rename)."""
     if len(examples) != len(splits):
         raise ValueError("examples and splits must have the same length")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(SPLIT_COLUMNS)
-            for e, s in zip(examples, splits, strict=True):
-                writer.writerow((e.sp_id, e.rp_id, s))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SPLIT_COLUMNS)
+        for e, s in zip(examples, splits, strict=True):
+            writer.writerow((e.sp_id, e.rp_id, s))
+    return Path(path)
 
 
 def read_split_csv(path: str | Path) -> dict[tuple[str, str], str]:

@@ -18,7 +18,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from empathy import runner
+from empathy import CONFIG_DIR, runner
+from empathy.io import write_json_atomic
 from empathy.predict.files import PredictSummary, predict_file
 from empathy.predict.predictor import MECHANISMS, EmpathyPredictor
 
@@ -64,11 +65,11 @@ def predict_from_config(cfg: DictConfig) -> PredictSummary:
     )
 
 
-@hydra.main(version_base="1.3", config_path=runner.CONFIG_DIR, config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
     summary = predict_from_config(cfg)
     print(summary.message())
-    runner.write_json(Path(HydraConfig.get().runtime.output_dir) / "predict_summary.json", summary.to_dict())
+    write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / "predict_summary.json", summary.to_dict())
 
 
 if __name__ == "__main__":

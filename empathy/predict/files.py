@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from empathy.data.read import DataError
+from empathy.io import atomic_output
 from empathy.predict.predictor import MECHANISMS, EmpathyPredictor, MechanismPredictions
 
 EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -400,37 +399,6 @@ class ParquetWriter:
 
 
 WRITERS = {"csv": CsvWriter, "jsonl": JsonlWriter, "parquet": ParquetWriter}
-
-
-@contextmanager
-def atomic_output(path: Path, overwrite: bool) -> Iterator[Path]:
-    """A temporary path in ``path``'s folder, moved to ``path`` when the block succeeds and
-    removed when it fails. Without ``overwrite`` an existing ``path`` is never replaced (the
-    final move is a hard link, which fails if the file appeared meanwhile)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise FileExistsError(f"{path} appeared while predicting; not replaced (pass overwrite=true)") from None
-            except OSError:  # no hard links on this file system
-                if path.exists():
-                    raise
-                os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,13 +17,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from empathy import LEVELS, MECHANISMS
+from empathy.io import write_text_atomic
 
 MECHANISM_NAMES = {"ER": "Emotional reactions", "IP": "Interpretations", "EX": "Explorations"}
 # Highlight colours, light enough for black text; distinct also for the common colour blindnesses.
@@ -408,16 +408,4 @@ def write_report(
     table: pd.DataFrame, path: str | os.PathLike, *, title: str = "Empathy predictions", max_rows: int | None = None
 ) -> Path:
     """Write the report page for ``table`` to ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    page = render_report(table, title=title, max_rows=max_rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, render_report(table, title=title, max_rows=max_rows))
