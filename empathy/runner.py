@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from empathy import CONFIG_DIR
 from empathy.data.datamodule import EpitomeDataModule
 
 # Data settings that define the split and the labels; stored in checkpoints so that evaluation
@@ -24,6 +25,25 @@ def quiet_libraries() -> None:
 
     transformers.logging.set_verbosity_error()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def compose_config(
+    name: str, overrides: Sequence[str] = (), *, data_dir: str | Path | None = None, output_dir: str | Path | None = None
+) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` outside a Hydra run (tests, notebooks, scripts). With
+    ``output_dir``, the run folder, cache and logs go there (no Hydra run folder exists)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=list(overrides))
+    with open_dict(cfg):
+        if data_dir is not None:
+            cfg.paths.data_dir = str(data_dir)
+        if output_dir is not None:
+            cfg.paths.cache_dir = str(Path(output_dir) / "cache")
+            cfg.paths.output_dir = str(output_dir)
+            cfg.paths.log_dir = str(output_dir)
+    return cfg
 
 
 def build_datamodule(cfg: DictConfig, data_overrides: Mapping[str, Any] | None = None) -> EpitomeDataModule:
@@ -145,9 +165,13 @@ def log_confusion(loggers, module, prefix: str) -> None:
 
     fig, ax = plt.subplots(figsize=(3.2, 3))
     ax.imshow(confusion.numpy(), cmap="Blues")
+    dark = float(confusion.max()) * 0.6
     for i in range(confusion.shape[0]):
         for j in range(confusion.shape[1]):
-            ax.text(j, i, int(confusion[i, j]), ha="center", va="center")
+            color = "white" if float(confusion[i, j]) > dark else "black"
+            ax.text(j, i, int(confusion[i, j]), ha="center", va="center", color=color)
+    ax.set_xticks(range(confusion.shape[1]))
+    ax.set_yticks(range(confusion.shape[0]))
     ax.set_xlabel("predicted level")
     ax.set_ylabel("gold level")
     ax.set_title(f"{prefix} {module.hparams.mechanism}")

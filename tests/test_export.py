@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from transformers import AutoConfig, AutoModel
 
-from empathy import CONFIG_DIR
+from empathy import runner
 from empathy.data.synthetic import write_synthetic_epitome
 from empathy.export import export
 from empathy.models.module import EmpathyModule
@@ -27,14 +26,7 @@ RESPONSES = ["I'm so sorry. Have you talked to anyone?", "That sounds really har
 
 
 def compose_cfg(name: str, overrides: list[str], data_dir: Path, out: Path) -> DictConfig:
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(name, overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.data_dir = str(data_dir)
-        cfg.paths.cache_dir = str(out / "cache")
-        cfg.paths.output_dir = str(out)
-        cfg.paths.log_dir = str(out)
-    return cfg
+    return runner.compose_config(name, overrides, data_dir=data_dir, output_dir=out)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -15,10 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from empathy import CONFIG_DIR, runner
+from empathy import runner
 from empathy.data.read import DataError
 from empathy.data.synthetic import write_synthetic_epitome
 from empathy.evaluate import evaluate
@@ -42,14 +41,7 @@ PAIRS = [
 
 
 def compose_cfg(name: str, overrides: list[str], data_dir: Path, out: Path) -> DictConfig:
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(name, overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.data_dir = str(data_dir)
-        cfg.paths.cache_dir = str(out / "cache")
-        cfg.paths.output_dir = str(out)
-        cfg.paths.log_dir = str(out)
-    return cfg
+    return runner.compose_config(name, overrides, data_dir=data_dir, output_dir=out)
 
 
 def train_tiny(data_dir: Path, out: Path, mechanism: str) -> tuple[DictConfig, dict]:

@@ -12,10 +12,9 @@ import datasets
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from empathy import CONFIG_DIR
+from empathy import runner
 from empathy.data import corpus as C
 from empathy.data.processing import prepare_mechanism
 from empathy.data.synthetic import FILES, write_synthetic_epitome
@@ -175,20 +174,14 @@ def test_exclusion_flag_on_a_user_corpus(epitome_dir, eval_texts_by_prepare, tmp
 
 # ---------------------------------------------------------------------------- entry point
 def pretrain_cfg(data_dir: Path, out: Path, *extra: str) -> DictConfig:
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("pretrain", overrides=[
-            "encoder=tiny", "logger=csv", "trainer.accelerator=cpu", "trainer.precision=32-true",
-            "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
-            "trainer.max_steps=24", "trainer.val_check_interval=1000", "datamodule.max_len=32",
-            "datamodule.batch_size=16", "datamodule.heldout_fraction=0.2", "model.optimizer.lr=5e-3",
-            *extra,
-        ])
-    with open_dict(cfg):
-        cfg.paths.data_dir = str(data_dir)
-        cfg.paths.cache_dir = str(out / "cache")
-        cfg.paths.output_dir = str(out)
-        cfg.paths.log_dir = str(out)
-    return cfg
+    overrides = [
+        "encoder=tiny", "logger=csv", "trainer.accelerator=cpu", "trainer.precision=32-true",
+        "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
+        "trainer.max_steps=24", "trainer.val_check_interval=1000", "datamodule.max_len=32",
+        "datamodule.batch_size=16", "datamodule.heldout_fraction=0.2", "model.optimizer.lr=5e-3",
+        *extra,
+    ]
+    return runner.compose_config("pretrain", overrides, data_dir=data_dir, output_dir=out)
 
 
 @pytest.fixture(scope="module")

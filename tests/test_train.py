@@ -8,10 +8,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from empathy import CONFIG_DIR, runner
+from empathy import runner
 from empathy.data.synthetic import write_synthetic_epitome
 from empathy.evaluate import evaluate
 from empathy.train import train
@@ -23,14 +22,7 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 
 def compose_cfg(name: str, overrides: list[str], data_dir: Path, out: Path) -> DictConfig:
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(name, overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.data_dir = str(data_dir)
-        cfg.paths.cache_dir = str(out / "cache")
-        cfg.paths.output_dir = str(out)
-        cfg.paths.log_dir = str(out)
-    return cfg
+    return runner.compose_config(name, overrides, data_dir=data_dir, output_dir=out)
 
 
 def train_cfg(data_dir: Path, out: Path, *extra: str) -> DictConfig:
