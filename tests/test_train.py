@@ -164,3 +164,15 @@ def test_frozen_seeker_is_unchanged_and_response_is_trained(synthetic_dir, tmp_p
         assert torch.equal(before, snapshot.seeker_after[name]), name
     changed = [n for n, before in snapshot.response.items() if not torch.equal(before, snapshot.response_after[n])]
     assert len(changed) > len(snapshot.response) // 2
+
+
+def test_wandb_offline_run_has_metrics_and_confusion_image(synthetic_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = train_cfg(synthetic_dir, tmp_path, "logger=wandb", "trainer.max_epochs=1", "group=pytest")
+    result = train(cfg, tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    images = list(runs[0].glob("files/media/images/test/confusion_matrix_*.png"))
+    assert images, "no confusion-matrix image logged"
+    assert result["metrics"]["test/macro_f1"] >= 0
