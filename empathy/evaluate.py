@@ -38,6 +38,18 @@ def check_matches(cfg: DictConfig, hparams: dict[str, Any], ckpt_path: str) -> N
             )
 
 
+def checkpoint_datamodule(cfg: DictConfig, module: EmpathyModule):
+    """The data a checkpoint was trained on (its mechanism, tokenizer, max_len, labelling and split
+    settings), read from ``cfg.paths`` (the data and cache folders of this machine)."""
+    hparams = module.hparams
+    with open_dict(cfg):
+        cfg.mechanism = {"name": hparams["mechanism"], "file": _mechanism_file(hparams["mechanism"])}
+        cfg.encoder = hparams["encoder"]
+    datamodule = runner.build_datamodule(cfg, data_overrides=hparams["data_config"])
+    datamodule.setup()
+    return datamodule
+
+
 def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     runner.quiet_libraries()
     ckpt_path = hydra.utils.to_absolute_path(cfg.ckpt_path)
@@ -46,11 +58,7 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     check_matches(cfg, hparams, ckpt_path)
     if cfg.split not in ("train", "dev", "test"):
         raise ValueError(f"split must be train, dev or test, not {cfg.split!r}")
-    with open_dict(cfg):
-        cfg.mechanism = {"name": hparams["mechanism"], "file": _mechanism_file(hparams["mechanism"])}
-        cfg.encoder = hparams["encoder"]
-    datamodule = runner.build_datamodule(cfg, data_overrides=hparams["data_config"])
-    datamodule.setup()
+    datamodule = checkpoint_datamodule(cfg, module)
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
     results = trainer.test(module, dataloaders=datamodule.split_dataloader(cfg.split), weights_only=True)[0]
     metrics = {key.replace("test/", f"{cfg.split}/", 1): value for key, value in runner.scalar_metrics(results).items()}
