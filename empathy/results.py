@@ -24,7 +24,7 @@ import os
 import platform
 import statistics
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -418,6 +418,7 @@ def to_markdown(
     sources: Sequence[str | os.PathLike],
     skipped: Sequence[Job] = (),
     generated: datetime | None = None,
+    floors: Mapping[str, Mapping[str, float]] | None = None,
 ) -> str:
     """The table (x100, mean ± std over seeds) with the paper's figures and the floors beside it."""
     generated = generated or datetime.now(timezone.utc)
@@ -450,6 +451,18 @@ def to_markdown(
             metrics = " | ".join(_cell_text(row[f"{m}_mean"], row[f"{m}_std"]) for m in METRICS)
             minutes = "" if row["minutes_per_run"] is None else f"{row['minutes_per_run']:.1f}"
             lines.append(f"| {row['experiment']} | {row['policy']} | {row['n_seeds']} | {metrics} | {minutes} |")
+        if floors and mechanism in floors:
+            f = floors[mechanism]
+            lines.append(
+                f"| **floor on our split: majority level** | - | | {_reference_text(round(100 * f['majority_acc'], 1))} | "
+                f"{_reference_text(round(100 * f['majority_macro_f1'], 1))} | | | |"
+            )
+            for policy in POLICIES:
+                t, i = f[f"every_token_rationale_token_f1_{policy}"], f[f"every_token_rationale_iou_f1_{policy}"]
+                lines.append(
+                    f"| **floor on our split: every response token is rationale** | {policy} | | | | "
+                    f"{_reference_text(round(100 * t, 1))} | {_reference_text(round(100 * i, 1))} | |"
+                )
         for label, policy, figures in REFERENCE_ROWS:
             if mechanism in figures:
                 values = " | ".join(_reference_text(figures[mechanism].get(m)) for m in METRICS)
@@ -457,9 +470,15 @@ def to_markdown(
     return "\n".join(lines) + "\n"
 
 
-def aggregate(roots: Sequence[str | os.PathLike], out_dir: str | os.PathLike, name: str = "paper_table") -> dict[str, Any]:
+def aggregate(
+    roots: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    name: str = "paper_table",
+    floors: Callable[[Path], Mapping[str, float]] | None = None,
+) -> dict[str, Any]:
     """Read every job under ``roots``, write ``<out_dir>/<name>.md`` and ``.csv``; return what was
-    written (rows, cells, skipped jobs, paths)."""
+    written (rows, cells, skipped jobs, paths). ``floors(job_folder)``, when given, computes the
+    floors on that job's split (``empathy.floors.floors_for_run``), shown per mechanism."""
     finished, skipped = read_jobs(roots)
     if not finished:
         raise ValueError(f"no finished job (a folder with metrics.json and resolved_config.yaml) under {', '.join(map(str, roots))}")
@@ -467,7 +486,16 @@ def aggregate(roots: Sequence[str | os.PathLike], out_dir: str | os.PathLike, na
     rows = table_rows(cells)
     out_dir = Path(out_dir)
     markdown, csv_path = out_dir / f"{name}.md", out_dir / f"{name}.csv"
-    write_text_atomic(markdown, to_markdown(rows, cells, [str(r) for r in roots], skipped))
+    floor_values: dict[str, Mapping[str, float]] = {}
+    if floors is not None:
+        for cell in cells:
+            if cell.mechanism in floor_values:
+                continue
+            try:
+                floor_values[cell.mechanism] = floors(cell.jobs[0].path)
+            except Exception as error:  # the data or the config may be gone: the table still stands
+                warnings.warn(f"no floors for {cell.mechanism} ({cell.jobs[0].path}): {error}", stacklevel=2)
+    write_text_atomic(markdown, to_markdown(rows, cells, [str(r) for r in roots], skipped, floors=floor_values))
     write_text_atomic(csv_path, to_csv(rows))
     return {"rows": rows, "cells": cells, "skipped": skipped, "markdown": markdown, "csv": csv_path}
 

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results", help="folder of paper_table.md / .csv (default: results)")
     parser.add_argument("--aggregate-only", nargs="+", metavar="DIR", help="only aggregate these finished run / multirun folders")
     parser.add_argument("--dry-run", action="store_true", help="print the training command and exit")
+    parser.add_argument("--no-floors", action="store_true", help="do not compute the floors on the runs' split (needs the data)")
     args = parser.parse_args(argv)
 
     status = 0
@@ -54,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the multirun exited with status {status}; aggregating the jobs that finished", file=sys.stderr)
         roots = [str(sweep_dir)]
     try:
-        written = results.aggregate(roots, args.out)
+        floors = None
+        if not args.no_floors:
+            from empathy.floors import floors_for_run
+
+            floors = floors_for_run
+        written = results.aggregate(roots, args.out, floors=floors)
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return status or 2
