@@ -52,26 +52,6 @@ def build_datamodule(cfg: DictConfig):
     )
 
 
-def build_loggers(cfg: DictConfig, output_dir: Path) -> list[pl.loggers.Logger]:
-    loggers = []
-    for logger_cfg in (cfg.get("logger") or {}).values():
-        if not logger_cfg or "_target_" not in logger_cfg:
-            continue
-        extra: dict[str, Any] = {}
-        if logger_cfg._target_.endswith("WandbLogger"):
-            extra = {
-                "name": f"pretrain-{cfg.corpus.name}-{cfg.encoder.name}-seed{cfg.seed}",
-                "group": cfg.get("group") or runner.sweep_name(),
-                "job_type": "pretrain",
-                "tags": ["pretrain", cfg.corpus.name, cfg.encoder.name, *cfg.get("tags", [])],
-                "config": OmegaConf.to_container(cfg, resolve=True),
-            }
-        loggers.append(hydra.utils.instantiate(
-            {**OmegaConf.to_container(logger_cfg, resolve=True), **extra, "_recursive_": False, "_convert_": "all"}
-        ))
-    return loggers
-
-
 def heldout(metrics: dict[str, float]) -> dict[str, float]:
     return {k.split("/", 1)[1]: v for k, v in runner.scalar_metrics(metrics).items() if k.startswith("heldout/")}
 
@@ -82,7 +62,13 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     module = hydra.utils.instantiate(cfg.model, encoder=OmegaConf.to_container(cfg.encoder, resolve=True), _recursive_=False)
-    loggers = build_loggers(cfg, output_dir)
+    loggers = runner.build_loggers(
+        cfg,
+        output_dir,
+        name=f"pretrain-{cfg.corpus.name}-{cfg.encoder.name}-seed{cfg.seed}",
+        tags=["pretrain", cfg.corpus.name, cfg.encoder.name],
+        job_type="pretrain",
+    )
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -113,7 +113,17 @@ def sweep_name() -> str | None:
     return Path(hydra_cfg.sweep.dir).name
 
 
-def build_loggers(cfg: DictConfig, output_dir: Path) -> list[pl.loggers.Logger]:
+def build_loggers(
+    cfg: DictConfig,
+    output_dir: Path,
+    *,
+    name: str | None = None,
+    tags: Sequence[str] | None = None,
+    job_type: str | None = None,
+) -> list[pl.loggers.Logger]:
+    """The configured loggers. A W&B run is named ``name`` (default: mechanism-encoder-seed),
+    grouped by ``group`` or the multirun folder, tagged, and given the SLURM job id when there is
+    one, so that parallel and requeued jobs never share a run."""
     loggers = []
     for logger_cfg in (cfg.get("logger") or {}).values():
         if not logger_cfg or "_target_" not in logger_cfg:
@@ -121,12 +131,16 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[pl.loggers.Logger]:
         extra: dict[str, Any] = {}
         if logger_cfg._target_.endswith("WandbLogger"):
             job = run_id()
+            name = name or f"{cfg.mechanism.name}-{cfg.encoder.name}-seed{cfg.seed}"
+            default_tags = [cfg.mechanism.name, cfg.encoder.name] if "mechanism" in cfg else [cfg.encoder.name]
             extra = {
-                "name": f"{cfg.mechanism.name}-{cfg.encoder.name}-seed{cfg.seed}" + (f"-{job}" if job else ""),
+                "name": name + (f"-{job}" if job else ""),
                 "group": cfg.get("group") or sweep_name(),
-                "tags": [cfg.mechanism.name, cfg.encoder.name, *cfg.get("tags", [])],
+                "tags": [*(tags if tags is not None else default_tags), *cfg.get("tags", [])],
                 "config": OmegaConf.to_container(cfg, resolve=True),
             }
+            if job_type:
+                extra["job_type"] = job_type
             if job:
                 extra["id"] = f"{job}-{output_dir.name}"
         loggers.append(hydra.utils.instantiate({**OmegaConf.to_container(logger_cfg, resolve=True), **extra, "_recursive_": False, "_convert_": "all"}))
