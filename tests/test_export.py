@@ -29,12 +29,7 @@ def compose_cfg(name: str, overrides: list[str], data_dir: Path, out: Path) -> D
     return runner.compose_config(name, overrides, data_dir=data_dir, output_dir=out)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

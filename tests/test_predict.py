@@ -66,13 +66,7 @@ def train_tiny(data_dir: Path, out: Path, mechanism: str) -> tuple[DictConfig, d
     return cfg, train(cfg, out)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a busy machine makes them spin: use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
