@@ -18,10 +18,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from empathy import CONFIG_DIR, runner
+from empathy import CONFIG_DIR, MECHANISMS, runner
 from empathy.io import write_json_atomic
 from empathy.predict.files import PredictSummary, predict_file
-from empathy.predict.predictor import MECHANISMS, EmpathyPredictor
+from empathy.predict.predictor import EmpathyPredictor
 
 
 def predict_from_config(cfg: DictConfig) -> PredictSummary:

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from empathy import MECHANISMS
 from empathy.data.read import DataError
 from empathy.io import atomic_output
-from empathy.predict.predictor import MECHANISMS, EmpathyPredictor, MechanismPredictions
+from empathy.predict.predictor import EmpathyPredictor, MechanismPredictions
 
 EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 FORMATS = ("csv", "jsonl", "parquet")

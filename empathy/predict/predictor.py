@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from empathy import MECHANISMS
 from empathy.models.biencoder import NUM_LEVELS, BiEncoder
 from empathy.models.encoders import load_encoder, load_tokenizer
 
-MECHANISMS = ("ER", "IP", "EX")
 EXPORT_FORMAT = "empathy-export"
 EXPORT_VERSION = 1
 CONFIG_FILE = "config.json"
