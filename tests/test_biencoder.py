@@ -93,3 +93,15 @@ def test_without_attention_there_is_no_seeker_encoder():
     assert model.seeker_encoder is None and model.attention is None
     out = model(response_input_ids=torch.randint(5, 100, (2, 4)), response_attention_mask=torch.ones(2, 4, dtype=torch.long))
     assert out.level_logits.shape == (2, 3) and out.rationale_logits.shape == (2, 4, 2)
+
+
+def test_a_pretrained_response_encoder_fine_tunes_with_dropout(tmp_path):
+    # from_pretrained returns eval mode; Lightning keeps submodule modes, so the bi-encoder itself
+    # must leave its response encoder in training mode (session 1 trained without dropout).
+    from empathy.models.encoders import load_encoder
+
+    load_encoder(TINY).save_pretrained(tmp_path)
+    model = BiEncoder({"name": "tiny", "path": str(tmp_path)})
+    assert model.training and model.response_encoder.training
+    assert all(m.training for m in model.response_encoder.modules())
+    assert not model.seeker_encoder.training

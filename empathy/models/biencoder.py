@@ -63,6 +63,9 @@ class BiEncoder(nn.Module):
             nn.Linear(hidden, num_levels),
         )
         self.rationale_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, 2))
+        # from_pretrained returns encoders in eval mode, and Lightning keeps each submodule's mode:
+        # without this the response encoder would fine-tune with its dropout switched off.
+        self.train()
 
     @property
     def hidden_size(self) -> int:

@@ -82,7 +82,8 @@ class MaskedLMModule(pl.LightningModule):
         self.save_hyperparameters(
             {"encoder": _plain(encoder), "optimizer": _plain(optimizer), "scheduler": _plain(scheduler)}
         )
-        self.model = load_masked_lm(self.hparams.encoder)
+        # from_pretrained returns eval mode and Lightning keeps submodule modes: train with dropout.
+        self.model = load_masked_lm(self.hparams.encoder).train()
         self._heldout = torch.zeros(2, dtype=torch.float64)  # summed loss, masked tokens
 
     def forward(self, batch: Mapping[str, torch.Tensor]):
