@@ -118,10 +118,14 @@ class EpitomeDataModule(pl.LightningDataModule):
     def _prepare(self) -> PreparedData:
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.encoder)
-        return prepare_mechanism(
+        return prepare_mechanism(**self.prepare_kwargs(self.mechanism, self.mechanism_file))
+
+    def prepare_kwargs(self, mechanism: str, mechanism_file: str) -> dict[str, Any]:
+        """The arguments of ``prepare_mechanism`` for one mechanism under this module's settings."""
+        return dict(
             data_dir=self.data_dir,
-            mechanism=self.mechanism,
-            mechanism_file=self.mechanism_file,
+            mechanism=mechanism,
+            mechanism_file=mechanism_file,
             encoder_cfg=self.encoder,
             max_len=self.max_len,
             on_conflict=self.on_conflict,
