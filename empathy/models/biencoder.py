@@ -28,6 +28,22 @@ class BiEncoderOutput:
     rationale_logits: Tensor  # [batch, response_tokens, 2]
 
 
+def make_level_head(hidden: int, dropout: float, num_levels: int = NUM_LEVELS) -> nn.Sequential:
+    """The empathy head: an MLP on the response's first token state -> level logits."""
+    return nn.Sequential(
+        nn.Dropout(dropout),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_levels),
+    )
+
+
+def make_rationale_head(hidden: int, dropout: float) -> nn.Sequential:
+    """The rationale head: per response token state -> (not rationale, rationale) logits."""
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, 2))
+
+
 class BiEncoder(nn.Module):
     def __init__(
         self,
@@ -55,14 +71,8 @@ class BiEncoder(nn.Module):
             self.seeker_encoder = None
             self.attention = None
         self.dropout = nn.Dropout(dropout)
-        self.level_head = nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, num_levels),
-        )
-        self.rationale_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, 2))
+        self.level_head = make_level_head(hidden, dropout, num_levels)
+        self.rationale_head = make_rationale_head(hidden, dropout)
         # from_pretrained returns encoders in eval mode, and Lightning keeps each submodule's mode:
         # without this the response encoder would fine-tune with its dropout switched off.
         self.train()
@@ -94,6 +104,24 @@ class BiEncoder(nn.Module):
         seeker_attention_mask: Tensor | None = None,
         seeker_states: Tensor | None = None,
     ) -> BiEncoderOutput:
+        states = self.response_states(
+            response_input_ids, response_attention_mask, seeker_input_ids, seeker_attention_mask, seeker_states
+        )
+        return BiEncoderOutput(
+            level_logits=self.level_head(states[:, 0]),
+            rationale_logits=self.rationale_head(states),
+        )
+
+    def response_states(
+        self,
+        response_input_ids: Tensor,
+        response_attention_mask: Tensor,
+        seeker_input_ids: Tensor | None = None,
+        seeker_attention_mask: Tensor | None = None,
+        seeker_states: Tensor | None = None,
+    ) -> Tensor:
+        """Response token states [batch, response_tokens, hidden] after the response-to-seeker
+        attention (what the heads read)."""
         states = self.response_encoder(
             input_ids=response_input_ids, attention_mask=response_attention_mask
         ).last_hidden_state
@@ -111,10 +139,7 @@ class BiEncoder(nn.Module):
                 need_weights=False,
             )
             states = states + self.dropout(attended)
-        return BiEncoderOutput(
-            level_logits=self.level_head(states[:, 0]),
-            rationale_logits=self.rationale_head(states),
-        )
+        return states
 
 
 def multitask_loss(
