@@ -1,0 +1,341 @@
+"""Rationale span decoding: from per-token rationale probabilities to 0/1 token labels.
+
+The rationale head gives logits [batch, tokens, 2]; :func:`rationale_probs` turns them into
+the probability of "rationale" [batch, tokens] and :func:`decode_rationales` into labels:
+
+1. threshold: a token inside the mask is predicted when its probability is >= ``threshold``;
+2. gap filling: a gap of at most ``fill_gaps`` unpredicted tokens between two predicted runs
+   is filled, when every token of the gap is inside the mask (the mask end, padding or any
+   masked-out token is never filled nor bridged);
+3. short spans: runs shorter than ``min_span`` tokens (after filling) are removed.
+
+Tokens outside the mask are always 0. ``threshold=0.5, fill_gaps=0, min_span=1`` is the
+argmax of a 2-class softmax (ties aside, where argmax picks "not rationale").
+
+:class:`RationaleDecoding` holds one such setting (validated, buildable from a config
+mapping); :class:`DecodingGrid` scores a grid of settings at once during validation, with
+the strict IOU F1 of :mod:`empathy.metrics`, so the best decoding can be picked on the
+validation split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from empathy.metrics import RationaleIOUF1, RationaleTokenF1
+
+__all__ = [
+    "DecodingGrid",
+    "RationaleDecoding",
+    "decode_rationales",
+    "rationale_probs",
+]
+
+DEFAULT_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+DEFAULT_FILL_GAPS = (0, 1, 2)
+
+
+# ---------------------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------------------
+
+
+def _check_threshold(value: object, name: str = "threshold") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+    if not 0.0 < float(value) < 1.0:  # also rejects nan
+        raise ValueError(f"{name} must be in (0, 1) (open interval), got {value!r}")
+    return float(value)
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_probs_and_mask(probs: Tensor, mask: Tensor) -> None:
+    if not isinstance(probs, Tensor) or not isinstance(mask, Tensor):
+        raise ValueError(
+            f"probs and mask must be torch.Tensors, got {type(probs).__name__} and "
+            f"{type(mask).__name__}"
+        )
+    if probs.ndim != 2:
+        hint = (
+            "; for rationale logits [batch, tokens, 2] use rationale_probs(logits) first"
+            if probs.ndim == 3
+            else ""
+        )
+        raise ValueError(f"probs must have shape [batch, tokens], got {tuple(probs.shape)}{hint}")
+    if not probs.is_floating_point():
+        raise ValueError(
+            f"probs must be a floating-point tensor of probabilities, got {probs.dtype}"
+        )
+    if mask.shape != probs.shape:
+        raise ValueError(
+            f"probs and mask must have the same shape [batch, tokens], got probs "
+            f"{tuple(probs.shape)} and mask {tuple(mask.shape)}"
+        )
+    if mask.is_floating_point() or mask.is_complex():
+        raise ValueError(f"mask must be a bool or integer tensor, got {mask.dtype}")
+
+
+# ---------------------------------------------------------------------------------------
+# pure decoding functions
+# ---------------------------------------------------------------------------------------
+
+
+def rationale_probs(logits: Tensor) -> Tensor:
+    """Probability of "rationale" [batch, tokens] from rationale logits [batch, tokens, 2]."""
+    if not isinstance(logits, Tensor) or logits.ndim != 3 or logits.shape[-1] != 2:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"logits must have shape [batch, tokens, 2], got {got}")
+    return logits.float().softmax(dim=-1)[..., 1]
+
+
+def _positions(on: Tensor) -> Tensor:
+    return torch.arange(on.shape[1], device=on.device).expand(on.shape)
+
+
+def _last_at_or_before(flag: Tensor, pos: Tensor) -> Tensor:
+    """Per position, the index of the last True of ``flag`` at or before it (-1 if none)."""
+    return torch.where(flag, pos, torch.full_like(pos, -1)).cummax(dim=1).values
+
+
+def _first_at_or_after(flag: Tensor, pos: Tensor) -> Tensor:
+    """Per position, the index of the first True of ``flag`` at or after it (tokens if none)."""
+    none = torch.full_like(pos, flag.shape[1])
+    return torch.where(flag, pos, none).flip(1).cummin(dim=1).values.flip(1)
+
+
+def _fill_gaps(on: Tensor, mask: Tensor, fill_gaps: int) -> Tensor:
+    """Fill runs of at most ``fill_gaps`` off tokens lying, wholly inside the mask, between
+    two on tokens. ``on`` is already False outside the mask."""
+    pos = _positions(on)
+    wall = ~mask
+    prev_on = _last_at_or_before(on, pos)
+    next_on = _first_at_or_after(on, pos)
+    # the nearest on token on each side must come before any masked-out token
+    bounded = (prev_on > _last_at_or_before(wall, pos)) & (next_on < _first_at_or_after(wall, pos))
+    gap = next_on - prev_on - 1
+    return on | (mask & ~on & bounded & (gap <= fill_gaps))
+
+
+def _drop_short_runs(on: Tensor, min_span: int) -> Tensor:
+    """Remove runs of on tokens shorter than ``min_span``."""
+    pos = _positions(on)
+    off = on.new_zeros(on.shape[0], 1)
+    starts = on & ~torch.cat([off, on[:, :-1]], dim=1)
+    ends = on & ~torch.cat([on[:, 1:], off], dim=1)
+    length = _first_at_or_after(ends, pos) - _last_at_or_before(starts, pos) + 1
+    return on & (length >= min_span)
+
+
+def decode_rationales(
+    probs: Tensor,
+    mask: Tensor,
+    threshold: float = 0.5,
+    fill_gaps: int = 0,
+    min_span: int = 1,
+) -> Tensor:
+    """Rationale token labels [batch, tokens] (long, 0/1) from probabilities [batch, tokens].
+
+    A token inside ``mask`` is predicted when its probability is >= ``threshold``; then every
+    gap of at most ``fill_gaps`` unpredicted tokens between two predicted runs is filled, if
+    the whole gap lies inside the mask; then runs shorter than ``min_span`` tokens are
+    removed. Outside ``mask`` the label is always 0. Vectorised (no Python loop over rows or
+    tokens); runs on the device of ``probs``.
+
+    >>> probs = torch.tensor([[0.9, 0.1, 0.8, 0.2, 0.2, 0.7, 0.9]])
+    >>> decode_rationales(probs, torch.ones_like(probs, dtype=torch.bool), fill_gaps=1).tolist()
+    [[1, 1, 1, 0, 0, 1, 1]]
+    """
+    threshold = _check_threshold(threshold)
+    fill_gaps = _check_int(fill_gaps, "fill_gaps", 0)
+    min_span = _check_int(min_span, "min_span", 1)
+    _check_probs_and_mask(probs, mask)
+    mask = mask.to(device=probs.device, dtype=torch.bool)
+    on = (probs >= threshold) & mask
+    if fill_gaps > 0 and on.shape[1] > 0:
+        on = _fill_gaps(on, mask, fill_gaps)
+    if min_span > 1 and on.shape[1] > 0:
+        on = _drop_short_runs(on, min_span)
+    return on.long()
+
+
+# ---------------------------------------------------------------------------------------
+# one decoding setting
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RationaleDecoding:
+    """One rationale decoding setting; see :func:`decode_rationales`.
+
+    ``threshold`` in (0, 1); ``fill_gaps`` >= 0; ``min_span`` >= 1 (1 removes nothing).
+    """
+
+    threshold: float = 0.5
+    fill_gaps: int = 0
+    min_span: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "threshold", _check_threshold(self.threshold))
+        _check_int(self.fill_gaps, "fill_gaps", 0)
+        _check_int(self.min_span, "min_span", 1)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object] | None) -> RationaleDecoding:
+        """Build from a mapping (a dict or an OmegaConf ``DictConfig``); ``None`` or an empty
+        mapping gives the defaults (argmax decoding). Unknown keys are an error."""
+        if config is None:
+            return cls()
+        if not isinstance(config, Mapping):
+            raise ValueError(
+                f"rationale decoding config must be a mapping with keys threshold, fill_gaps, "
+                f"min_span (or null), got {type(config).__name__}"
+            )
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in config if k not in known)
+        if unknown:
+            raise ValueError(
+                f"unknown rationale decoding key(s) {unknown}; expected some of {known}"
+            )
+        return cls(**{str(k): v for k, v in config.items()})
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"threshold": self.threshold, "fill_gaps": self.fill_gaps, "min_span": self.min_span}
+
+    @property
+    def tag(self) -> str:
+        """Short name, e.g. ``t0.4g1`` (``m<min_span>`` is appended when min_span > 1)."""
+        tag = f"t{self.threshold:g}g{self.fill_gaps}"
+        return tag if self.min_span == 1 else f"{tag}m{self.min_span}"
+
+    def decode(self, probs: Tensor, mask: Tensor) -> Tensor:
+        return decode_rationales(probs, mask, self.threshold, self.fill_gaps, self.min_span)
+
+
+# ---------------------------------------------------------------------------------------
+# scoring a grid of decodings during validation
+# ---------------------------------------------------------------------------------------
+
+
+class DecodingGrid(nn.Module):
+    """Strict rationale IOU F1 (and optionally token F1) of every decoding in a grid.
+
+    The grid is ``thresholds`` x ``fill_gaps`` at one ``min_span``. ``update`` scores rows
+    whose gold ``level`` is > 0 against the strict labels, as ``RationaleMetrics`` does for
+    its ``*_strict`` values; each decoding has its own :class:`~empathy.metrics.RationaleIOUF1`
+    (sum states, ``dist_reduce_fx="sum"``), so ``compute`` syncs across processes like the
+    other metrics. ``compute`` returns floats under ``rationale_iou_f1@<tag>`` (and
+    ``rationale_token_f1@<tag>`` with ``token_f1=True``), e.g. ``rationale_iou_f1@t0.4g1``;
+    nan when no row with level > 0 was seen since the last reset.
+
+    Cost: one copy of the batch to the CPU per ``update``; the decodings and span matching
+    run there (the IOU metric matches spans on the CPU anyway).
+    """
+
+    IOU_PREFIX = "rationale_iou_f1"
+    TOKEN_PREFIX = "rationale_token_f1"
+
+    def __init__(
+        self,
+        thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+        fill_gaps: Sequence[int] = DEFAULT_FILL_GAPS,
+        min_span: int = 1,
+        token_f1: bool = False,
+        iou_threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if len(thresholds) == 0 or len(fill_gaps) == 0:
+            raise ValueError(
+                f"thresholds and fill_gaps must be non-empty, got {list(thresholds)} and "
+                f"{list(fill_gaps)}"
+            )
+        self.decodings: list[RationaleDecoding] = [
+            RationaleDecoding(threshold=t, fill_gaps=g, min_span=min_span)
+            for t in thresholds
+            for g in fill_gaps
+        ]
+        tags = [d.tag for d in self.decodings]
+        duplicates = sorted({tag for tag in tags if tags.count(tag) > 1})
+        if duplicates:
+            raise ValueError(
+                f"the decoding grid has duplicate settings {duplicates} (thresholds "
+                f"{list(thresholds)}, fill_gaps {list(fill_gaps)})"
+            )
+        self.token_f1 = token_f1
+        # ModuleDict keys cannot hold '.', so the metrics are indexed by position in the grid
+        self.iou = nn.ModuleList(RationaleIOUF1(threshold=iou_threshold) for _ in self.decodings)
+        self.token = nn.ModuleList(RationaleTokenF1() for _ in self.decodings) if token_f1 else None
+
+    def update(self, probs: Tensor, target_strict: Tensor, mask: Tensor, level: Tensor) -> None:
+        """Add a batch: ``probs`` [batch, tokens] rationale probabilities, ``target_strict``
+        and ``mask`` [batch, tokens] 0/1, ``level`` [batch] gold levels."""
+        _check_probs_and_mask(probs, mask)
+        if not isinstance(target_strict, Tensor) or target_strict.shape != probs.shape:
+            got = (
+                tuple(target_strict.shape)
+                if isinstance(target_strict, Tensor)
+                else type(target_strict).__name__
+            )
+            raise ValueError(
+                f"target_strict must have the shape of probs {tuple(probs.shape)}, got {got}"
+            )
+        if not isinstance(level, Tensor) or level.ndim != 1 or level.shape[0] != probs.shape[0]:
+            got = tuple(level.shape) if isinstance(level, Tensor) else type(level).__name__
+            raise ValueError(
+                f"level must be a 1-D tensor with one gold level per example "
+                f"({probs.shape[0]}), got {got}"
+            )
+        # Always update (possibly with zero rows) so every DDP rank syncs the same states.
+        keep = level.detach().cpu() > 0
+        probs = probs.detach().cpu()[keep]
+        target = target_strict.detach().cpu()[keep]
+        mask = mask.detach().cpu()[keep]
+        for i, decoding in enumerate(self.decodings):
+            preds = decoding.decode(probs, mask)
+            self.iou[i].update(preds, target, mask)
+            if self.token is not None:
+                self.token[i].update(preds, target, mask)
+
+    def compute(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for i, decoding in enumerate(self.decodings):
+            out[f"{self.IOU_PREFIX}@{decoding.tag}"] = float(self.iou[i].compute())
+            if self.token is not None:
+                out[f"{self.TOKEN_PREFIX}@{decoding.tag}"] = float(self.token[i].compute())
+        return out
+
+    def best(self) -> tuple[RationaleDecoding, float]:
+        """The decoding with the highest strict IOU F1, and that score.
+
+        Ties go to the smaller ``fill_gaps``, then the threshold nearest 0.5, then the lower
+        threshold. With nothing scored (every value nan) this is the most preferred decoding
+        of the grid by that order, with score nan.
+        """
+        values = self.compute()
+        scores = [values[f"{self.IOU_PREFIX}@{d.tag}"] for d in self.decodings]
+
+        def rank(i: int) -> tuple:
+            d, score = self.decodings[i], scores[i]
+            score_key = -math.inf if math.isnan(score) else score
+            return (-score_key, d.fill_gaps, round(abs(d.threshold - 0.5), 9), d.threshold)
+
+        i = min(range(len(self.decodings)), key=rank)
+        return self.decodings[i], scores[i]
+
+    def reset(self) -> None:
+        for metric in self.iou:
+            metric.reset()
+        if self.token is not None:
+            for metric in self.token:
+                metric.reset()

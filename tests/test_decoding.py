@@ -1,0 +1,390 @@
+"""Rationale span decoding against hand-made cases and a plain loop reference."""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from empathy.decoding import (
+    DecodingGrid,
+    RationaleDecoding,
+    decode_rationales,
+    rationale_probs,
+)
+from empathy.metrics import RationaleIOUF1, RationaleMetrics, iou_f1, spans_from_labels
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HI, LO = 0.9, 0.1
+
+
+def p(rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def m(rows):
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+def full(probs):
+    return torch.ones_like(probs, dtype=torch.bool)
+
+
+def decode(rows, mask=None, **kwargs):
+    probs = p(rows)
+    return decode_rationales(probs, full(probs) if mask is None else m(mask), **kwargs).tolist()
+
+
+def reference(probs, mask, threshold, fill_gaps, min_span):
+    """The spec as plain loops, one row at a time."""
+    out = []
+    for row_p, row_m in zip(probs.tolist(), mask.tolist(), strict=True):
+        on = [bool(mk) and pr >= threshold for pr, mk in zip(row_p, row_m, strict=True)]
+        filled = list(on)
+        n = len(on)
+        for i in range(n):
+            if on[i] or not row_m[i]:
+                continue
+            lo = i
+            while lo >= 0 and row_m[lo] and not on[lo]:
+                lo -= 1
+            hi = i
+            while hi < n and row_m[hi] and not on[hi]:
+                hi += 1
+            bounded = lo >= 0 and on[lo] and hi < n and on[hi]
+            if bounded and hi - lo - 1 <= fill_gaps:
+                filled[i] = True
+        kept = [0] * n
+        i = 0
+        while i < n:
+            if filled[i]:
+                j = i
+                while j < n and filled[j]:
+                    j += 1
+                if j - i >= min_span:
+                    kept[i:j] = [1] * (j - i)
+                i = j
+            else:
+                i += 1
+        out.append(kept)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# decode_rationales
+# ---------------------------------------------------------------------------------------
+
+
+def test_threshold_is_inclusive_and_per_token():
+    row = [[0.1, 0.39, 0.4, 0.5, 0.6]]
+    assert decode(row) == [[0, 0, 0, 1, 1]]
+    assert decode(row, threshold=0.4) == [[0, 0, 1, 1, 1]]
+    assert decode(row, threshold=0.7) == [[0, 0, 0, 0, 0]]
+
+
+def test_zero_outside_the_mask_always():
+    row = [[HI, HI, HI, HI]]
+    assert decode(row, [[1, 0, 1, 0]]) == [[1, 0, 1, 0]]
+    assert decode(row, [[0, 0, 0, 0]], fill_gaps=3) == [[0, 0, 0, 0]]
+
+
+def test_gap_filling_fills_gaps_up_to_fill_gaps():
+    one_gap = [[HI, LO, HI]]
+    two_gap = [[HI, LO, LO, HI]]
+    assert decode(one_gap) == [[1, 0, 1]]
+    assert decode(one_gap, fill_gaps=1) == [[1, 1, 1]]
+    assert decode(two_gap, fill_gaps=1) == [[1, 0, 0, 1]]  # longer than fill_gaps: kept
+    assert decode(two_gap, fill_gaps=2) == [[1, 1, 1, 1]]
+    mixed = [[HI, LO, HI, LO, LO, LO, HI, LO, LO, HI]]
+    assert decode(mixed, fill_gaps=2) == [[1, 1, 1, 0, 0, 0, 1, 1, 1, 1]]
+
+
+def test_gap_filling_needs_a_predicted_run_on_both_sides():
+    assert decode([[LO, LO, HI, LO, LO]], fill_gaps=5) == [[0, 0, 1, 0, 0]]
+    assert decode([[LO, HI, LO, HI, LO]], fill_gaps=5) == [[0, 1, 1, 1, 0]]
+
+
+def test_gap_filling_does_not_cross_the_mask_end_or_padding():
+    # predicted run, gap, then padding whose probabilities are high: nothing bridges
+    row = [[HI, LO, LO, HI, HI]]
+    assert decode(row, [[1, 1, 1, 0, 0]], fill_gaps=4) == [[1, 0, 0, 0, 0]]
+    # a masked-out token inside the gap blocks the fill, even if its probability is high
+    assert decode([[HI, LO, HI, LO, HI]], [[1, 1, 0, 1, 1]], fill_gaps=4) == [[1, 0, 0, 0, 1]]
+    assert decode([[HI, LO, LO, HI]], [[1, 0, 1, 1]], fill_gaps=3) == [[1, 0, 0, 1]]
+    # a masked-out token right between two runs is not filled either
+    assert decode([[HI, HI, HI]], [[1, 0, 1]], fill_gaps=3) == [[1, 0, 1]]
+    # leading masked-out tokens (e.g. a prefix outside the response) are not gaps
+    assert decode([[HI, LO, HI, LO, HI]], [[0, 1, 1, 1, 1]], fill_gaps=1) == [[0, 0, 1, 1, 1]]
+
+
+def test_min_span_removes_short_runs():
+    row = [[HI, LO, HI, HI, LO, HI, HI, HI]]
+    assert decode(row, min_span=1) == [[1, 0, 1, 1, 0, 1, 1, 1]]
+    assert decode(row, min_span=2) == [[0, 0, 1, 1, 0, 1, 1, 1]]
+    assert decode(row, min_span=3) == [[0, 0, 0, 0, 0, 1, 1, 1]]
+    assert decode(row, min_span=4) == [[0, 0, 0, 0, 0, 0, 0, 0]]
+
+
+def test_min_span_applies_after_gap_filling_and_runs_break_at_the_mask():
+    assert decode([[HI, LO, HI]], fill_gaps=1, min_span=3) == [[1, 1, 1]]
+    assert decode([[HI, LO, HI]], fill_gaps=0, min_span=2) == [[0, 0, 0]]
+    assert decode([[HI, HI, HI, HI]], [[1, 1, 0, 1]], min_span=2) == [[1, 1, 0, 0]]
+    # runs touching either end of the row
+    assert decode([[HI, HI, LO, HI, HI, HI]], min_span=2) == [[1, 1, 0, 1, 1, 1]]
+
+
+def test_batch_of_mixed_lengths():
+    probs = p(
+        [
+            [HI, LO, HI, HI, HI, HI],  # length 6
+            [LO, HI, LO, HI, HI, HI],  # length 4, padding probabilities high
+            [HI, LO, HI, HI, LO, LO],  # length 3
+            [HI, HI, HI, HI, HI, HI],  # length 0
+        ]
+    )
+    mask = m([[1] * 6, [1] * 4 + [0] * 2, [1] * 3 + [0] * 3, [0] * 6])
+    assert decode_rationales(probs, mask, fill_gaps=1).tolist() == [
+        [1, 1, 1, 1, 1, 1],
+        [0, 1, 1, 1, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [0] * 6,
+    ]
+    assert decode_rationales(probs, mask, min_span=2).tolist() == [
+        [0, 0, 1, 1, 1, 1],
+        [0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0],
+        [0] * 6,
+    ]
+
+
+def test_default_decoding_equals_argmax_of_two_class_softmax():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 40, 2, generator=gen) * 3
+    logits[..., 1] += torch.where((logits[..., 1] - logits[..., 0]).abs() < 1e-3, 1.0, 0.0)
+    lengths = torch.randint(0, 41, (16,), generator=gen)
+    mask = torch.arange(40).unsqueeze(0) < lengths.unsqueeze(1)
+    today = logits.argmax(-1) * mask.to(torch.long)  # EmpathyModule.predictions
+    decoded = decode_rationales(rationale_probs(logits), mask)
+    assert decoded.dtype == torch.long
+    assert torch.equal(decoded, today)
+    assert torch.equal(RationaleDecoding().decode(rationale_probs(logits), mask), today)
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.5, 0.7])
+@pytest.mark.parametrize("fill_gaps", [0, 1, 3])
+@pytest.mark.parametrize("min_span", [1, 2, 3])
+def test_matches_the_loop_reference_on_random_rows(threshold, fill_gaps, min_span):
+    rng = random.Random(threshold * 100 + fill_gaps * 10 + min_span)
+    probs = p(
+        [[rng.choice([0.05, 0.3, 0.45, 0.55, 0.65, 0.95]) for _ in range(25)] for _ in range(30)]
+    )
+    mask = m([[rng.random() > 0.15 for _ in range(25)] for _ in range(30)])  # holes too
+    got = decode_rationales(probs, mask, threshold, fill_gaps, min_span).tolist()
+    assert got == reference(probs, mask, threshold, fill_gaps, min_span)
+
+
+def test_int_mask_half_precision_and_empty_shapes():
+    probs = p([[HI, LO, HI]])
+    assert decode_rationales(probs.half(), torch.tensor([[1, 1, 1]]), fill_gaps=1).tolist() == [
+        [1, 1, 1]
+    ]
+    assert decode_rationales(
+        torch.zeros(0, 5), torch.zeros(0, 5, dtype=torch.bool), 0.5, 2, 2
+    ).shape == (0, 5)
+    assert decode_rationales(
+        torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.bool), 0.5, 2, 2
+    ).shape == (3, 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"threshold": 0.0}, "threshold must be in \\(0, 1\\)"),
+        ({"threshold": 1.0}, "threshold must be in \\(0, 1\\)"),
+        ({"threshold": float("nan")}, "threshold must be in \\(0, 1\\)"),
+        ({"threshold": "0.5"}, "threshold must be a number"),
+        ({"threshold": True}, "threshold must be a number"),
+        ({"fill_gaps": -1}, "fill_gaps must be an integer >= 0"),
+        ({"fill_gaps": 1.0}, "fill_gaps must be an integer >= 0"),
+        ({"min_span": 0}, "min_span must be an integer >= 1"),
+    ],
+)
+def test_bad_settings_are_clear_errors(kwargs, message):
+    probs = p([[HI]])
+    with pytest.raises(ValueError, match=message):
+        decode_rationales(probs, full(probs), **kwargs)
+    with pytest.raises(ValueError, match=message):
+        RationaleDecoding(**kwargs)
+
+
+def test_bad_tensors_are_clear_errors():
+    with pytest.raises(ValueError, match="use rationale_probs"):
+        decode_rationales(torch.zeros(2, 3, 2), torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="floating-point"):
+        decode_rationales(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="same shape"):
+        decode_rationales(torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\[batch, tokens, 2\]"):
+        rationale_probs(torch.zeros(2, 3))
+
+
+# ---------------------------------------------------------------------------------------
+# RationaleDecoding
+# ---------------------------------------------------------------------------------------
+
+
+def test_rationale_decoding_from_config():
+    assert RationaleDecoding.from_config(None) == RationaleDecoding(0.5, 0, 1)
+    assert RationaleDecoding.from_config({}) == RationaleDecoding()
+    assert RationaleDecoding.from_config({"threshold": 0.4, "fill_gaps": 1}) == RationaleDecoding(
+        0.4, 1, 1
+    )
+    cfg = OmegaConf.create({"threshold": 0.3, "fill_gaps": 2, "min_span": 2})
+    decoding = RationaleDecoding.from_config(cfg)
+    assert decoding.to_dict() == {"threshold": 0.3, "fill_gaps": 2, "min_span": 2}
+    assert decoding.tag == "t0.3g2m2"
+    assert RationaleDecoding(0.4, 1).tag == "t0.4g1"
+    with pytest.raises(ValueError, match=r"unknown rationale decoding key\(s\) \['gap'\]"):
+        RationaleDecoding.from_config({"gap": 1})
+    with pytest.raises(ValueError, match="must be a mapping"):
+        RationaleDecoding.from_config([0.5])
+    with pytest.raises(ValueError, match="fill_gaps must be an integer >= 0"):
+        RationaleDecoding.from_config({"fill_gaps": -2})
+
+
+# ---------------------------------------------------------------------------------------
+# DecodingGrid
+# ---------------------------------------------------------------------------------------
+
+# row 0: gold one span 0..4; predicted [0.6 0.35 0.6 0.6] -> t0.5g0 two spans (1 of 2 matches
+#        IOU 2/4 = 0.5: F1 2/3), t0.5g1 one span = gold (F1 1), t0.3 one span (F1 1)
+# row 1: gold span 2..4; probs 0.45 there -> only thresholds <= 0.4 find it
+# row 2: level 0: never scored
+GRID_PROBS = p(
+    [
+        [0.6, 0.35, 0.6, 0.6, 0.1],
+        [0.1, 0.1, 0.45, 0.45, 0.1],
+        [0.9, 0.9, 0.9, 0.9, 0.9],
+    ]
+)
+GRID_GOLD = torch.tensor([[1, 1, 1, 1, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 0]])
+GRID_MASK = m([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
+GRID_LEVEL = torch.tensor([2, 1, 0])
+
+
+def quiet(fn):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "compute called before update" on purpose
+        return fn()
+
+
+def test_grid_keys_default():
+    grid = DecodingGrid()
+    grid.update(GRID_PROBS, GRID_GOLD, GRID_MASK, GRID_LEVEL)
+    values = grid.compute()
+    assert list(values) == [
+        f"rationale_iou_f1@t{t}g{g}"
+        for t in ("0.2", "0.3", "0.4", "0.5", "0.6", "0.7")
+        for g in (0, 1, 2)
+    ]
+    assert all(isinstance(v, float) for v in values.values())
+
+
+def test_grid_scores_hand_computed_cases_on_level_above_zero_rows():
+    grid = DecodingGrid(thresholds=(0.3, 0.5, 0.7), fill_gaps=(0, 1))
+    grid.update(GRID_PROBS, GRID_GOLD, GRID_MASK, GRID_LEVEL)
+    values = grid.compute()
+    assert values["rationale_iou_f1@t0.3g0"] == pytest.approx((1 + 1) / 2)
+    assert values["rationale_iou_f1@t0.3g1"] == pytest.approx((1 + 1) / 2)
+    assert values["rationale_iou_f1@t0.5g0"] == pytest.approx((2 / 3 + 0) / 2)
+    assert values["rationale_iou_f1@t0.5g1"] == pytest.approx((1 + 0) / 2)
+    assert values["rationale_iou_f1@t0.7g0"] == pytest.approx(0.0)  # nothing predicted
+    assert grid.best() == (RationaleDecoding(0.3, 0), pytest.approx(1.0))
+
+
+def test_grid_agrees_with_rationale_metrics_strict_at_the_default_decoding():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(12, 20, 2, generator=gen)
+    gold = (torch.rand(12, 20, generator=gen) > 0.6).long()
+    mask = torch.arange(20).unsqueeze(0) < torch.randint(1, 21, (12, 1), generator=gen)
+    level = torch.randint(0, 3, (12,), generator=gen)
+    grid = DecodingGrid()
+    grid.update(rationale_probs(logits), gold, mask, level)
+    metrics = RationaleMetrics()
+    preds = logits.argmax(-1) * mask.long()
+    metrics.update(preds, gold, gold, mask, level)
+    expected = float(metrics.compute()["rationale_iou_f1_strict"])
+    assert grid.compute()["rationale_iou_f1@t0.5g0"] == pytest.approx(expected)
+
+
+def test_grid_best_breaks_ties_towards_fewer_fills_then_threshold_near_half():
+    grid = DecodingGrid(thresholds=(0.2, 0.4, 0.6), fill_gaps=(2, 0))
+    probs = p([[0.9, 0.9, 0.1]])
+    grid.update(probs, torch.tensor([[1, 1, 0]]), full(probs), torch.tensor([1]))
+    assert set(grid.compute().values()) == {1.0}
+    assert grid.best() == (RationaleDecoding(0.4, 0), 1.0)
+
+
+def test_grid_nan_without_level_above_zero_rows_and_reset():
+    grid = DecodingGrid(thresholds=(0.4, 0.5), fill_gaps=(0,))
+    grid.update(GRID_PROBS[2:], GRID_GOLD[2:], GRID_MASK[2:], GRID_LEVEL[2:])
+    assert all(math.isnan(v) for v in quiet(grid.compute).values())
+    decoding, score = quiet(grid.best)
+    assert decoding == RationaleDecoding(0.5, 0) and math.isnan(score)
+    grid.update(GRID_PROBS, GRID_GOLD, GRID_MASK, GRID_LEVEL)
+    assert not math.isnan(grid.compute()["rationale_iou_f1@t0.5g0"])
+    grid.reset()
+    assert all(math.isnan(v) for v in quiet(grid.compute).values())
+
+
+def test_grid_states_are_sums_and_merge_like_a_ddp_reduction():
+    first, second, whole = DecodingGrid(), DecodingGrid(), DecodingGrid()
+    first.update(GRID_PROBS[:1], GRID_GOLD[:1], GRID_MASK[:1], GRID_LEVEL[:1])
+    second.update(GRID_PROBS[1:], GRID_GOLD[1:], GRID_MASK[1:], GRID_LEVEL[1:])
+    whole.update(GRID_PROBS, GRID_GOLD, GRID_MASK, GRID_LEVEL)
+    for mine, theirs in zip(first.iou, second.iou, strict=True):
+        assert mine._reductions and all(
+            fx is not None for fx in mine._reductions.values()
+        )  # dist_reduce_fx set on every state
+        mine.merge_state(theirs)
+    assert first.compute() == pytest.approx(whole.compute())
+
+
+def test_grid_batches_of_different_lengths_and_token_f1():
+    grid = DecodingGrid(thresholds=(0.5,), fill_gaps=(0, 1), token_f1=True)
+    grid.update(p([[HI, LO, HI]]), torch.tensor([[1, 1, 1]]), m([[1, 1, 1]]), torch.tensor([1]))
+    grid.update(p([[HI, HI]]), torch.tensor([[0, 1]]), m([[1, 1]]), torch.tensor([2]))
+    values = grid.compute()
+    assert set(values) == {
+        "rationale_iou_f1@t0.5g0",
+        "rationale_iou_f1@t0.5g1",
+        "rationale_token_f1@t0.5g0",
+        "rationale_token_f1@t0.5g1",
+    }
+    assert values["rationale_iou_f1@t0.5g0"] == pytest.approx((0 + 1) / 2)  # 1/3 IOU; 1/2 IOU
+    assert values["rationale_iou_f1@t0.5g1"] == pytest.approx((1 + 1) / 2)
+    assert values["rationale_token_f1@t0.5g0"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert values["rationale_token_f1@t0.5g1"] == pytest.approx((1 + 2 / 3) / 2)
+    # the grid reuses the metric: same value as RationaleIOUF1 on the decoded labels
+    single = RationaleIOUF1()
+    single.update(torch.tensor([[1, 0, 1]]), torch.tensor([[1, 1, 1]]), m([[1, 1, 1]]))
+    assert float(single.compute()) == iou_f1(spans_from_labels([1, 0, 1]), [(0, 3)]) == 0.0
+
+
+def test_grid_rejects_bad_grids_and_inputs():
+    with pytest.raises(ValueError, match="duplicate settings"):
+        DecodingGrid(thresholds=(0.5, 0.5))
+    with pytest.raises(ValueError, match="non-empty"):
+        DecodingGrid(fill_gaps=())
+    with pytest.raises(ValueError, match="threshold must be in"):
+        DecodingGrid(thresholds=(0.0,))
+    grid = DecodingGrid()
+    with pytest.raises(ValueError, match="level must be a 1-D tensor"):
+        grid.update(GRID_PROBS, GRID_GOLD, GRID_MASK, GRID_LEVEL[:2])
+    with pytest.raises(ValueError, match="target_strict must have the shape"):
+        grid.update(GRID_PROBS, GRID_GOLD[:, :3], GRID_MASK, GRID_LEVEL)
