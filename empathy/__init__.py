@@ -6,6 +6,8 @@ from pathlib import Path
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 MECHANISMS = ("ER", "IP", "EX")
+# The mechanism name of a joint model (model=joint): one model scoring all of MECHANISMS.
+JOINT = "joint"
 LEVELS = (0, 1, 2)
 
 __version__ = "0.1.0"

@@ -23,10 +23,21 @@ class Collator:
     Output keys: ``response_input_ids``, ``response_attention_mask``, ``rationale_mask`` (real
     response tokens), ``rationale_strict``, ``rationale_paper``, ``seeker_input_ids``,
     ``seeker_attention_mask``, ``seeker_id``, ``level`` (when labelled) and ``index``.
+
+    ``token_columns`` (per response token, padded with 0) and ``label_columns`` (one int per
+    row) name the label columns; the joint data module passes its per-mechanism ones
+    (``rationale_strict_ER``, ``level_ER``, ...).
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(
+        self,
+        pad_token_id: int,
+        token_columns: Sequence[str] = ("rationale_strict", "rationale_paper"),
+        label_columns: Sequence[str] = ("level",),
+    ) -> None:
         self.pad_token_id = pad_token_id
+        self.token_columns = tuple(token_columns)
+        self.label_columns = tuple(label_columns)
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
         response = [r["response_input_ids"] for r in rows]
@@ -40,9 +51,10 @@ class Collator:
             "seeker_id": torch.tensor([r["seeker_id"] for r in rows], dtype=torch.long),
             "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
         }
-        for key in ("rationale_strict", "rationale_paper"):
+        for key in self.token_columns:
             if key in rows[0]:
                 batch[key] = _pad([r[key] for r in rows], 0)
-        if "level" in rows[0]:
-            batch["level"] = torch.tensor([r["level"] for r in rows], dtype=torch.long)
+        for key in self.label_columns:
+            if key in rows[0]:
+                batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.long)
         return batch

@@ -1,0 +1,248 @@
+"""The three mechanisms' datasets merged into one, for a joint model (``model=joint``).
+
+The EPITOME files annotate the same (sp_id, rp_id) pairs for ER, IP and EX. Each mechanism is
+prepared as for a separate model (``prepare_mechanism``: read, align, split, cache); then
+:func:`merge_mechanisms` (pure) joins the prepared splits by pair into one dataset per split:
+
+- the shared columns (``sp_id``, ``rp_id``, the posts, ``seeker_input_ids``,
+  ``response_input_ids``, ``response_offsets``, ``response_mask``), checked to agree across
+  mechanisms: a pair whose response (text or tokens) or seeker post differs, or that sits in
+  different splits, stops with an error naming it;
+- ``seeker_id`` renumbered over the merged rows (one id per distinct seeker post, all splits),
+  since each mechanism numbered its own seeker posts;
+- per mechanism ``M``: ``level_M`` and ``rationale_strict_M`` / ``rationale_paper_M``; where
+  ``M``'s file lacks the pair (e.g. a level conflict dropped there) the level is -100 and every
+  rationale label -100, and the model ignores them (loss and metrics).
+
+:class:`JointEpitomeDataModule` wires this to the loaders of :class:`EpitomeDataModule`.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import datasets
+
+from empathy import JOINT, MECHANISMS
+from empathy.data.collate import Collator
+from empathy.data.datamodule import SPLITS, EpitomeDataModule
+from empathy.data.processing import (
+    FEATURES,
+    UNALIGNED_CSV,
+    PreparedData,
+    cache_key,
+    prepare_mechanism,
+)
+from empathy.data.split import write_split_csv
+from empathy.io import atomic_output
+from empathy.models.encoders import load_tokenizer
+
+IGNORE_INDEX = -100
+POLICIES = ("strict", "paper")
+SHARED_COLUMNS = (
+    "sp_id",
+    "rp_id",
+    "seeker_post",
+    "response_post",
+    "seeker_input_ids",
+    "response_input_ids",
+    "response_offsets",
+    "response_mask",
+)
+# Columns that must be identical for a pair in every mechanism's dataset.
+CHECKED_COLUMNS = SHARED_COLUMNS[2:]
+
+
+def level_column(mechanism: str) -> str:
+    return f"level_{mechanism}"
+
+
+def rationale_column(mechanism: str, policy: str) -> str:
+    return f"rationale_{policy}_{mechanism}"
+
+
+def joint_features(mechanisms: Sequence[str]) -> datasets.Features:
+    features = {c: FEATURES[c] for c in SHARED_COLUMNS}
+    features["seeker_id"] = FEATURES["seeker_id"]
+    for m in mechanisms:
+        features[level_column(m)] = FEATURES["level"]
+        for policy in POLICIES:
+            features[rationale_column(m, policy)] = FEATURES[f"rationale_{policy}"]
+    return datasets.Features(features)
+
+
+class JointMergeError(ValueError):
+    """The mechanisms' datasets do not describe the same pairs the same way."""
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def merge_mechanisms(prepared: Mapping[str, datasets.DatasetDict]) -> datasets.DatasetDict:
+    """One dataset per split holding every mechanism's labels for each (sp_id, rp_id) pair.
+
+    ``prepared`` maps mechanism -> its prepared ``DatasetDict`` (train / dev / test, the columns
+    of ``empathy.data.processing.FEATURES``). Rows come in split order, then in the order the
+    mechanisms first list them. Raises :class:`JointMergeError` when a pair is in different
+    splits or its posts or response tokens differ between mechanisms.
+    """
+    mechanisms = list(prepared)
+    if not mechanisms:
+        raise ValueError("no mechanism to merge")
+    columns = {m: {s: prepared[m][s].to_dict() for s in SPLITS} for m in mechanisms}
+    # pair -> {mechanism: (split, row)}
+    where: dict[tuple[str, str], dict[str, tuple[str, int]]] = {}
+    order: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    for m in mechanisms:
+        for split in SPLITS:
+            cols = columns[m][split]
+            for row, key in enumerate(zip(cols["sp_id"], cols["rp_id"], strict=True)):
+                seen = where.setdefault(key, {})
+                if seen:
+                    other, (other_split, other_row) = next(iter(seen.items()))
+                    if other_split != split:
+                        raise JointMergeError(
+                            f"pair (sp_id={key[0]}, rp_id={key[1]}) is in {other}'s {other_split} split but in "
+                            f"{m}'s {split} split: a joint model needs one split for every mechanism (the "
+                            "shared split, data.split_scope=shared, or one data.split_file for all of them)"
+                        )
+                    theirs = columns[other][other_split]
+                    for column in CHECKED_COLUMNS:
+                        if cols[column][row] != theirs[column][other_row]:
+                            raise JointMergeError(
+                                f"pair (sp_id={key[0]}, rp_id={key[1]}): {column} differs between {other} "
+                                f"({_short(theirs[column][other_row])}) and {m} ({_short(cols[column][row])}); "
+                                "a joint model needs the same posts, tokenized the same way, in every "
+                                "mechanism's file"
+                            )
+                else:
+                    order[split].append(key)
+                seen[m] = (split, row)
+
+    seeker_ids: dict[str, int] = {}
+    merged = datasets.DatasetDict()
+    features = joint_features(mechanisms)
+    for split in SPLITS:
+        out: dict[str, list] = {name: [] for name in features}
+        for key in order[split]:
+            seen = where[key]
+            first, (_, first_row) = next(iter(seen.items()))
+            source = columns[first][split]
+            for column in SHARED_COLUMNS:
+                out[column].append(source[column][first_row])
+            seeker = source["seeker_post"][first_row]
+            out["seeker_id"].append(seeker_ids.setdefault(seeker, len(seeker_ids)))
+            tokens = len(source["response_input_ids"][first_row])
+            for m in mechanisms:
+                if m in seen:
+                    row = seen[m][1]
+                    cols = columns[m][split]
+                    out[level_column(m)].append(cols["level"][row])
+                    for policy in POLICIES:
+                        out[rationale_column(m, policy)].append(cols[f"rationale_{policy}"][row])
+                else:
+                    out[level_column(m)].append(IGNORE_INDEX)
+                    for policy in POLICIES:
+                        out[rationale_column(m, policy)].append([IGNORE_INDEX] * tokens)
+        merged[split] = datasets.Dataset.from_dict(out, features=features)
+    return merged
+
+
+def level_counts(dataset: Any, mechanism: str) -> list[int]:
+    """Rows per level (0, 1, 2) of ``mechanism`` in a merged split (unlabelled rows left out)."""
+    levels = dataset[level_column(mechanism)]
+    return [sum(1 for level in levels if level == c) for c in range(3)]
+
+
+def _joint_summary(parts: Mapping[str, PreparedData], merged: datasets.DatasetDict) -> dict:
+    splits = {}
+    for split in SPLITS:
+        dataset = merged[split]
+        splits[split] = {
+            "rows": len(dataset),
+            "levels": {m: {str(c): n for c, n in enumerate(level_counts(dataset, m))} for m in parts},
+            "unlabelled": {m: sum(1 for v in dataset[level_column(m)] if v == IGNORE_INDEX) for m in parts},
+        }
+    return {"mechanism": JOINT, "mechanisms": {m: p.summary for m, p in parts.items()}, "splits": splits}
+
+
+def _write_unaligned(path: Path, parts: Mapping[str, PreparedData]) -> None:
+    """The mechanisms' unaligned-rationale reports in one CSV, with a ``mechanism`` column."""
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["mechanism", "sp_id", "rp_id", "piece", "reason"])
+        for m, part in parts.items():
+            with open(part.unaligned_report, encoding="utf-8", newline="") as src:
+                for row in csv.DictReader(src):
+                    writer.writerow([m, row["sp_id"], row["rp_id"], row["piece"], row["reason"]])
+
+
+class JointEpitomeDataModule(EpitomeDataModule):
+    """Every mechanism of ``mechanism_files`` in one dataset (see the module docstring).
+
+    Takes :class:`EpitomeDataModule`'s settings; ``mechanism`` and ``mechanism_file`` (the
+    ``mechanism=`` config group) are ignored: the mechanisms are the keys of
+    ``mechanism_files``. Batches hold the shared inputs plus ``level_M``,
+    ``rationale_strict_M`` and ``rationale_paper_M`` per mechanism ``M``.
+    """
+
+    def __init__(self, *, mechanism: str | None = None, mechanism_file: str | None = None, **kwargs: Any) -> None:
+        super().__init__(mechanism=JOINT, mechanism_file="", **kwargs)
+        if not self.mechanism_files:
+            raise ValueError(
+                "data.mechanism_files is empty: the joint model needs mechanism -> CSV file name, "
+                "e.g. {ER: emotional-reactions-reddit.csv, IP: interpretations-reddit.csv, EX: explorations-reddit.csv}"
+            )
+        unknown = [m for m in self.mechanism_files if m not in MECHANISMS]
+        if unknown:
+            raise ValueError(f"data.mechanism_files: unknown mechanism(s) {unknown}; expected some of {', '.join(MECHANISMS)}")
+        self.mechanisms = tuple(m for m in MECHANISMS if m in self.mechanism_files)
+
+    def _prepare(self) -> PreparedData:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.encoder)
+        parts = {m: prepare_mechanism(**self.prepare_kwargs(m, self.mechanism_files[m])) for m in self.mechanisms}
+        merged = merge_mechanisms({m: p.datasets for m, p in parts.items()})
+        # The merged split and unaligned report, beside the mechanisms' cache entries.
+        cache_path = Path(self.cache_dir).resolve() / f"{JOINT}-{cache_key({m: p.cache_path.name for m, p in parts.items()})}"
+        split_csv, unaligned = cache_path / "split.csv", cache_path / UNALIGNED_CSV
+        if not split_csv.is_file() or not unaligned.is_file():
+            cache_path.mkdir(parents=True, exist_ok=True)
+            pairs = [
+                (SimpleNamespace(sp_id=sp, rp_id=rp), split)
+                for split in SPLITS
+                for sp, rp in zip(merged[split]["sp_id"], merged[split]["rp_id"], strict=True)
+            ]
+            write_split_csv(split_csv, [p for p, _ in pairs], [s for _, s in pairs])
+            _write_unaligned(unaligned, parts)
+        summary = _joint_summary(parts, merged)
+        summary.update(cache_path=str(cache_path), split_csv=str(split_csv), unaligned_report=str(unaligned))
+        return PreparedData(merged, summary, split_csv, cache_path, unaligned)
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        self.collator = Collator(
+            self.tokenizer.pad_token_id,
+            token_columns=[rationale_column(m, p) for m in self.mechanisms for p in POLICIES],
+            label_columns=[level_column(m) for m in self.mechanisms],
+        )
+
+    def level_counts(self, split: str = "train", mechanism: str | None = None) -> list[int]:
+        if mechanism is None:
+            raise ValueError(f"the joint data has one level per mechanism: name one of {', '.join(self.mechanisms)}")
+        return level_counts(self.dataset(split), mechanism)
+
+    def inverse_frequency_weights(self) -> dict[str, list[float]]:
+        """Per mechanism, level-loss weights n / (3 * n_c) from its labelled train rows."""
+        weights = {}
+        for m in self.mechanisms:
+            counts = self.level_counts("train", m)
+            total = sum(counts)
+            weights[m] = [total / (3 * max(1, c)) for c in counts]
+        return weights
