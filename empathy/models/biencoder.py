@@ -8,7 +8,7 @@ and a per-token head marks the response tokens that justify it (rationales).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +140,71 @@ class BiEncoder(nn.Module):
             )
             states = states + self.dropout(attended)
         return states
+
+
+class MechanismHeads(nn.Module):
+    """One mechanism's level and rationale heads (the joint model has one per mechanism)."""
+
+    def __init__(self, hidden: int, dropout: float, num_levels: int = NUM_LEVELS) -> None:
+        super().__init__()
+        self.level_head = make_level_head(hidden, dropout, num_levels)
+        self.rationale_head = make_rationale_head(hidden, dropout)
+
+    def forward(self, states: Tensor) -> BiEncoderOutput:
+        return BiEncoderOutput(level_logits=self.level_head(states[:, 0]), rationale_logits=self.rationale_head(states))
+
+
+class JointBiEncoder(BiEncoder):
+    """The bi-encoder with one pair of heads per mechanism on one response encoder, one seeker
+    pass and one response-to-seeker attention (``model=joint``).
+
+    ``forward`` returns ``{mechanism: BiEncoderOutput}``. Parameter names: the shared body keeps
+    the bi-encoder's (``response_encoder.*``, ``seeker_encoder.*``, ``attention.*``); the heads
+    are ``heads.<M>.level_head.*`` and ``heads.<M>.rationale_head.*`` (no ``level_head.*`` /
+    ``rationale_head.*`` at the top level, so a joint state dict never loads into a
+    single-mechanism model or the reverse).
+    """
+
+    def __init__(
+        self,
+        encoder: Mapping[str, Any],
+        *,
+        mechanisms: Sequence[str],
+        dropout: float = 0.1,
+        num_levels: int = NUM_LEVELS,
+        **kwargs: Any,
+    ) -> None:
+        if not mechanisms or len(set(mechanisms)) != len(mechanisms):
+            raise ValueError(f"a joint bi-encoder needs distinct mechanisms, got {list(mechanisms)}")
+        super().__init__(encoder, dropout=dropout, num_levels=num_levels, **kwargs)
+        # One pair of heads per mechanism in place of the single pair.
+        del self.level_head, self.rationale_head
+        self.mechanisms = tuple(mechanisms)
+        self.heads = nn.ModuleDict({m: MechanismHeads(self.hidden_size, dropout, num_levels) for m in self.mechanisms})
+        self.train(self.training)
+
+    def forward(
+        self,
+        response_input_ids: Tensor,
+        response_attention_mask: Tensor,
+        seeker_input_ids: Tensor | None = None,
+        seeker_attention_mask: Tensor | None = None,
+        seeker_states: Tensor | None = None,
+    ) -> dict[str, BiEncoderOutput]:
+        states = self.response_states(
+            response_input_ids, response_attention_mask, seeker_input_ids, seeker_attention_mask, seeker_states
+        )
+        return {m: head(states) for m, head in self.heads.items()}
+
+
+def build_net(encoder: Mapping[str, Any], net: Mapping[str, Any]) -> BiEncoder:
+    """The network a ``net`` config describes: a :class:`JointBiEncoder` when it names
+    ``mechanisms``, else the single-mechanism :class:`BiEncoder`."""
+    net = dict(net)
+    if net.get("mechanisms"):
+        return JointBiEncoder(encoder, **net)
+    net.pop("mechanisms", None)
+    return BiEncoder(encoder, **net)
 
 
 def multitask_loss(

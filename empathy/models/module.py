@@ -14,8 +14,9 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from torch.optim.lr_scheduler import LambdaLR
 
+from empathy import JOINT
 from empathy.metrics import RationaleMetrics, level_metrics
-from empathy.models.biencoder import BiEncoder, BiEncoderOutput, multitask_loss
+from empathy.models.biencoder import BiEncoderOutput, build_net, multitask_loss
 
 STAGE_PREFIX = {"val": "dev", "test": "test"}
 
@@ -78,7 +79,7 @@ class EmpathyModule(pl.LightningModule):
                 "data_config": _plain(data_config) or {},
             }
         )
-        self.net = BiEncoder(self.hparams.encoder, **self.hparams.net)
+        self.net = build_net(self.hparams.encoder, self.hparams.net)
         weights = self.hparams.class_weights
         self.register_buffer(
             "class_weights", None if weights is None else torch.tensor(weights, dtype=torch.float32), persistent=False
@@ -98,6 +99,10 @@ class EmpathyModule(pl.LightningModule):
             raise FileNotFoundError(f"checkpoint not found: {path}") from None
         if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
             raise ValueError(f"{path} is not an empathy training checkpoint (no hyper_parameters / state_dict)")
+        if cls is EmpathyModule and checkpoint["hyper_parameters"].get("mechanism") == JOINT:
+            from empathy.models.joint import JointEmpathyModule  # a joint model's checkpoint
+
+            cls = JointEmpathyModule
         module = cls(**checkpoint["hyper_parameters"])
         module.load_state_dict(checkpoint["state_dict"])
         return module
