@@ -2,6 +2,7 @@
 
     python -m empathy.evaluate ckpt_path=<run>/checkpoints/best-epoch03.ckpt [split=dev|test|train]
     python -m empathy.evaluate ckpt_path=... mechanism=IP encoder=minilm   # also checks the checkpoint
+    python -m empathy.evaluate ckpt_path=<joint run>/checkpoints/best-epoch03.ckpt  # model=joint: <split>/<M>/... per mechanism
 
 Writes ``eval_<split>.json`` into the run folder and prints the metrics.
 """
@@ -16,7 +17,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from empathy import CONFIG_DIR, runner
+from empathy import CONFIG_DIR, JOINT, runner
+from empathy.data.joint import JointEpitomeDataModule
 from empathy.io import write_json_atomic
 from empathy.models.module import EmpathyModule
 
@@ -40,12 +42,18 @@ def check_matches(cfg: DictConfig, hparams: dict[str, Any], ckpt_path: str) -> N
 
 def checkpoint_datamodule(cfg: DictConfig, module: EmpathyModule):
     """The data a checkpoint was trained on (its mechanism, tokenizer, max_len, labelling and split
-    settings), read from ``cfg.paths`` (the data and cache folders of this machine)."""
+    settings), read from ``cfg.paths`` (the data and cache folders of this machine). A joint
+    model's checkpoint gets the joint data (every mechanism of its ``data.mechanism_files``)."""
     hparams = module.hparams
+    overrides = dict(hparams["data_config"])
     with open_dict(cfg):
-        cfg.mechanism = {"name": hparams["mechanism"], "file": _mechanism_file(hparams["mechanism"])}
+        if hparams["mechanism"] == JOINT:
+            cfg.mechanism = {"name": JOINT, "file": None}
+            overrides["_target_"] = f"{JointEpitomeDataModule.__module__}.{JointEpitomeDataModule.__name__}"
+        else:
+            cfg.mechanism = {"name": hparams["mechanism"], "file": _mechanism_file(hparams["mechanism"])}
         cfg.encoder = hparams["encoder"]
-    datamodule = runner.build_datamodule(cfg, data_overrides=hparams["data_config"])
+    datamodule = runner.build_datamodule(cfg, data_overrides=overrides)
     datamodule.setup()
     return datamodule
 

@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from empathy import CONFIG_DIR
+from empathy import CONFIG_DIR, JOINT
 from empathy.data.datamodule import EpitomeDataModule
 
 # Data settings that define the split and the labels; stored in checkpoints so that evaluation
@@ -77,12 +77,34 @@ def class_weights(cfg: DictConfig, datamodule: EpitomeDataModule) -> list[float]
     return weights
 
 
+def is_joint(cfg: DictConfig) -> bool:
+    """Whether the config trains the joint model (``model=joint``: all mechanisms at once)."""
+    from empathy.models.joint import JointEmpathyModule
+
+    target = (cfg.get("model") or {}).get("_target_")
+    return bool(target) and issubclass(hydra.utils.get_class(target), JointEmpathyModule)
+
+
+def mechanism_name(cfg: DictConfig) -> str:
+    """The mechanism a run trains: ``joint`` for the joint model (``mechanism=`` is ignored)."""
+    return JOINT if is_joint(cfg) else cfg.mechanism.name
+
+
 def build_module(cfg: DictConfig, datamodule: EpitomeDataModule):
+    from empathy.data.joint import JointEpitomeDataModule
+
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    joint = is_joint(cfg)
+    if joint != isinstance(datamodule, JointEpitomeDataModule):
+        raise ValueError(
+            f"model {cfg.model._target_} with data {type(datamodule).__name__}: the joint model needs the joint "
+            "data module and only it takes it (model=joint sets both)"
+        )
     return hydra.utils.instantiate(
         cfg.model,
         encoder=OmegaConf.to_container(cfg.encoder, resolve=True),
-        mechanism=cfg.mechanism.name,
+        mechanism=mechanism_name(cfg),
+        **({"mechanisms": list(datamodule.mechanisms)} if joint else {}),
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         rationale_policy=cfg.data.rationale_policy,
         max_len=cfg.data.max_len,
@@ -131,8 +153,8 @@ def build_loggers(
         extra: dict[str, Any] = {}
         if logger_cfg._target_.endswith("WandbLogger"):
             job = run_id()
-            name = name or f"{cfg.mechanism.name}-{cfg.encoder.name}-seed{cfg.seed}"
-            default_tags = [cfg.mechanism.name, cfg.encoder.name] if "mechanism" in cfg else [cfg.encoder.name]
+            name = name or f"{mechanism_name(cfg)}-{cfg.encoder.name}-seed{cfg.seed}"
+            default_tags = [mechanism_name(cfg), cfg.encoder.name] if "mechanism" in cfg else [cfg.encoder.name]
             extra = {
                 "name": name + (f"-{job}" if job else ""),
                 "group": cfg.get("group") or sweep_name(),
@@ -167,11 +189,17 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def log_confusion(loggers, module, prefix: str) -> None:
-    """A confusion-matrix image for W&B (rows: gold level, columns: predicted)."""
-    confusion = getattr(module, "last_confusion", {}).get(prefix)
+    """Confusion-matrix images for W&B (rows: gold level, columns: predicted): ``<prefix>`` for a
+    single-mechanism model, ``<prefix>/<M>`` per mechanism for the joint one."""
     wandb_loggers = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
-    if confusion is None or not wandb_loggers:
+    if not wandb_loggers:
         return
+    for key, confusion in getattr(module, "last_confusion", {}).items():
+        if key == prefix or key.startswith(f"{prefix}/"):
+            _log_confusion_image(wandb_loggers, confusion, key, module.hparams.mechanism)
+
+
+def _log_confusion_image(wandb_loggers, confusion, key: str, mechanism: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,8 +216,8 @@ def log_confusion(loggers, module, prefix: str) -> None:
     ax.set_yticks(range(confusion.shape[0]))
     ax.set_xlabel("predicted level")
     ax.set_ylabel("gold level")
-    ax.set_title(f"{prefix} {module.hparams.mechanism}")
+    ax.set_title(f"{key} {mechanism}")
     fig.tight_layout()
     for lg in wandb_loggers:
-        lg.log_image(key=f"{prefix}/confusion_matrix", images=[fig])
+        lg.log_image(key=f"{key}/confusion_matrix", images=[fig])
     plt.close(fig)

@@ -1,6 +1,8 @@
-"""Train a bi-encoder for one mechanism, keep the best checkpoint by dev macro-F1, test it.
+"""Train a bi-encoder for one mechanism (or all three: model=joint), keep the best checkpoint by
+dev macro-F1, test it.
 
     python -m empathy.train mechanism=IP encoder=minilm loss.lambda_RE=0.5 seed=3
+    python -m empathy.train model=joint                               # ER, IP and EX in one model
     python -m empathy.train -m mechanism=ER,IP,EX seed=1,2,3          # a Hydra multirun
     python -m empathy.train --help                                    # every config group
 
@@ -77,7 +79,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "best_checkpoint": best,
         "fit_minutes": round(fit_minutes, 3),
         "epochs": trainer.current_epoch,
-        "mechanism": cfg.mechanism.name,
+        "mechanism": runner.mechanism_name(cfg),
         "encoder": cfg.encoder.name,
         "seed": cfg.seed,
         "summary": datamodule.prepared.summary,
