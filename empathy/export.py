@@ -2,10 +2,11 @@
 
     python -m empathy.export ckpt_path=outputs/train/runs/<run>/checkpoints/best-epoch03.ckpt out=models/ER
     python -m empathy.export ckpt_path=... out=models/ER overwrite=true seeker=store
+    python -m empathy.export ckpt_path=<joint run>/checkpoints/best-epoch03.ckpt out=models/joint   # model=joint
 
 The folder (safetensors, tokenizer files, config.json; no optimizer state, no pickle) loads with
 ``EmpathyPredictor.from_pretrained({"ER": "models/ER"})`` or ``python -m empathy.predict
-models.ER=models/ER ...``; see :func:`empathy.predict.predictor.export_model` for its layout.
+models.ER=models/ER ...`` (a joint model: ``{"joint": "models/joint"}``, ``models.joint=models/joint``); see :func:`empathy.predict.predictor.export_model` for its layout.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
     python -m empathy.predict input=pairs.csv output=scored.csv \
         models.ER=runs/er/checkpoints/best-epoch03.ckpt models.IP=exported/IP models.EX=exported/EX
+    python -m empathy.predict input=pairs.csv output=scored.csv models.joint=exported/joint   # model=joint: ER, IP, EX
     python -m empathy.predict input=pairs.parquet output=scored.jsonl output_format=jsonl on_bad_row=mark
     empathy-predict input=... output=... models.ER=...      # the console script
 
@@ -18,21 +19,26 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from empathy import CONFIG_DIR, MECHANISMS, runner
+from empathy import CONFIG_DIR, runner
 from empathy.io import write_json_atomic
 from empathy.predict.files import PredictSummary, predict_file
-from empathy.predict.predictor import EmpathyPredictor
+from empathy.predict.predictor import MODEL_KEYS, EmpathyPredictor
 
 
 def predict_from_config(cfg: DictConfig) -> PredictSummary:
     runner.quiet_libraries()
     models = dict(cfg.models or {})
-    unknown = [m for m in models if m not in MECHANISMS]
+    unknown = [m for m in models if m not in MODEL_KEYS]
     if unknown:
-        raise ValueError(f"models.{unknown[0]}: unknown mechanism; expected models.ER, models.IP and/or models.EX")
+        raise ValueError(
+            f"models.{unknown[0]}: unknown mechanism; expected models.ER, models.IP and/or models.EX, or models.joint"
+        )
     paths = {m: hydra.utils.to_absolute_path(str(p)) for m, p in models.items() if p}
     if not paths:
-        raise ValueError("no model given: set models.ER=..., models.IP=... and/or models.EX=... (a .ckpt or an exported folder)")
+        raise ValueError(
+            "no model given: set models.ER=..., models.IP=... and/or models.EX=..., or models.joint=... for a joint "
+            "model (a .ckpt or an exported folder)"
+        )
     input_path = Path(hydra.utils.to_absolute_path(cfg.input))
     output_path = Path(hydra.utils.to_absolute_path(cfg.output))
     # Fail on the cheap checks before loading any model.

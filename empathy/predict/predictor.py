@@ -2,8 +2,10 @@
 
 A model is a training checkpoint (``.ckpt``, loaded with ``weights_only=True``) or an exported
 folder (:func:`export_model`: safetensors, tokenizer files and a ``config.json``; no pickle, no
-Hydra run folder needed). :class:`EmpathyPredictor` holds one model per mechanism (ER / IP / EX)
-and scores pairs in batches:
+Hydra run folder needed). :class:`EmpathyPredictor` holds one model per mechanism (ER / IP / EX),
+or a joint model (``model=joint``, given as ``joint``) that scores all three with one response
+pass and one seeker pass per batch, or a mix (each mechanism from exactly one model), and scores
+pairs in batches:
 
 - rows are sorted by token length within a window of ``sort_window`` batches and each batch is
   padded to its own longest post (dynamic padding); results are put back in input order;
@@ -34,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from empathy import MECHANISMS
-from empathy.models.biencoder import NUM_LEVELS, BiEncoder
+from empathy import JOINT, MECHANISMS
+from empathy.models.biencoder import NUM_LEVELS, BiEncoder, build_net
 from empathy.models.encoders import load_encoder, load_tokenizer
 
 EXPORT_FORMAT = "empathy-export"
@@ -47,6 +49,8 @@ ENCODER_CONFIG_DIR = "encoder"
 TOKENIZER_DIR = "tokenizer"
 SEEKER_PREFIX = "seeker_encoder."
 PRECISIONS = ("auto", "32", "bf16", "16")
+# What a model may be given as: a mechanism (a single-mechanism model) or the joint model.
+MODEL_KEYS = (*MECHANISMS, JOINT)
 
 
 # ---------------------------------------------------------------------------------------
@@ -102,7 +106,8 @@ def tokenizer_sha256(tokenizer: Any) -> str:
 
 @dataclass
 class LoadedModel:
-    """A bi-encoder for one mechanism with what is needed to feed it."""
+    """A bi-encoder for one mechanism (or a joint one, ``mechanism == "joint"``) with what is
+    needed to feed it."""
 
     mechanism: str
     net: BiEncoder
@@ -115,6 +120,11 @@ class LoadedModel:
     data_config: dict = field(default_factory=dict)
     seeker_sha256: str | None = None  # None: no seeker encoder (use_attention=false)
     info: dict = field(default_factory=dict)  # metrics and provenance, when known
+
+    @property
+    def mechanisms(self) -> tuple[str, ...]:
+        """The mechanisms it scores: its own, or those of a joint model's heads."""
+        return tuple(getattr(self.net, "mechanisms", None) or (self.mechanism,))
 
     @property
     def token_key(self) -> tuple[str, int]:
@@ -136,7 +146,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not an empathy training checkpoint (no hyper_parameters / state_dict)")
     hp = checkpoint["hyper_parameters"]
-    net = BiEncoder(hp["encoder"], **hp["net"])
+    net = build_net(hp["encoder"], hp["net"])
     net.load_state_dict(_net_state(checkpoint["state_dict"]))
     net.eval()
     return LoadedModel(
@@ -183,7 +193,7 @@ def load_exported(folder: str | Path, map_location: str | torch.device = "cpu") 
             f"reads ({EXPORT_VERSION}); update the empathy package"
         )
     device = torch.device(map_location)
-    net = BiEncoder(_architecture_only(config["encoder"], folder / ENCODER_CONFIG_DIR), **config["net"])
+    net = build_net(_architecture_only(config["encoder"], folder / ENCODER_CONFIG_DIR), config["net"])
     state = load_file(folder / WEIGHTS_FILE, device=str(device))
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(SEEKER_PREFIX)]
@@ -226,7 +236,8 @@ def load_exported(folder: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_model(path: str | Path, mechanism: str | None = None, map_location: str | torch.device = "cpu") -> LoadedModel:
-    """A checkpoint file or an export folder; with ``mechanism``, check that it is that mechanism's."""
+    """A checkpoint file or an export folder; with ``mechanism``, check that it is that mechanism's
+    (``"joint"``: a joint model)."""
     path = Path(path)
     if path.is_dir():
         model = load_exported(path, map_location)
@@ -270,7 +281,7 @@ def export_model(
 ) -> Path:
     """Write a self-contained folder for prediction from a training checkpoint.
 
-    ``out/``: ``config.json`` (mechanism, encoder, max_len, labelling policy, net settings, the
+    ``out/``: ``config.json`` (mechanism, or ``joint`` with ``mechanisms``, encoder, max_len, labelling policy, net settings, the
     run's metrics when its ``metrics.json`` is found), ``model.safetensors`` (response encoder,
     attention, heads), ``encoder/config.json`` (the encoder architecture), ``tokenizer/`` and,
     unless referenced, ``seeker.safetensors``. ``seeker="auto"`` references the pretrained encoder
@@ -305,6 +316,7 @@ def export_model(
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
         "mechanism": model.mechanism,
+        "mechanisms": list(model.mechanisms),
         "encoder": model.encoder,
         "max_len": model.max_len,
         "rationale_policy": model.rationale_policy,
@@ -426,7 +438,7 @@ def autocast_dtype(precision: str | int, device: torch.device) -> torch.dtype | 
 
 @dataclass
 class _TokenGroup:
-    """Mechanisms that tokenize posts identically."""
+    """Models (by the name they were given as) that tokenize posts identically."""
 
     tokenizer: Any
     max_len: int
@@ -442,11 +454,13 @@ class _Encoded:
 
 
 class EmpathyPredictor:
-    """Scores (seeker post, response post) pairs with one model per mechanism.
+    """Scores (seeker post, response post) pairs with one model per mechanism, or a joint model
+    (given as ``joint``) for all of its mechanisms; each mechanism comes from exactly one model.
 
     >>> predictor = EmpathyPredictor.from_pretrained({"ER": "er.ckpt", "IP": "exported/IP"})
     >>> out = predictor.predict(["I feel alone."], ["I'm so sorry. Do you want to talk?"])
     >>> out["ER"].levels[0], out["ER"].probs[0], out["ER"].rationales[0]
+    >>> EmpathyPredictor.from_pretrained({"joint": "exported/joint"}).predict(...)  # ER, IP and EX
     """
 
     def __init__(
@@ -460,19 +474,25 @@ class EmpathyPredictor:
         share_seeker: bool = True,
     ) -> None:
         if not models:
-            raise ValueError(f"no model given: expected one or more of {', '.join(MECHANISMS)}")
+            raise ValueError(f"no model given: expected one or more of {', '.join(MODEL_KEYS)}")
+        model_of: dict[str, str] = {}  # mechanism -> the name of the model that scores it
         for name, model in models.items():
-            if name not in MECHANISMS:
-                raise ValueError(f"unknown mechanism {name!r}: expected one of {', '.join(MECHANISMS)}")
+            if name not in MODEL_KEYS:
+                raise ValueError(f"unknown mechanism {name!r}: expected one of {', '.join(MODEL_KEYS)}")
             if model.mechanism != name:
                 raise ValueError(f"{model.source} is a {model.mechanism} model, but it was given as the {name} model")
+            for m in model.mechanisms:
+                if m in model_of:
+                    raise ValueError(f"{m} is scored by two models, the {model_of[m]} and the {name} model: give one")
+                model_of[m] = name
         if batch_size < 1 or sort_window < 1:
             raise ValueError(f"batch_size and sort_window must be >= 1, got {batch_size} and {sort_window}")
         self.device = resolve_device(device)
         self.dtype = autocast_dtype(precision, self.device)
         self.batch_size = int(batch_size)
         self.sort_window = int(sort_window)
-        self.models = {m: models[m] for m in MECHANISMS if m in models}
+        self.models = {m: models[m] for m in MODEL_KEYS if m in models}
+        self._model_of = {m: model_of[m] for m in MECHANISMS if m in model_of}
         for model in self.models.values():
             model.net.to(self.device).eval()
 
@@ -500,17 +520,18 @@ class EmpathyPredictor:
     @classmethod
     def from_pretrained(cls, paths: Mapping[str, str | Path], **kwargs: Any) -> EmpathyPredictor:
         """Load each mechanism's model (a .ckpt or an export folder) and check that it is that
-        mechanism's. Keyword arguments: ``device``, ``precision``, ``batch_size``,
-        ``sort_window``, ``share_seeker``."""
-        unknown = [m for m in paths if m not in MECHANISMS]
+        mechanism's; ``joint``: a joint model. Keyword arguments: ``device``, ``precision``,
+        ``batch_size``, ``sort_window``, ``share_seeker``."""
+        unknown = [m for m in paths if m not in MODEL_KEYS]
         if unknown:
-            raise ValueError(f"unknown mechanism(s) {unknown}: expected some of {', '.join(MECHANISMS)}")
+            raise ValueError(f"unknown mechanism(s) {unknown}: expected some of {', '.join(MODEL_KEYS)}")
         models = {m: load_model(p, mechanism=m) for m, p in paths.items() if p}
         return cls(models, **kwargs)
 
     @property
     def mechanisms(self) -> tuple[str, ...]:
-        return tuple(self.models)
+        """The mechanisms scored (in ER, IP, EX order), whichever models score them."""
+        return tuple(self._model_of)
 
     # ------------------------------------------------------------------ tokenization
     def _encode(self, group: _TokenGroup, seekers: Sequence[str], responses: Sequence[str]) -> _Encoded:
@@ -554,9 +575,9 @@ class EmpathyPredictor:
                 if not isinstance(post, str) or not post.strip():
                     raise ValueError(f"{name}[{i}]: expected non-empty text, got {post!r:.60}")
         n = len(responses)
-        levels = {m: np.zeros(n, dtype=np.int64) for m in self.models}
-        probs = {m: np.zeros((n, NUM_LEVELS), dtype=np.float32) for m in self.models}
-        rationales: dict[str, list[list[RationaleSpan]]] = {m: [[] for _ in range(n)] for m in self.models}
+        levels = {m: np.zeros(n, dtype=np.int64) for m in self.mechanisms}
+        probs = {m: np.zeros((n, NUM_LEVELS), dtype=np.float32) for m in self.mechanisms}
+        rationales: dict[str, list[list[RationaleSpan]]] = {m: [[] for _ in range(n)] for m in self.mechanisms}
         window = self.batch_size * self.sort_window
         for w0 in range(0, n, window):
             w1 = min(n, w0 + window)
@@ -570,7 +591,7 @@ class EmpathyPredictor:
                 self._predict_batch(rows, w0, encoded, responses, levels, probs, rationales)
                 if progress is not None:
                     progress(len(rows))
-        return {m: MechanismPredictions(m, levels[m], probs[m], rationales[m]) for m in self.models}
+        return {m: MechanismPredictions(m, levels[m], probs[m], rationales[m]) for m in self.mechanisms}
 
     @torch.inference_mode()
     def _predict_batch(self, rows, offset, encoded, responses, levels, probs, rationales) -> None:
@@ -595,21 +616,23 @@ class EmpathyPredictor:
                 for m in group:
                     seeker_states[m] = states
             outputs = {}
-            for m, model in self.models.items():
-                t = tensors[self._token_group_of[m]]
-                outputs[m] = model.net(
+            for name, model in self.models.items():
+                t = tensors[self._token_group_of[name]]
+                out = model.net(
                     response_input_ids=t["r_ids"],
                     response_attention_mask=t["r_mask"],
                     seeker_attention_mask=t["s_mask"],
-                    seeker_states=seeker_states.get(m),
+                    seeker_states=seeker_states.get(name),
                 )
+                # a joint model gives every mechanism's output from its one response pass
+                outputs.update(out if isinstance(out, dict) else {name: out})
                 self.counts["response_passes"] += 1
         index = np.asarray(rows, dtype=np.int64) + offset
         for m, out in outputs.items():
             logits = out.level_logits.float()
             levels[m][index] = logits.argmax(-1).cpu().numpy()
             probs[m][index] = torch.softmax(logits, dim=-1).cpu().numpy()
-            enc = encoded[self._token_group_of[m]]
+            enc = encoded[self._token_group_of[self._model_of[m]]]
             token = out.rationale_logits.argmax(-1).cpu().numpy()
             real = np.zeros_like(token, dtype=bool)
             for k, i in enumerate(rows):
