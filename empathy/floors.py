@@ -40,13 +40,18 @@ def floor_metrics(train_levels: Sequence[int], test: Mapping[str, Sequence]) -> 
     return out
 
 
-def floors_for_run(folder) -> dict[str, float]:
-    """The floors on the split of a finished training run (its ``resolved_config.yaml``)."""
-    from omegaconf import OmegaConf
+def floors_for_run(folder, mechanism: str | None = None) -> dict[str, float]:
+    """The floors on the split of a finished training run (its ``resolved_config.yaml``); for a
+    joint run (``model=joint``), those of ``mechanism`` on the same data settings."""
+    from omegaconf import OmegaConf, open_dict
 
     from empathy import runner
 
     cfg = OmegaConf.load(f"{folder}/resolved_config.yaml")
+    if mechanism is not None and runner.is_joint(cfg):
+        with open_dict(cfg):
+            cfg.mechanism = {"name": mechanism, "file": cfg.data.mechanism_files[mechanism]}
+            cfg.data._target_ = "empathy.data.datamodule.EpitomeDataModule"
     datamodule = runner.build_datamodule(cfg)
     datamodule.setup()
     return floor_metrics(datamodule.dataset("train")["level"], datamodule.dataset("test"))

@@ -10,6 +10,10 @@ without the keys in ``IGNORED_KEYS``: the seed, output paths, logging). Two diff
 under one experiment name become two rows; the second gets a suffix that names the keys in which
 they differ, e.g. ``default [model.optimizer.lr=0.001]``. Nothing is averaged across them.
 
+A joint run (``model=joint``: one model for ER, IP and EX, metrics ``test/<M>/...``) becomes one
+job per mechanism, under the experiment ``joint`` (``<experiment>+joint`` when an experiment
+was chosen), so its rows sit beside the separate models' in each mechanism's table.
+
 Everything here is a pure function of the files it is given, except ``hardware()`` (this machine)
 and ``write_text_atomic``.
 """
@@ -38,6 +42,8 @@ METRICS = ("acc", "macro_f1", "rationale_token_f1", "rationale_iou_f1")
 METRIC_TITLES = {"acc": "acc", "macro_f1": "macro-F1", "rationale_token_f1": "T-F1", "rationale_iou_f1": "IOU-F1"}
 POLICIES = ("paper", "strict")
 MECHANISM_ORDER = ("ER", "IP", "EX")
+JOINT_EXPERIMENT = "joint"
+JOINT_MODULE = "JointEmpathyModule"
 # Keys (and key prefixes) of the resolved config that do not change a run's results (or differ
 # from run to run by design): they are left out when deciding whether two jobs share a cell.
 IGNORED_KEYS = (
@@ -122,6 +128,7 @@ class Job:
     fit_minutes: float | None = None
     hardware: dict[str, Any] | None = None
     overrides: list[str] = field(default_factory=list)
+    joint: bool = False  # one mechanism's share of a joint run (see split_joint_job)
 
     @property
     def finished(self) -> bool:
@@ -202,10 +209,39 @@ def read_job(folder: Path) -> Job:
     )
 
 
+def is_joint_run(config: Mapping[str, Any] | None) -> bool:
+    """Whether a resolved config trained the joint model (``model=joint``)."""
+    target = str(((config or {}).get("model") or {}).get("_target_") or "")
+    return target.rsplit(".", 1)[-1] == JOINT_MODULE
+
+
+def split_joint_job(job: Job) -> list[Job]:
+    """A joint run as one job per mechanism: its ``<split>/<M>/<metric>`` as ``<split>/<metric>``,
+    its config with ``mechanism`` set to ``M``, experiment ``joint`` (``<experiment>+joint``).
+    Any other job is returned as it is."""
+    if not job.finished or not is_joint_run(job.config):
+        return [job]
+    found = {key.split("/")[1] for key in job.metrics if key.count("/") == 2}
+    mechanisms = [m for m in MECHANISM_ORDER if m in found] + sorted(found - set(MECHANISM_ORDER))
+    files = ((job.config or {}).get("data") or {}).get("mechanism_files") or {}
+    experiment = JOINT_EXPERIMENT if job.experiment == "default" else f"{job.experiment}+{JOINT_EXPERIMENT}"
+    jobs = []
+    for m in mechanisms:
+        metrics = {}
+        for key, value in job.metrics.items():
+            parts = key.split("/")
+            if len(parts) == 3 and parts[1] == m:
+                metrics[f"{parts[0]}/{parts[2]}"] = value
+        config = {**(job.config or {}), "mechanism": {"name": m, "file": files.get(m)}}
+        jobs.append(Job(job.path, experiment, config, metrics, job.fit_minutes, job.hardware, list(job.overrides), joint=True))
+    return jobs
+
+
 def read_jobs(roots: Iterable[str | os.PathLike]) -> tuple[list[Job], list[Job]]:
-    """(finished jobs, unfinished jobs) under ``roots``; warns naming the unfinished ones."""
+    """(finished jobs, unfinished jobs) under ``roots``, a joint run as one job per mechanism;
+    warns naming the unfinished ones."""
     jobs = [read_job(folder) for folder in find_job_folders(roots)]
-    finished = [j for j in jobs if j.finished]
+    finished = [part for j in jobs if j.finished for part in split_joint_job(j)]
     unfinished = [j for j in jobs if not j.finished]
     if unfinished:
         names = ", ".join(str(j.path) for j in unfinished)
@@ -478,7 +514,8 @@ def aggregate(
 ) -> dict[str, Any]:
     """Read every job under ``roots``, write ``<out_dir>/<name>.md`` and ``.csv``; return what was
     written (rows, cells, skipped jobs, paths). ``floors(job_folder)``, when given, computes the
-    floors on that job's split (``empathy.floors.floors_for_run``), shown per mechanism."""
+    floors on that job's split (``empathy.floors.floors_for_run``), shown per mechanism; for a
+    mechanism that only a joint run trained, ``floors(job_folder, mechanism=M)``."""
     finished, skipped = read_jobs(roots)
     if not finished:
         raise ValueError(f"no finished job (a folder with metrics.json and resolved_config.yaml) under {', '.join(map(str, roots))}")
@@ -488,11 +525,12 @@ def aggregate(
     markdown, csv_path = out_dir / f"{name}.md", out_dir / f"{name}.csv"
     floor_values: dict[str, Mapping[str, float]] = {}
     if floors is not None:
-        for cell in cells:
+        for cell in sorted(cells, key=lambda c: c.jobs[0].joint):  # a separate model's split first
             if cell.mechanism in floor_values:
                 continue
             try:
-                floor_values[cell.mechanism] = floors(cell.jobs[0].path)
+                job = cell.jobs[0]
+                floor_values[cell.mechanism] = floors(job.path, mechanism=cell.mechanism) if job.joint else floors(job.path)
             except Exception as error:  # the data or the config may be gone: the table still stands
                 warnings.warn(f"no floors for {cell.mechanism} ({cell.jobs[0].path}): {error}", stacklevel=2)
     write_text_atomic(markdown, to_markdown(rows, cells, [str(r) for r in roots], skipped, floors=floor_values))
