@@ -1,0 +1,297 @@
+"""The joint model (model=joint): merged data, loss, training, evaluation, export, prediction and
+results rows, on the tiny encoder and synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from omegaconf import open_dict
+
+from empathy import MECHANISMS, results, runner
+from empathy.data.joint import (
+    IGNORE_INDEX,
+    JointMergeError,
+    level_column,
+    merge_mechanisms,
+    rationale_column,
+)
+from empathy.data.processing import FEATURES
+from empathy.data.synthetic import FILES, write_synthetic_epitome
+from empathy.evaluate import evaluate
+from empathy.models.biencoder import BiEncoder, BiEncoderOutput, multitask_loss
+from empathy.models.encoders import load_tokenizer
+from empathy.models.joint import JointEmpathyModule
+from empathy.predict import EmpathyPredictor, LoadedModel, export_model, load_model
+from empathy.predict.cli import predict_from_config
+from empathy.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONFLICT_PAIR = ("s5", "r5")  # IP's file gives it two levels: dropped there, kept for ER and EX
+NET = {"attention_heads": 1, "use_attention": True, "freeze_seeker": True, "dropout": 0.1}
+
+
+@pytest.fixture(scope="module")
+def joint_data(tmp_path_factory) -> tuple[Path, Path]:
+    """Synthetic EPITOME files with a level conflict in IP, and one split file for all pairs."""
+    folder = write_synthetic_epitome(tmp_path_factory.mktemp("epitome"), n_rows=60, seed=0)
+    ip = folder / FILES["IP"]
+    with ip.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    conflict = next(r for r in rows[1:] if (r[0], r[1]) == CONFLICT_PAIR)
+    with ip.open("a", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerow([*conflict[:4], str((int(conflict[4]) + 1) % 3), conflict[5]])
+    split_file = folder / "split.csv"
+    with split_file.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sp_id", "rp_id", "split"])
+        for k, r in enumerate(rows[1:]):
+            writer.writerow([r[0], r[1], "test" if k % 5 == 0 else "dev" if k % 5 == 1 else "train"])
+    return folder, split_file
+
+
+def joint_cfg(data: tuple[Path, Path], out: Path, *extra: str):
+    folder, split_file = data
+    return runner.compose_config(
+        "train",
+        [
+            "model=joint",
+            "encoder=tiny",
+            "logger=csv",
+            "trainer.max_epochs=1",
+            "trainer.precision=32-true",
+            "trainer.accelerator=cpu",
+            "++trainer.enable_progress_bar=false",
+            "data.batch_size=8",
+            f"data.split_file={split_file}",
+            "model.optimizer.lr=1e-3",
+            *extra,
+        ],
+        data_dir=folder,
+        output_dir=out,
+    )
+
+
+# ------------------------------------------------------------------------------------- merging
+def _row(sp: str, rp: str, level: int = 1, response: tuple[int, ...] = (101, 7, 102), seeker_id: int = 0) -> dict:
+    n = len(response)
+    return {
+        "sp_id": sp, "rp_id": rp, "level": level, "seeker_post": f"post {sp}", "response_post": f"reply {rp}",
+        "seeker_id": seeker_id, "seeker_input_ids": [101, 5, 102], "response_input_ids": list(response),
+        "response_offsets": [[0, 0]] * n, "response_mask": [0, *([1] * (n - 2)), 0],
+        "rationale_strict": [0, *([1] * (n - 2)), 0], "rationale_paper": [0, *([1] * (n - 2)), 0],
+        "rationale_unaligned": 0,
+    }
+
+
+def _prepared(**splits: list[dict]) -> datasets.DatasetDict:
+    return datasets.DatasetDict({
+        s: datasets.Dataset.from_dict({c: [r[c] for r in splits.get(s, [])] for c in FEATURES}, features=FEATURES)
+        for s in ("train", "dev", "test")
+    })
+
+
+def test_merge_joins_pairs_marks_missing_labels_and_renumbers_seekers():
+    er = _prepared(train=[_row("s1", "r1", 2), _row("s1", "r2", 0)], test=[_row("s2", "r3", 1, seeker_id=1)])
+    # IP lacks r2 and numbered its seeker posts otherwise.
+    ip = _prepared(train=[_row("s1", "r1", 0, seeker_id=7)], test=[_row("s2", "r3", 2, seeker_id=3)])
+    merged = merge_mechanisms({"ER": er, "IP": ip})
+    train = merged["train"]
+    assert train["rp_id"] == ["r1", "r2"] and merged["test"]["rp_id"] == ["r3"]
+    assert train[level_column("ER")] == [2, 0] and train[level_column("IP")] == [0, IGNORE_INDEX]
+    assert train[rationale_column("IP", "strict")][1] == [IGNORE_INDEX] * 3
+    assert train[rationale_column("IP", "paper")][1] == [IGNORE_INDEX] * 3
+    assert train[rationale_column("ER", "strict")][1] == [0, 1, 0]
+    # One id per seeker post over all splits, whatever each mechanism called it.
+    assert train["seeker_id"] == [0, 0] and merged["test"]["seeker_id"] == [1]
+
+
+def test_merge_refuses_pairs_in_two_splits_or_with_other_tokens():
+    er = _prepared(train=[_row("s1", "r1")])
+    with pytest.raises(JointMergeError, match=r"\(sp_id=s1, rp_id=r1\) is in ER's train split but in IP's dev split"):
+        merge_mechanisms({"ER": er, "IP": _prepared(dev=[_row("s1", "r1")])})
+    with pytest.raises(JointMergeError, match=r"\(sp_id=s1, rp_id=r1\): response_input_ids differs between ER"):
+        merge_mechanisms({"ER": er, "IP": _prepared(train=[_row("s1", "r1", response=(101, 8, 102))])})
+
+
+def test_joint_datamodule_merges_the_three_files(joint_data, tmp_path):
+    datamodule = runner.build_datamodule(joint_cfg(joint_data, tmp_path))
+    datamodule.setup()
+    assert datamodule.mechanisms == MECHANISMS
+    rows = {(r["sp_id"], r["rp_id"]): r for s in ("train", "dev", "test") for r in datamodule.dataset(s)}
+    assert len(rows) == 60
+    conflict = rows[CONFLICT_PAIR]
+    assert conflict[level_column("IP")] == IGNORE_INDEX and conflict[level_column("ER")] in (0, 1, 2)
+    assert sum(r[level_column("IP")] == IGNORE_INDEX for r in rows.values()) == 1
+    weights = datamodule.inverse_frequency_weights()
+    assert set(weights) == set(MECHANISMS) and all(len(w) == 3 for w in weights.values())
+    batch = next(iter(datamodule.val_dataloader()))
+    for m in MECHANISMS:
+        assert batch[rationale_column(m, "strict")].shape == batch["response_input_ids"].shape
+
+
+# ------------------------------------------------------------------------------------- loss
+def test_loss_is_the_sum_over_mechanisms_of_their_labelled_rows(tiny_encoder_cfg):
+    torch.manual_seed(0)
+    weights = {"ER": [1.0, 2.0, 3.0], "IP": [1.0, 1.0, 1.0], "EX": [0.5, 1.0, 4.0]}
+    module = JointEmpathyModule(
+        encoder=tiny_encoder_cfg, net=NET, loss={"lambda_EI": 1.0, "lambda_RE": 0.5, "class_weights": "inverse_frequency"},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}, class_weights=weights,
+    )
+    batch_size, tokens = 4, 5
+    outputs = {m: BiEncoderOutput(torch.randn(batch_size, 3), torch.randn(batch_size, tokens, 2)) for m in MECHANISMS}
+    mask = torch.tensor([[0, 1, 1, 1, 0]] * batch_size)
+    batch = {"rationale_mask": mask, "response_input_ids": torch.ones(batch_size, tokens, dtype=torch.long)}
+    levels = {"ER": [0, 2, IGNORE_INDEX, 1], "IP": [IGNORE_INDEX] * 4, "EX": [1, IGNORE_INDEX, 0, 2]}
+    for m in MECHANISMS:
+        batch[level_column(m)] = torch.tensor(levels[m])
+        labels = torch.randint(0, 2, (batch_size, tokens))
+        labels[batch[level_column(m)] == IGNORE_INDEX] = IGNORE_INDEX
+        batch[rationale_column(m, "strict")] = labels
+    losses = module._joint_loss(outputs, batch)
+    expected = 0.0
+    for m in ("ER", "EX"):
+        keep = batch[level_column(m)] != IGNORE_INDEX
+        single = multitask_loss(
+            BiEncoderOutput(outputs[m].level_logits[keep], outputs[m].rationale_logits[keep]),
+            batch[level_column(m)][keep], batch[rationale_column(m, "strict")][keep], mask[keep],
+            lambda_EI=1.0, lambda_RE=0.5, class_weights=torch.tensor(weights[m]),
+        )
+        assert losses[f"{m}/loss"] == pytest.approx(float(single["loss"]))
+        expected += float(single["loss"])
+    assert "IP/loss" not in losses
+    assert float(losses["loss"]) == pytest.approx(expected)
+    # What unlabelled rows hold changes nothing.
+    for m in MECHANISMS:
+        ignored = batch[level_column(m)] == IGNORE_INDEX
+        batch[rationale_column(m, "strict")][ignored] = 1
+        outputs[m].level_logits[ignored] += 5.0
+    assert float(module._joint_loss(outputs, batch)["loss"]) == pytest.approx(expected)
+    # A batch without any label: a zero loss that still backpropagates.
+    for m in MECHANISMS:
+        batch[level_column(m)] = torch.full((batch_size,), IGNORE_INDEX)
+    logits = torch.randn(batch_size, 3, requires_grad=True)
+    outputs = {m: BiEncoderOutput(logits, torch.randn(batch_size, tokens, 2)) for m in MECHANISMS}
+    empty = module._joint_loss(outputs, batch)["loss"]
+    assert empty.requires_grad and float(empty.detach()) == 0.0
+
+
+# ------------------------------------------------------------------------------------- train, evaluate
+@pytest.fixture(scope="module")
+def joint_run(joint_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("joint-run")
+    cfg = joint_cfg(joint_data, out)
+    return cfg, train(cfg, out)
+
+
+def test_model_joint_trains_with_per_mechanism_metrics(joint_run):
+    cfg, result = joint_run
+    metrics = result["metrics"]
+    assert result["mechanism"] == "joint"
+    for split in ("dev", "test"):
+        for m in MECHANISMS:
+            for key in ("acc", "macro_f1", "rationale_token_f1", "rationale_iou_f1"):
+                assert 0.0 <= metrics[f"{split}/{m}/{key}"] <= 1.0
+            for policy in ("paper", "strict"):
+                assert f"{split}/{m}/rationale_iou_f1_{policy}" in metrics
+                assert f"{split}/{m}/rationale_token_f1_{policy}" in metrics
+        mean = sum(metrics[f"{split}/{m}/macro_f1"] for m in MECHANISMS) / 3
+        assert metrics[f"{split}/macro_f1"] == pytest.approx(mean, abs=1e-6)
+    saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert saved["metrics"] == pytest.approx(metrics)
+    checkpoint = torch.load(result["best_checkpoint"], weights_only=True)
+    assert checkpoint["hyper_parameters"]["mechanism"] == "joint"
+    names = set(checkpoint["state_dict"])
+    for m in MECHANISMS:
+        assert f"net.heads.{m}.level_head.4.weight" in names and f"net.heads.{m}.rationale_head.1.weight" in names
+    assert not any(n.startswith(("net.level_head.", "net.rationale_head.")) for n in names)
+
+
+def test_evaluate_reproduces_a_joint_checkpoint(joint_run, joint_data, tmp_path):
+    cfg, result = joint_run
+    eval_cfg = runner.compose_config(
+        "evaluate", [f"ckpt_path={result['best_checkpoint']}", "++trainer.enable_progress_bar=false"],
+        data_dir=joint_data[0], output_dir=tmp_path,
+    )
+    with open_dict(eval_cfg):
+        eval_cfg.paths.cache_dir = cfg.paths.cache_dir
+    metrics = evaluate(eval_cfg, tmp_path)
+    for key in ("macro_f1", *(f"{m}/{k}" for m in MECHANISMS for k in ("acc", "macro_f1", "rationale_iou_f1_paper"))):
+        assert metrics[f"test/{key}"] == pytest.approx(result["metrics"][f"test/{key}"], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------- export, predict
+def test_export_and_predict_give_every_mechanism_with_one_response_pass(joint_run, joint_data, tmp_path):
+    _, result = joint_run
+    folder = export_model(result["best_checkpoint"], tmp_path / "joint")
+    assert json.loads((folder / "config.json").read_text())["mechanisms"] == list(MECHANISMS)
+    with (joint_data[0] / FILES["ER"]).open(encoding="utf-8", newline="") as f:
+        pairs = [(r["seeker_post"], r["response_post"]) for r in csv.DictReader(f)][:20]
+    source = tmp_path / "pairs.csv"
+    with source.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "seeker_post", "response_post"])
+        writer.writerows([k, s, r] for k, (s, r) in enumerate(pairs))
+    output = tmp_path / "scored.csv"
+    cfg = runner.compose_config(
+        "predict", [f"input={source}", f"output={output}", f"models.joint={folder}", "progress=false", "batch_size=8"]
+    )
+    predict_from_config(cfg)
+    with output.open(encoding="utf-8", newline="") as f:
+        scored = list(csv.DictReader(f))
+    assert [r["id"] for r in scored] == [str(k) for k in range(20)]
+
+    # What the trained module computes, one pair at a time.
+    module = JointEmpathyModule.from_checkpoint(result["best_checkpoint"]).eval()
+    tokenizer = load_tokenizer(module.hparams.encoder)
+    with torch.no_grad():
+        for row, (seeker, response) in zip(scored, pairs, strict=True):
+            s = tokenizer(seeker, truncation=True, max_length=module.hparams.max_len, return_tensors="pt")
+            r = tokenizer(response, truncation=True, max_length=module.hparams.max_len, return_tensors="pt")
+            outputs = module.net(r["input_ids"], r["attention_mask"], s["input_ids"], s["attention_mask"])
+            for m in MECHANISMS:
+                probs = torch.softmax(outputs[m].level_logits[0], -1)
+                assert int(row[f"{m}_level"]) == int(probs.argmax())
+                for c in range(3):
+                    assert float(row[f"{m}_prob{c}"]) == pytest.approx(float(probs[c]), abs=1e-4)
+                assert f"{m}_rationale" in row
+
+    predictor = EmpathyPredictor.from_pretrained({"joint": folder}, batch_size=8)
+    assert predictor.mechanisms == MECHANISMS
+    again = predictor.predict([s for s, _ in pairs], [r for _, r in pairs])
+    assert predictor.counts["response_passes"] == predictor.counts["seeker_passes"] == predictor.counts["batches"] == 3
+    assert [str(v) for v in again["IP"].levels] == [r["IP_level"] for r in scored]
+    from_ckpt = EmpathyPredictor.from_pretrained({"joint": result["best_checkpoint"]}, batch_size=8)
+    assert (from_ckpt.predict([s for s, _ in pairs], [r for _, r in pairs])["EX"].levels == again["EX"].levels).all()
+    joint = load_model(folder, "joint")
+    single = LoadedModel("ER", BiEncoder(joint.encoder, **NET).eval(), joint.tokenizer, joint.max_len, "strict",
+                         joint.encoder, "a separate ER model")
+    with pytest.raises(ValueError, match="ER is scored by two models, the ER and the joint model"):
+        EmpathyPredictor({"ER": single, "joint": joint})
+
+
+# ------------------------------------------------------------------------------------- results
+def test_results_give_a_joint_run_one_row_per_mechanism(joint_run, tmp_path):
+    cfg, result = joint_run
+    separate = tmp_path / "separate"
+    separate.mkdir()
+    metrics = {f"test/{k}": 0.5 for k in ("acc", "macro_f1")}
+    metrics.update({f"test/rationale_{k}_f1_{p}": 0.5 for k in ("token", "iou") for p in ("paper", "strict")})
+    (separate / "metrics.json").write_text(json.dumps({"metrics": metrics, "fit_minutes": 1.0}))
+    (separate / "resolved_config.yaml").write_text("seed: 1\nmechanism: {name: ER, file: er.csv}\n")
+
+    written = results.aggregate([Path(cfg.paths.output_dir), separate], tmp_path / "table")
+    rows = {(r["experiment"], r["mechanism"], r["policy"]): r for r in written["rows"]}
+    assert {(e, m) for e, m, _ in rows} == {("default", "ER"), ("joint", "ER"), ("joint", "IP"), ("joint", "EX")}
+    for m in MECHANISMS:
+        strict = rows[("joint", m, "strict")]
+        assert strict["macro_f1_mean"] == pytest.approx(result["metrics"][f"test/{m}/macro_f1"])
+        assert strict["rationale_iou_f1_mean"] == pytest.approx(result["metrics"][f"test/{m}/rationale_iou_f1_strict"])
+        assert rows[("joint", m, "paper")]["rationale_iou_f1_mean"] == pytest.approx(
+            result["metrics"][f"test/{m}/rationale_iou_f1_paper"])
+    assert "| joint | strict |" in written["markdown"].read_text()
