@@ -3,13 +3,15 @@
     python scripts/bench_predict.py                       # 2000 rows, packaged MiniLM, random heads
     python scripts/bench_predict.py --rows 100000         # the memory figure (streaming: RSS stays flat)
     python scripts/bench_predict.py --models ER=er.ckpt IP=models/IP EX=models/EX --synthetic
+    python scripts/bench_predict.py --joint                # one joint model (model=joint) for all three
+    python scripts/bench_predict.py --models joint=models/joint
 
 One run, the same rows and encoder for all three:
   (a) end-to-end: ``predict_file`` on a CSV (read, validate, tokenize, three mechanisms, rationale
       spans, write CSV), model loading excluded;
   (b) the bare forward passes (a) needs at the same batch size, sorting and padding (one shared
-      seeker pass + one response pass per mechanism), inputs tokenized and padded beforehand:
-      the limit (a) can reach;
+      seeker pass + one response pass per mechanism, or per batch for a joint model), inputs
+      tokenized and padded beforehand: the limit (a) can reach;
   (c) a naive loop as the original code scored: one row at a time, padded to 64 tokens, one model
       per mechanism each with its own seeker pass, fp32; measured on a subset and extrapolated.
 Rows come from EMPATHY_DATA_DIR (default /work/shared/data/epitome-reddit) or synthetic ones,
@@ -34,7 +36,7 @@ from pathlib import Path
 import torch
 
 from empathy.data.synthetic import write_synthetic_epitome
-from empathy.models.biencoder import BiEncoder
+from empathy.models.biencoder import BiEncoder, JointBiEncoder
 from empathy.models.encoders import load_tokenizer
 from empathy.predict import EmpathyPredictor, LoadedModel, load_model, predict_file
 from empathy.predict.predictor import (
@@ -69,6 +71,24 @@ def random_head_models(encoder: dict, max_len: int) -> dict[str, LoadedModel]:
         models[m] = LoadedModel(m, net, tokenizer, max_len, "strict", dict(encoder), f"{encoder['name']}, random heads",
                                 dict(NET), seeker_sha256=state_dict_sha256(net.seeker_encoder))
     return models
+
+
+def random_head_joint_model(encoder: dict, max_len: int) -> dict[str, LoadedModel]:
+    """One joint bi-encoder (ER, IP and EX heads on one body) with random heads."""
+    torch.manual_seed(0)
+    net = JointBiEncoder(encoder, mechanisms=MECHANISMS, **NET).eval()
+    torch.manual_seed(1)
+    for module in (net.heads, net.attention):
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+    return {"joint": LoadedModel("joint", net, load_tokenizer(encoder), max_len, "strict", dict(encoder),
+                                 f"{encoder['name']}, random heads", {**NET, "mechanisms": list(MECHANISMS)},
+                                 seeker_sha256=state_dict_sha256(net.seeker_encoder))}
+
+
+def _outputs(out) -> dict:
+    """A bi-encoder's output as {name: output}: a joint model gives one per mechanism."""
+    return out if isinstance(out, dict) else {None: out}
 
 
 def source_pairs(synthetic: bool) -> tuple[list[tuple[str, str]], str]:
@@ -137,16 +157,18 @@ def bare_forward(predictor: EmpathyPredictor, seekers: list[str], responses: lis
             for m, model in models.items():
                 out = model.net(response_input_ids=r_ids, response_attention_mask=r_mask,
                                 seeker_attention_mask=s_mask, seeker_states=states.get(m))
-                out.level_logits.float().argmax(-1).cpu()
-                out.rationale_logits.argmax(-1).cpu()
+                for o in _outputs(out).values():
+                    o.level_logits.float().argmax(-1).cpu()
+                    o.rationale_logits.argmax(-1).cpu()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
 def naive_loop(models: dict[str, LoadedModel], seekers: list[str], responses: list[str]) -> tuple[float, dict]:
-    """Seconds for the original way: per row, per mechanism, padded to 64, own seeker pass, fp32."""
-    levels = {m: [] for m in models}
+    """Seconds for the original way: per row, per mechanism, padded to 64, own seeker pass, fp32
+    (a joint model: per row, one pass for its mechanisms)."""
+    levels = {m: [] for model in models.values() for m in model.mechanisms}
     started = time.perf_counter()
     with torch.no_grad():
         for s, r in zip(seekers, responses, strict=True):
@@ -156,8 +178,9 @@ def naive_loop(models: dict[str, LoadedModel], seekers: list[str], responses: li
                 r_enc = model.tokenizer(r, **kwargs)
                 out = model.net(response_input_ids=r_enc["input_ids"], response_attention_mask=r_enc["attention_mask"],
                                 seeker_input_ids=s_enc["input_ids"], seeker_attention_mask=s_enc["attention_mask"])
-                levels[m].append(int(torch.softmax(out.level_logits, -1).argmax(-1)))
-                out.rationale_logits.argmax(-1).tolist()
+                for name, o in _outputs(out).items():
+                    levels[name or m].append(int(torch.softmax(o.level_logits, -1).argmax(-1)))
+                    o.rationale_logits.argmax(-1).tolist()
     return time.perf_counter() - started, levels
 
 
@@ -165,7 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2000, help="rows to score in (a) and (b) (input rows repeated)")
     parser.add_argument("--naive-rows", type=int, default=100, help="rows for the naive loop (c), extrapolated")
-    parser.add_argument("--models", nargs="*", default=[], metavar="M=PATH", help="ER=... IP=... EX=... (ckpt or export)")
+    parser.add_argument("--models", nargs="*", default=[], metavar="M=PATH",
+                        help="ER=... IP=... EX=... or joint=... (ckpt or export)")
+    parser.add_argument("--joint", action="store_true",
+                        help="without --models: one random-head joint model (model=joint) instead of three bi-encoders")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sort-window", type=int, default=50)
     parser.add_argument("--chunk-rows", type=int, default=10000)
@@ -192,9 +218,10 @@ def main(argv: list[str] | None = None) -> None:
         model_label = ", ".join(f"{m}={p}" for m, p in paths.items())
     else:
         encoder = MINILM if args.encoder == "minilm" else TINY
-        models = random_head_models(encoder, max_len=64)
+        models = random_head_joint_model(encoder, max_len=64) if args.joint else random_head_models(encoder, max_len=64)
         name = "packaged all-MiniLM-L6-v2" if args.encoder == "minilm" else "tiny random 32-wide BERT"
-        model_label = f"{name} bi-encoders, random-init heads (ER, IP, EX)"
+        kind = "joint bi-encoder (one body, three pairs of heads)" if args.joint else "bi-encoders"
+        model_label = f"{name} {kind}, random-init heads (ER, IP, EX)"
     load_seconds = time.perf_counter() - started
     predictor = EmpathyPredictor(models, device=args.device, precision=args.precision, batch_size=args.batch_size,
                                  sort_window=args.sort_window)
@@ -217,8 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         with out.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
             first = [next(reader) for _ in range(k)]
-        scored = {m: [int(r[f"{m}_level"]) for r in first] for m in models}
-        agree = sum(scored[m][i] == naive_levels[m][i] for m in models for i in range(k))
+        scored = {m: [int(r[f"{m}_level"]) for r in first] for m in predictor.mechanisms}
+        agree = sum(scored[m][i] == naive_levels[m][i] for m in predictor.mechanisms for i in range(k))
 
     n = summary.rows
     a, b, c = n / e2e_seconds, n / forward_seconds, k / naive_seconds
@@ -238,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{naive_seconds:.1f} s; extrapolated to {n} rows: {n / c:.0f} s)")
     print(f"  a/c = {a / c:5.2f}   (target >= 5)")
     print(f"  a/b = {a / b:5.2f}   (target >= 0.7)")
-    print(f"  levels of (a) and (c) agree on {agree}/{k * len(models)} (row, mechanism) pairs")
+    print(f"  levels of (a) and (c) agree on {agree}/{k * len(predictor.mechanisms)} (row, mechanism) pairs")
     print(f"  peak RSS     {rss_before:.0f} MiB after loading and writing the input, {rss_after_e2e:.0f} MiB after (a), "
           f"{peak_rss_mib():.0f} MiB at the end ((b) holds all {n} rows' tokens in memory; (a) streams)")
     sys.stdout.flush()
