@@ -5,7 +5,9 @@
 For each finished training run (a folder with metrics.json and its best checkpoint): take the
 test split the checkpoint was evaluated on, write its (seeker, response) pairs to a CSV, score it
 with the real `python -m empathy.predict` command, and compare the accuracy and macro-F1 of the
-predicted levels with the run's `test/acc` and `test/macro_f1`. Prints one line per run; exits 1 on a mismatch.
+predicted levels with the run's `test/acc` and `test/macro_f1` (a joint run, model=joint: each
+mechanism's `test/<M>/acc` and `test/<M>/macro_f1`, on the pairs labelled for it). Prints one
+line per run and mechanism; exits 1 on a mismatch.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from empathy import runner
+from empathy import JOINT, runner
+from empathy.data.joint import IGNORE_INDEX, level_column
 from empathy.evaluate import checkpoint_datamodule
 from empathy.metrics import level_metrics
 from empathy.models.module import EmpathyModule
@@ -33,12 +36,15 @@ def check(run: Path, out: Path) -> bool:
     cfg = runner.compose_config("evaluate", [f"ckpt_path={ckpt}"])
     test = checkpoint_datamodule(cfg, module).dataset("test")
 
+    joint = mechanism == JOINT
+    mechanisms = module.mechanisms if joint else (mechanism,)
+    gold_column = {m: level_column(m) if joint else "level" for m in mechanisms}
     pairs = out / f"{mechanism}-test-pairs.csv"
     with pairs.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["id", "seeker_post", "response_post", "gold_level"])
+        writer.writerow(["id", "seeker_post", "response_post", *(f"gold_{m}" for m in mechanisms)])
         for i, row in enumerate(test):
-            writer.writerow([i, row["seeker_post"], row["response_post"], row["level"]])
+            writer.writerow([i, row["seeker_post"], row["response_post"], *(row[gold_column[m]] for m in mechanisms)])
     scored = out / f"{mechanism}-test-scored.csv"
     subprocess.run(
         [sys.executable, "-m", "empathy.predict", f"input={pairs}", f"output={scored}", f"models.{mechanism}={ckpt}",
@@ -47,20 +53,25 @@ def check(run: Path, out: Path) -> bool:
     )
     with scored.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
-    preds = torch.tensor([int(r[f"{mechanism}_level"]) for r in rows])
-    gold = torch.tensor([int(r["gold_level"]) for r in rows])
-    metric = level_metrics()
-    metric.update(preds, gold)
-    values = metric.compute()
-    expected = result["metrics"]
-    acc, f1 = float(values["acc"]), float(values["macro_f1"])
-    same = abs(acc - expected["test/acc"]) < 1e-6 and abs(f1 - expected["test/macro_f1"]) < 1e-6
-    print(
-        f"{run}: {mechanism} {len(rows)} test pairs; predict acc {acc:.4f} macro-F1 {f1:.4f}; "
-        f"training's test/acc {expected['test/acc']:.4f} test/macro_f1 {expected['test/macro_f1']:.4f}: "
-        + ("identical" if same else "DIFFERENT")
-    )
-    return same
+    all_same = True
+    for m in mechanisms:
+        labelled = [r for r in rows if int(r[f"gold_{m}"]) != IGNORE_INDEX]
+        preds = torch.tensor([int(r[f"{m}_level"]) for r in labelled])
+        gold = torch.tensor([int(r[f"gold_{m}"]) for r in labelled])
+        metric = level_metrics()
+        metric.update(preds, gold)
+        values = metric.compute()
+        prefix = f"test/{m}/" if joint else "test/"
+        expected = {k: result["metrics"][f"{prefix}{k}"] for k in ("acc", "macro_f1")}
+        acc, f1 = float(values["acc"]), float(values["macro_f1"])
+        same = abs(acc - expected["acc"]) < 1e-6 and abs(f1 - expected["macro_f1"]) < 1e-6
+        all_same &= same
+        print(
+            f"{run}: {m}{' (joint)' if joint else ''} {len(labelled)} test pairs; predict acc {acc:.4f} macro-F1 {f1:.4f}; "
+            f"training's {prefix}acc {expected['acc']:.4f} {prefix}macro_f1 {expected['macro_f1']:.4f}: "
+            + ("identical" if same else "DIFFERENT")
+        )
+    return all_same
 
 
 def main() -> None:
