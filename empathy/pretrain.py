@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 ENCODER_FOLDER = "encoder"
 METRICS_FILE = "pretrain_metrics.json"
-EPITOME_KEYS = ("on_conflict", "unescape_html", "split_fractions", "split_seed", "split_file")
+EPITOME_KEYS = ("on_conflict", "unescape_html", "split_fractions", "split_seed", "split_file", "split_scope")
 
 
 def build_datamodule(cfg: DictConfig):

@@ -17,7 +17,12 @@ from empathy.data.datamodule import EpitomeDataModule
 
 # Data settings that define the split and the labels; stored in checkpoints so that evaluation
 # rebuilds exactly the data a model was trained on.
-DATA_KEYS = ("max_len", "rationale_policy", "on_conflict", "unescape_html", "split_fractions", "split_seed", "split_file")
+DATA_KEYS = (
+    "max_len", "rationale_policy", "on_conflict", "unescape_html", "split_fractions", "split_seed", "split_file",
+    "split_scope", "mechanism_files", "cv_folds", "cv_fold",
+)
+# What a checkpoint written before a data key existed was trained with.
+LEGACY_DATA = {"split_scope": "mechanism", "mechanism_files": None, "cv_folds": 0, "cv_fold": 0}
 
 
 def quiet_libraries() -> None:
@@ -48,7 +53,9 @@ def compose_config(
 
 def build_datamodule(cfg: DictConfig, data_overrides: Mapping[str, Any] | None = None) -> EpitomeDataModule:
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    data.update(data_overrides or {})
+    if data_overrides is not None:  # a checkpoint's data settings: keys it predates get their old values
+        data.update({k: v for k, v in LEGACY_DATA.items() if k not in data_overrides})
+        data.update(data_overrides)
     data["data_dir"] = hydra.utils.to_absolute_path(data["data_dir"])
     data["cache_dir"] = hydra.utils.to_absolute_path(data["cache_dir"])
     if data.get("split_file"):

@@ -274,3 +274,56 @@ def test_real_data_cache_hit_and_miss(real_prepared, real_data_dir, real_cache):
     beyond = longer.summary["rationale_pieces"]
     short = again.summary["rationale_pieces"]
     assert beyond["beyond_max_len_wholly"] < short["beyond_max_len_wholly"]
+
+
+# ---------------------------------------------------------------- shared split and cross-validation
+def _prepare_all(folder, cache_dir, encoder_cfg, **kwargs) -> dict[str, PreparedData]:
+    from empathy.data.synthetic import FILES
+
+    return {
+        m: prepare_mechanism(data_dir=folder, mechanism=m, mechanism_file=f, encoder_cfg=encoder_cfg,
+                             cache_dir=cache_dir, mechanism_files=FILES, **kwargs)
+        for m, f in FILES.items()
+    }
+
+
+def _keys(prepared: PreparedData, split: str) -> set[tuple[str, str]]:
+    ds = prepared.datasets[split]
+    return set(zip(ds["sp_id"], ds["rp_id"], strict=True))
+
+
+def test_shared_split_is_the_same_for_every_mechanism(tmp_path, tiny_encoder_cfg):
+    from empathy.data.synthetic import write_synthetic_epitome
+
+    folder = write_synthetic_epitome(tmp_path / "data", n_rows=90, seed=3)
+    shared = _prepare_all(folder, tmp_path / "cache", tiny_encoder_cfg, split_scope="shared")
+    for split in ("train", "dev", "test"):
+        assert _keys(shared["ER"], split) == _keys(shared["IP"], split) == _keys(shared["EX"], split)
+    alone = _prepare_all(folder, tmp_path / "cache", tiny_encoder_cfg, split_scope="mechanism")
+    # per-mechanism stratification gives different test sets (the reason for the shared scope)
+    assert len({frozenset(_keys(p, "test")) for p in alone.values()}) > 1
+    with pytest.raises(ValueError, match="split_scope"):
+        _prepare_all(folder, tmp_path / "cache", tiny_encoder_cfg, split_scope="bogus")
+
+
+@pytest.mark.parametrize("scope", ["shared", "mechanism"])
+def test_cross_validation_folds_partition_train_and_dev_by_seeker(tmp_path, tiny_encoder_cfg, scope):
+    from empathy.data.synthetic import write_synthetic_epitome
+
+    folder = write_synthetic_epitome(tmp_path / "data", n_rows=120, seed=5)
+    base = _prepare_all(folder, tmp_path / "cache", tiny_encoder_cfg, split_scope=scope)["IP"]
+    inside = _keys(base, "train") | _keys(base, "dev")
+    folds = [
+        _prepare_all(folder, tmp_path / "cache", tiny_encoder_cfg, split_scope=scope, cv_folds=4, cv_fold=k)["IP"]
+        for k in range(4)
+    ]
+    devs = [_keys(f, "dev") for f in folds]
+    assert set().union(*devs) == inside and sum(map(len, devs)) == len(inside)  # a partition
+    for fold in folds:
+        assert _keys(fold, "test") == _keys(base, "test")  # test never touched
+        assert _keys(fold, "train") == inside - _keys(fold, "dev")
+        seekers = [set(fold.datasets[s]["seeker_post"]) for s in ("train", "dev", "test")]
+        assert not (seekers[0] & seekers[1]) and not (seekers[1] & seekers[2])  # one seeker post, one fold
+    assert max(map(len, devs)) - min(map(len, devs)) <= 8  # about equal folds (groups of <= 3 rows)
+    with pytest.raises(ValueError, match="cv_fold"):
+        _prepare_all(folder, tmp_path / "cache", tiny_encoder_cfg, split_scope=scope, cv_folds=4, cv_fold=4)

@@ -34,9 +34,9 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from empathy.data.processing import missing_data_message
+from empathy.data.processing import _splits_of, assign_splits, missing_data_message, split_population
 from empathy.data.read import read_epitome_csv
-from empathy.data.split import SPLITS, grouped_stratified_split, seeker_groups, splits_from_file
+from empathy.data.split import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,7 @@ def epitome_split_texts(
     split_fractions: Sequence[float] = (0.75, 0.05, 0.2),
     split_seed: int = 12,
     split_file: str | Path | None = None,
+    split_scope: str = "mechanism",
 ) -> dict[str, dict[str, list[str]]]:
     """The seeker and response posts of each mechanism's train / dev / test split, computed with
     the same reading and split functions (and settings) as training (``prepare_mechanism``).
@@ -217,13 +218,13 @@ def epitome_split_texts(
         if not csv_path.is_file():
             raise FileNotFoundError(missing_data_message(csv_path, mechanism))
         examples, _ = read_epitome_csv(csv_path, on_conflict=on_conflict, unescape_html=unescape_html)
-        if split_file:
-            split_of = splits_from_file(Path(split_file).resolve(), examples)
-        else:
-            groups = seeker_groups([e.sp_id for e in examples], [e.seeker_post for e in examples])
-            split_of = grouped_stratified_split(
-                [e.level for e in examples], groups, fractions=tuple(split_fractions), seed=split_seed
-            )
+        split_path = Path(split_file).resolve() if split_file else None
+        population = split_population(
+            examples, data_dir=data_dir, split_scope="mechanism" if split_path else split_scope,
+            mechanism_files=mechanisms, on_conflict=on_conflict, unescape_html=unescape_html,
+        )
+        mapping = assign_splits(*population, split_fractions=split_fractions, split_seed=split_seed, split_file=split_path)
+        split_of = _splits_of(examples, mapping, str(split_path) if split_path else "the computed split")
         texts: dict[str, list[str]] = {name: [] for name in SPLITS}
         for e, split in zip(examples, split_of, strict=True):
             texts[split] += [e.seeker_post, e.response_post]

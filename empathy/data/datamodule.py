@@ -83,6 +83,10 @@ class EpitomeDataModule(pl.LightningDataModule):
         split_fractions: Sequence[float] = (0.75, 0.05, 0.2),
         split_seed: int = 12,
         split_file: str | None = None,
+        split_scope: str = "mechanism",
+        mechanism_files: Mapping[str, str] | None = None,
+        cv_folds: int = 0,
+        cv_fold: int = 0,
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
@@ -102,6 +106,10 @@ class EpitomeDataModule(pl.LightningDataModule):
         self.split_fractions = tuple(split_fractions)
         self.split_seed = split_seed
         self.split_file = split_file
+        self.split_scope = split_scope
+        self.mechanism_files = dict(mechanism_files or {})
+        self.cv_folds = cv_folds
+        self.cv_fold = cv_fold
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -133,6 +141,10 @@ class EpitomeDataModule(pl.LightningDataModule):
             split_fractions=self.split_fractions,
             split_seed=self.split_seed,
             split_file=self.split_file,
+            split_scope=self.split_scope,
+            mechanism_files=self.mechanism_files,
+            cv_folds=self.cv_folds,
+            cv_fold=self.cv_fold,
             cache_dir=self.cache_dir,
         )
 

@@ -26,17 +26,20 @@ from empathy.data.align import find_rationale_spans, rationale_labels, spans_bey
 from empathy.data.read import LEVELS, Example, read_epitome_csv
 from empathy.data.split import (
     SPLITS,
+    SplitFileError,
+    grouped_stratified_folds,
     grouped_stratified_split,
+    read_split_csv,
     seeker_groups,
-    splits_from_file,
     write_split_csv,
 )
 
 # Bump when the processing changes in a way that changes the datasets (invalidates every cache).
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 DATASET_DIR = "dataset"
 SUMMARY_FILE = "summary.json"
 SPLIT_CSV = "split.csv"
+SPLIT_SCOPES = ("shared", "mechanism")
 UNALIGNED_CSV = "unaligned_rationales.csv"
 TOKENIZE_BATCH = 1000
 
@@ -209,6 +212,96 @@ def _summary(read_report: dict, split_of: Sequence[str], examples: Sequence[Exam
     }
 
 
+Stratum = tuple[int, ...]
+
+
+def split_population(
+    examples: Sequence[Example],
+    *,
+    data_dir: str | Path,
+    split_scope: str,
+    mechanism_files: Mapping[str, str] | None,
+    on_conflict: str,
+    unescape_html: bool,
+) -> tuple[list[tuple[str, str]], list[str], list[str], list[Stratum]]:
+    """The rows a split is computed on: keys, seeker ids, seeker posts and strata.
+
+    ``mechanism``: this mechanism's rows, stratified by their level. ``shared``: the union of the
+    pairs of every file in ``mechanism_files`` (the same pairs are annotated for ER, IP and EX),
+    stratified by the tuple of their levels (-1 where a file lacks the pair, e.g. a dropped level
+    conflict), so that every mechanism (and a joint model) gets the same split of the same pairs.
+    """
+    if split_scope not in SPLIT_SCOPES:
+        raise ValueError(f"data.split_scope must be one of {', '.join(SPLIT_SCOPES)}, not {split_scope!r}")
+    if split_scope == "mechanism":
+        return ([e.key for e in examples], [e.sp_id for e in examples], [e.seeker_post for e in examples],
+                [(e.level,) for e in examples])
+    if not mechanism_files:
+        raise ValueError("data.split_scope=shared needs data.mechanism_files (mechanism -> CSV file name)")
+    levels: dict[tuple[str, str], dict[str, int]] = {}
+    seeker: dict[tuple[str, str], tuple[str, str]] = {}
+    names = sorted(mechanism_files)
+    for name in names:
+        path = (Path(data_dir) / mechanism_files[name]).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{missing_data_message(path, name)} The shared split (data.split_scope=shared) reads "
+                "every mechanism's file; with only some of them, set data.split_scope=mechanism."
+            )
+        rows, _ = read_epitome_csv(path, on_conflict=on_conflict, unescape_html=unescape_html)
+        for e in rows:
+            levels.setdefault(e.key, {})[name] = e.level
+            seeker.setdefault(e.key, (e.sp_id, e.seeker_post))
+    keys = list(levels)
+    return (keys, [seeker[k][0] for k in keys], [seeker[k][1] for k in keys],
+            [tuple(levels[k].get(n, -1) for n in names) for k in keys])
+
+
+def assign_splits(
+    keys: Sequence[tuple[str, str]],
+    sp_ids: Sequence[str],
+    seeker_posts: Sequence[str],
+    strata: Sequence[Stratum],
+    *,
+    split_fractions: Sequence[float],
+    split_seed: int,
+    split_file: Path | None = None,
+    cv_folds: int = 0,
+    cv_fold: int = 0,
+) -> dict[tuple[str, str], str]:
+    """``{key: split}`` for the population: a user split file or the seeded grouped stratified
+    split, then, with ``cv_folds`` > 1, cross-validation inside train + dev: its rows are cut into
+    ``cv_folds`` folds (grouped by seeker post, stratified), fold ``cv_fold`` becomes dev and the
+    others train. Test rows are never touched."""
+    groups = seeker_groups(list(sp_ids), list(seeker_posts))
+    if split_file is not None:
+        mapping = read_split_csv(split_file)
+        splits = [mapping.get(k) for k in keys]
+    else:
+        splits = grouped_stratified_split(list(strata), groups, fractions=tuple(split_fractions), seed=split_seed)
+    if cv_folds:
+        if cv_folds < 2 or not 0 <= cv_fold < cv_folds:
+            raise ValueError(f"data.cv_fold must be in 0..{cv_folds - 1} with data.cv_folds >= 2, "
+                             f"got cv_folds={cv_folds}, cv_fold={cv_fold}")
+        inside = [i for i, s in enumerate(splits) if s in ("train", "dev")]
+        folds = grouped_stratified_folds([strata[i] for i in inside], [groups[i] for i in inside], cv_folds, split_seed)
+        for i, fold in zip(inside, folds, strict=True):
+            splits[i] = "dev" if fold == cv_fold else "train"
+    return {k: s for k, s in zip(keys, splits, strict=True) if s is not None}
+
+
+def _splits_of(examples: Sequence[Example], mapping: Mapping[tuple[str, str], str], source: str) -> list[str]:
+    missing = [e.key for e in examples if e.key not in mapping]
+    if missing:
+        shown = ", ".join(f"({s}, {r})" for s, r in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise SplitFileError(
+            f"{source}: {len(missing)} of the {len(examples)} kept rows have no split: {shown}{more}; "
+            "expected a row (sp_id, rp_id, split) for each of them"
+        )
+    return [mapping[e.key] for e in examples]
+
+
 def prepare_mechanism(
     *,
     data_dir: str | Path,
@@ -221,9 +314,16 @@ def prepare_mechanism(
     split_fractions: Sequence[float] = (0.75, 0.05, 0.2),
     split_seed: int = 12,
     split_file: str | Path | None = None,
+    split_scope: str = "mechanism",
+    mechanism_files: Mapping[str, str] | None = None,
+    cv_folds: int = 0,
+    cv_fold: int = 0,
     cache_dir: str | Path = ".cache/empathy",
 ) -> PreparedData:
-    """Read, validate, split, tokenize and align one mechanism's CSV; cached under ``cache_dir``."""
+    """Read, validate, split, tokenize and align one mechanism's CSV; cached under ``cache_dir``.
+
+    The split: see :func:`split_population` (``split_scope``) and :func:`assign_splits`
+    (``split_file``, ``cv_folds`` / ``cv_fold``)."""
     from empathy.models.encoders import load_tokenizer
 
     csv_path = (Path(data_dir) / mechanism_file).resolve()
@@ -243,6 +343,14 @@ def prepare_mechanism(
         "unescape_html": bool(unescape_html),
         "split_fractions": [float(f) for f in split_fractions],
         "split_seed": int(split_seed),
+        "split_scope": split_scope,
+        # the other files shape a shared split: their contents are part of the key
+        "split_files_sha256": (
+            {n: _sha256_file((Path(data_dir) / f).resolve()) for n, f in sorted(mechanism_files.items())
+             if (Path(data_dir) / f).is_file()}
+            if split_scope == "shared" and split_path is None and mechanism_files else None
+        ),
+        "cv": [int(cv_folds), int(cv_fold)] if cv_folds else None,
     }
     cache_root = Path(cache_dir).resolve()
     cache_path = cache_root / f"{mechanism}-{cache_key(params)}"
@@ -258,13 +366,15 @@ def prepare_mechanism(
         return PreparedData(dsd, summary, outputs["split_csv"], cache_path, outputs["unaligned_report"])
 
     examples, read_report = read_epitome_csv(csv_path, on_conflict=on_conflict, unescape_html=unescape_html)
-    if split_path is not None:
-        split_of = splits_from_file(split_path, examples)
-    else:
-        groups = seeker_groups([e.sp_id for e in examples], [e.seeker_post for e in examples])
-        split_of = grouped_stratified_split(
-            [e.level for e in examples], groups, fractions=tuple(split_fractions), seed=split_seed
-        )
+    population = split_population(
+        examples, data_dir=data_dir, split_scope="mechanism" if split_path is not None else split_scope,
+        mechanism_files=mechanism_files, on_conflict=on_conflict, unescape_html=unescape_html,
+    )
+    mapping = assign_splits(
+        *population, split_fractions=split_fractions, split_seed=split_seed, split_file=split_path,
+        cv_folds=cv_folds, cv_fold=cv_fold,
+    )
+    split_of = _splits_of(examples, mapping, str(split_path) if split_path else "the computed split")
     rows, report, counts = build_rows(examples, tokenizer, max_len)
     dsd = datasets.DatasetDict()
     for name in SPLITS:

@@ -73,21 +73,22 @@ def _cell_targets(split_sizes: list[int], level_counts: np.ndarray) -> np.ndarra
     return cells
 
 
-def grouped_stratified_split(
-    levels: Sequence[int],
+def grouped_stratified_parts(
+    levels: Sequence[Hashable],
     groups: Sequence[Hashable],
-    fractions: Sequence[float] = (0.75, 0.05, 0.20),
+    fractions: Sequence[float],
     seed: int = 12,
-) -> list[str]:
-    """``'train'``/``'dev'``/``'test'`` for each row: split sizes within one row of ``fractions``,
-    each split's level proportions close to the whole's, no group in two splits.
+) -> list[int]:
+    """Part number (index into ``fractions``) of each row: part sizes within one row of
+    ``fractions``, each part's level (stratum) proportions close to the whole's, no group in two
+    parts. ``levels`` may be any hashable strata (e.g. a tuple of the three mechanisms' levels).
 
-    Uses ``numpy.random.default_rng(seed)``, so the split is the same on every machine.
+    Uses ``numpy.random.default_rng(seed)``, so the assignment is the same on every machine.
     """
     if len(levels) != len(groups):
         raise ValueError("levels and groups must have the same length")
-    if len(fractions) != len(SPLITS) or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"fractions must be 3 non-negative numbers summing to 1, got {list(fractions)}")
+    if not fractions or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions must be non-negative numbers summing to 1, got {list(fractions)}")
     n = len(levels)
     level_values = sorted(set(levels))
     level_index = {lv: k for k, lv in enumerate(level_values)}
@@ -99,13 +100,13 @@ def grouped_stratified_split(
     counts = np.zeros(len(level_values), dtype=int)
     for lv in levels:
         counts[level_index[lv]] += 1
-    left = _cell_targets(_split_sizes(n, fractions), counts)  # rows still wanted per (split, level)
+    left = _cell_targets(_split_sizes(n, fractions), counts)  # rows still wanted per (part, level)
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(members))
     # Larger groups first, while there is room everywhere; ties in random order.
     order = sorted(order, key=lambda g: -len(members[g]))
-    assignment = [""] * n
+    assignment = [-1] * n
     for g in order:
         need = np.zeros(len(level_values), dtype=int)
         for i in members[g]:
@@ -116,13 +117,35 @@ def grouped_stratified_split(
             weights = np.where(fits, room, 0.0)
             if weights.sum() <= 0:
                 weights = fits.astype(float)
-            s = int(rng.choice(len(SPLITS), p=weights / weights.sum()))
-        else:  # no split has room for the whole group: least overshoot
+            s = int(rng.choice(len(fractions), p=weights / weights.sum()))
+        else:  # no part has room for the whole group: least overshoot
             s = int(np.argmax((left - need).clip(max=0).sum(axis=1) * 1e6 + room))
         left[s] -= need
         for i in members[g]:
-            assignment[i] = SPLITS[s]
+            assignment[i] = s
     return assignment
+
+
+def grouped_stratified_split(
+    levels: Sequence[Hashable],
+    groups: Sequence[Hashable],
+    fractions: Sequence[float] = (0.75, 0.05, 0.20),
+    seed: int = 12,
+) -> list[str]:
+    """``'train'``/``'dev'``/``'test'`` for each row (see :func:`grouped_stratified_parts`)."""
+    if len(fractions) != len(SPLITS):
+        raise ValueError(f"fractions must be 3 non-negative numbers summing to 1, got {list(fractions)}")
+    return [SPLITS[p] for p in grouped_stratified_parts(levels, groups, fractions, seed)]
+
+
+def grouped_stratified_folds(
+    levels: Sequence[Hashable], groups: Sequence[Hashable], folds: int, seed: int = 12
+) -> list[int]:
+    """Fold number (0 .. folds-1) of each row for k-fold cross-validation: folds of equal size
+    (within a row or a group), stratified by level, and no group (seeker post) in two folds."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    return grouped_stratified_parts(levels, groups, [1.0 / folds] * folds, seed)
 
 
 def write_split_csv(path: str | Path, examples: Sequence, splits: Sequence[str]) -> Path:
