@@ -216,14 +216,24 @@ def multitask_loss(
     lambda_EI: float = 1.0,
     lambda_RE: float = 0.5,
     class_weights: Tensor | None = None,
+    focal_gamma: float = 0.0,
 ) -> dict[str, Tensor]:
     """lambda_EI * CE(level) + lambda_RE * CE(rationale tokens), the latter over real response
-    tokens only (``rationale_mask``: special and padding tokens are ignored)."""
-    level_loss = F.cross_entropy(
-        output.level_logits.float(),
-        level,
-        weight=None if class_weights is None else class_weights.to(output.level_logits.device),
-    )
+    tokens only (``rationale_mask``: special and padding tokens are ignored).
+
+    ``focal_gamma`` > 0 turns the level loss into the focal loss (Lin et al. 2017): each row's
+    (class-weighted) cross-entropy is scaled by (1 - p_true)^gamma, so confidently right rows
+    count less; normalised like the weighted mean cross-entropy. 0 is plain cross-entropy."""
+    weight = None if class_weights is None else class_weights.to(output.level_logits.device)
+    logits = output.level_logits.float()
+    if focal_gamma:
+        ce = F.cross_entropy(logits, level, weight=weight, reduction="none", ignore_index=IGNORE_INDEX)
+        labelled = level != IGNORE_INDEX
+        p_true = torch.exp(-F.cross_entropy(logits, level, reduction="none", ignore_index=IGNORE_INDEX))
+        row_weight = labelled.float() if weight is None else weight[level.clamp(min=0)] * labelled
+        level_loss = ((1 - p_true) ** focal_gamma * ce).sum() / row_weight.sum().clamp(min=1e-12)
+    else:
+        level_loss = F.cross_entropy(logits, level, weight=weight, ignore_index=IGNORE_INDEX)
     targets = rationale.masked_fill(~rationale_mask.bool(), IGNORE_INDEX)
     if bool((targets != IGNORE_INDEX).any()):
         rationale_loss = F.cross_entropy(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.optim.lr_scheduler import LambdaLR
 
 from empathy import JOINT
+from empathy.decoding import DecodingGrid, RationaleDecoding, rationale_probs
 from empathy.metrics import RationaleMetrics, level_metrics
 from empathy.models.biencoder import BiEncoderOutput, build_net, multitask_loss
 
@@ -46,6 +48,30 @@ def to_paper_predictions(preds: Tensor, pred_level: Tensor, mask: Tensor) -> Ten
     return torch.where((pred_level == 0).unsqueeze(1), mask.to(preds.dtype), preds)
 
 
+_LAYER = re.compile(r"(?:^|\.)(?:layer|layers)\.(\d+)\.")
+
+
+def layerwise_param_groups(net: torch.nn.Module, lr: float, decay: float = 1.0) -> list[dict[str, Any]]:
+    """Trainable parameters in optimiser groups with layer-wise learning-rate decay (LLRD): the
+    response encoder's layer i of L gets ``lr * decay ** (L - i)``, its embeddings
+    ``lr * decay ** (L + 1)``, everything else (attention, heads) ``lr``. decay 1: one group."""
+    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    if decay == 1.0:
+        return [{"params": [p for _, p in named]}]
+    depths = [int(m.group(1)) for n, _ in named if (m := _LAYER.search(n)) and n.startswith("response_encoder.")]
+    layers = max(depths) + 1 if depths else 0
+    groups: dict[int, list[torch.nn.Parameter]] = {}
+    for name, param in named:
+        if not name.startswith("response_encoder."):
+            below = 0
+        elif m := _LAYER.search(name):
+            below = layers - int(m.group(1))
+        else:  # embeddings (and anything before the first layer)
+            below = layers + 1
+        groups.setdefault(below, []).append(param)
+    return [{"params": ps, "lr": lr * decay**below} for below, ps in sorted(groups.items())]
+
+
 class EmpathyModule(pl.LightningModule):
     def __init__(
         self,
@@ -60,8 +86,13 @@ class EmpathyModule(pl.LightningModule):
         max_len: int = 64,
         class_weights: list[float] | None = None,
         data_config: Mapping[str, Any] | None = None,
+        layerwise_lr_decay: float = 1.0,
+        rationale_decoding: Mapping[str, Any] | None = None,
+        decoding_grid: bool = False,
     ) -> None:
         super().__init__()
+        if not 0 < layerwise_lr_decay <= 1:
+            raise ValueError(f"layerwise_lr_decay must be in (0, 1], not {layerwise_lr_decay}")
         if rationale_policy not in ("strict", "paper"):
             raise ValueError(f"rationale_policy must be 'strict' or 'paper', not {rationale_policy!r}")
         self.save_hyperparameters(
@@ -77,8 +108,14 @@ class EmpathyModule(pl.LightningModule):
                 "max_len": max_len,
                 "class_weights": None if class_weights is None else [float(w) for w in class_weights],
                 "data_config": _plain(data_config) or {},
+                "layerwise_lr_decay": float(layerwise_lr_decay),
+                "rationale_decoding": RationaleDecoding.from_config(_plain(rationale_decoding)).to_dict(),
+                "decoding_grid": bool(decoding_grid),
             }
         )
+        self.decoding = RationaleDecoding.from_config(self.hparams.rationale_decoding)
+        # Dev-set scores of several rationale decodings at once (choosing one by cross-validation).
+        self.val_decoding_grid = DecodingGrid() if decoding_grid else None
         self.net = build_net(self.hparams.encoder, self.hparams.net)
         weights = self.hparams.class_weights
         self.register_buffer(
@@ -177,6 +214,7 @@ class EmpathyModule(pl.LightningModule):
             lambda_EI=self.hparams.loss["lambda_EI"],
             lambda_RE=self.hparams.loss["lambda_RE"],
             class_weights=self.class_weights,
+            focal_gamma=float(self.hparams.loss.get("focal_gamma", 0.0)),
         )
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
@@ -191,7 +229,7 @@ class EmpathyModule(pl.LightningModule):
     def predictions(self, output: BiEncoderOutput, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Predicted levels [batch] and rationale tokens [batch, tokens] (0 outside ``mask``)."""
         level = output.level_logits.argmax(-1)
-        rationale = output.rationale_logits.argmax(-1) * mask.to(torch.long)
+        rationale = self.decoding.decode(rationale_probs(output.rationale_logits), mask)
         return level, rationale
 
     def _eval_step(self, batch: Mapping[str, Tensor], stage: str) -> None:
@@ -212,6 +250,10 @@ class EmpathyModule(pl.LightningModule):
             level=batch["level"],
         )
         self.log(f"{STAGE_PREFIX[stage]}/loss", losses["loss"], batch_size=level.shape[0], sync_dist=True)
+        if stage == "val" and self.val_decoding_grid is not None:
+            self.val_decoding_grid.update(
+                rationale_probs(output.rationale_logits), batch["rationale_strict"], mask, batch["level"]
+            )
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -234,6 +276,10 @@ class EmpathyModule(pl.LightningModule):
         # The unsuffixed rationale metrics are the strict ones (rows with gold level > 0).
         self.log(f"{prefix}/rationale_token_f1", rationale["rationale_token_f1_strict"])
         self.log(f"{prefix}/rationale_iou_f1", rationale["rationale_iou_f1_strict"])
+        if stage == "val" and self.val_decoding_grid is not None:
+            for name, value in self.val_decoding_grid.compute().items():
+                self.log(f"{prefix}/{name}", value)
+            self.val_decoding_grid.reset()
         self.last_confusion = {prefix: values["confusion"].detach().cpu()}
         level_metric.reset()
         rationale_metric.reset()
@@ -246,7 +292,7 @@ class EmpathyModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.net.parameters() if p.requires_grad]
+        params = layerwise_param_groups(self.net, self.hparams.optimizer["lr"], self.hparams.layerwise_lr_decay)
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params)
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from empathy import JOINT, MECHANISMS
+from empathy.decoding import RationaleDecoding, rationale_probs
 from empathy.models.biencoder import NUM_LEVELS, BiEncoder, build_net
 from empathy.models.encoders import load_encoder, load_tokenizer
 
@@ -118,6 +119,7 @@ class LoadedModel:
     source: str  # the checkpoint file or export folder
     net_config: dict = field(default_factory=dict)
     data_config: dict = field(default_factory=dict)
+    rationale_decoding: dict = field(default_factory=dict)  # threshold, fill_gaps, min_span (empty: argmax)
     seeker_sha256: str | None = None  # None: no seeker encoder (use_attention=false)
     info: dict = field(default_factory=dict)  # metrics and provenance, when known
 
@@ -159,6 +161,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         source=str(path),
         net_config=dict(hp["net"]),
         data_config=dict(hp.get("data_config") or {}),
+        rationale_decoding=dict(hp.get("rationale_decoding") or {}),
         seeker_sha256=None if net.seeker_encoder is None else state_dict_sha256(net.seeker_encoder),
         info={"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")},
     )
@@ -230,6 +233,7 @@ def load_exported(folder: str | Path, map_location: str | torch.device = "cpu") 
         source=str(folder),
         net_config=dict(config["net"]),
         data_config=dict(config.get("data_config") or {}),
+        rationale_decoding=dict(config.get("rationale_decoding") or {}),
         seeker_sha256=seeker_sha,
         info={k: config.get(k) for k in ("metrics", "source_checkpoint", "epoch", "global_step")},
     )
@@ -322,6 +326,7 @@ def export_model(
         "rationale_policy": model.rationale_policy,
         "net": model.net_config,
         "data_config": model.data_config,
+        "rationale_decoding": model.rationale_decoding,
         "seeker": seeker_info,
         "source_checkpoint": str(ckpt_path.resolve()),
         "epoch": model.info.get("epoch"),
@@ -633,10 +638,12 @@ class EmpathyPredictor:
             levels[m][index] = logits.argmax(-1).cpu().numpy()
             probs[m][index] = torch.softmax(logits, dim=-1).cpu().numpy()
             enc = encoded[self._token_group_of[self._model_of[m]]]
-            token = out.rationale_logits.argmax(-1).cpu().numpy()
-            real = np.zeros_like(token, dtype=bool)
+            real = np.zeros(tuple(out.rationale_logits.shape[:2]), dtype=bool)
             for k, i in enumerate(rows):
                 real[k, : len(enc.response_real[i])] = enc.response_real[i]
+            decoding = RationaleDecoding.from_config(self.models[self._model_of[m]].rationale_decoding)
+            probs_r = rationale_probs(out.rationale_logits)
+            token = decoding.decode(probs_r, torch.from_numpy(real).to(probs_r.device)).cpu().numpy()
             for k, runs in enumerate(token_runs((token == 1) & real)):
                 if not runs:
                     continue

@@ -1,0 +1,86 @@
+"""The levers of the ablation study: focal level loss, layer-wise learning-rate decay, rationale
+decoding settings and the dev decoding grid, cross-validation runs through the entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from empathy.data.synthetic import write_synthetic_epitome
+from empathy.models.biencoder import BiEncoder, BiEncoderOutput, multitask_loss
+from empathy.models.module import layerwise_param_groups
+from empathy.train import train
+from tests.test_biencoder import TINY
+from tests.test_train import train_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _output(level_logits: torch.Tensor) -> BiEncoderOutput:
+    return BiEncoderOutput(level_logits=level_logits, rationale_logits=torch.zeros(level_logits.shape[0], 3, 2))
+
+
+def test_focal_gamma_zero_is_cross_entropy_and_gamma_down_weights_easy_rows():
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.2, 0.0], [0.0, 0.0, 1.0]])
+    level = torch.tensor([0, 1, 2])
+    weights = torch.tensor([0.5, 2.0, 1.0])
+    zeros = torch.zeros(3, 3, dtype=torch.long)
+    mask = torch.ones(3, 3)
+    plain = multitask_loss(_output(logits), level, zeros, mask, class_weights=weights, focal_gamma=0.0)
+    assert plain["level_loss"] == pytest.approx(F.cross_entropy(logits, level, weight=weights).item())
+    focal = multitask_loss(_output(logits), level, zeros, mask, class_weights=weights, focal_gamma=2.0)
+    p = torch.softmax(logits, -1)[torch.arange(3), level]
+    ce = F.cross_entropy(logits, level, weight=weights, reduction="none")
+    expected = ((1 - p) ** 2 * ce).sum() / weights[level].sum()
+    assert focal["level_loss"] == pytest.approx(expected.item())
+    assert focal["level_loss"] < plain["level_loss"]
+    # unlabelled rows (-100, the joint model's missing labels) count in neither
+    masked = multitask_loss(_output(logits), torch.tensor([0, -100, 2]), zeros, mask, focal_gamma=2.0)
+    keep = torch.tensor([0, 2])
+    ce2 = F.cross_entropy(logits[keep], level[keep], reduction="none")
+    assert masked["level_loss"] == pytest.approx((((1 - p[keep]) ** 2) * ce2).mean().item())
+
+
+def test_layerwise_lr_decay_groups():
+    net = BiEncoder(TINY)  # 2 layers
+    assert len(layerwise_param_groups(net, 1e-3, 1.0)) == 1
+    groups = layerwise_param_groups(net, 1e-3, 0.5)
+    lrs = sorted((g["lr"] for g in groups), reverse=True)
+    assert lrs == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4])  # heads, layer 1, layer 0, embeddings
+    trainable = {id(p) for p in net.parameters() if p.requires_grad}
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(trainable)  # every trainable parameter once, frozen seeker none
+    by_id = {id(p): g["lr"] for g in groups for p in g["params"]}
+    enc = net.response_encoder
+    assert by_id[id(enc.embeddings.word_embeddings.weight)] == pytest.approx(1.25e-4)
+    assert by_id[id(enc.encoder.layer[1].output.dense.weight)] == pytest.approx(5e-4)
+    assert by_id[id(net.level_head[1].weight)] == pytest.approx(1e-3)
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory) -> Path:
+    return write_synthetic_epitome(tmp_path_factory.mktemp("epitome"), n_rows=80, seed=0)
+
+
+def test_levers_train_through_the_entry_point_with_a_cv_fold(synthetic_dir, tmp_path):
+    cfg = train_cfg(
+        synthetic_dir, tmp_path / "run", "mechanism=EX", "trainer.max_epochs=1", "test=false",
+        "loss.focal_gamma=2", "model.layerwise_lr_decay=0.8", "model.decoding_grid=true",
+        "model.rationale_decoding.threshold=0.3", "model.rationale_decoding.fill_gaps=1",
+        "data.cv_folds=3", "data.cv_fold=1",
+    )
+    result = train(cfg, Path(cfg.paths.output_dir))
+    metrics = result["metrics"]
+    grid = {k for k in metrics if k.startswith("dev/rationale_iou_f1@")}
+    assert len(grid) == 18 and "dev/rationale_iou_f1@t0.3g1" in grid
+    assert not any(k.startswith("test/") for k in metrics)  # cross-validation never touches test
+    split = (tmp_path / "run" / "split.csv").read_text().splitlines()
+    assert sum(line.endswith(",dev") for line in split) > 10  # a fold of train+dev, not the 5 % dev
+    hparams = torch.load(next((tmp_path / "run" / "checkpoints").glob("best*.ckpt")), weights_only=True)["hyper_parameters"]
+    assert hparams["rationale_decoding"] == {"threshold": 0.3, "fill_gaps": 1, "min_span": 1}
+    assert hparams["data_config"]["cv_folds"] == 3 and hparams["loss"]["focal_gamma"] == 2
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"] == pytest.approx(metrics)
