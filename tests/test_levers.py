@@ -84,3 +84,13 @@ def test_levers_train_through_the_entry_point_with_a_cv_fold(synthetic_dir, tmp_
     assert hparams["rationale_decoding"] == {"threshold": 0.3, "fill_gaps": 1, "min_span": 1}
     assert hparams["data_config"]["cv_folds"] == 3 and hparams["loss"]["focal_gamma"] == 2
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"] == pytest.approx(metrics)
+
+
+def test_joint_model_scores_the_decoding_grid_per_mechanism(synthetic_dir, tmp_path):
+    cfg = train_cfg(
+        synthetic_dir, tmp_path / "run", "model=joint", "trainer.max_epochs=1", "test=false",
+        "model.decoding_grid=true", "loss.focal_gamma=1", "data.cv_folds=3", "data.cv_fold=0",
+    )
+    metrics = train(cfg, Path(cfg.paths.output_dir))["metrics"]
+    for m in ("ER", "IP", "EX"):
+        assert len([k for k in metrics if k.startswith(f"dev/{m}/rationale_iou_f1@")]) == 18

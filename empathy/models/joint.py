@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from empathy import JOINT, MECHANISMS
 from empathy.data.joint import IGNORE_INDEX, level_column, rationale_column
+from empathy.decoding import DecodingGrid, rationale_probs
 from empathy.metrics import RationaleMetrics, level_metrics
 from empathy.models.biencoder import BiEncoderOutput, multitask_loss
 from empathy.models.module import STAGE_PREFIX, EmpathyModule, to_paper_predictions
@@ -74,6 +75,9 @@ class JointEmpathyModule(EmpathyModule):
         for m in mechanisms:
             w = None if weights is None else torch.tensor(weights[m], dtype=torch.float32)
             self.register_buffer(f"class_weights_{m}", w, persistent=False)
+        # the single model's grid scores one mechanism: one grid per mechanism here
+        self.val_decoding_grid = None
+        self.joint_grids = nn.ModuleDict({m: DecodingGrid() for m in mechanisms}) if self.hparams.decoding_grid else None
         self.joint_metrics = nn.ModuleDict()
         for stage in STAGE_PREFIX:
             for m in mechanisms:
@@ -148,6 +152,11 @@ class JointEmpathyModule(EmpathyModule):
             paper_preds = (
                 rationale if self.hparams.rationale_policy == "paper" else to_paper_predictions(rationale, level, mask)
             )
+            if stage == "val" and self.joint_grids is not None:
+                self.joint_grids[m].update(
+                    rationale_probs(outputs[m].rationale_logits[keep]),
+                    batch[rationale_column(m, "strict")][keep], mask, gold,
+                )
             self.joint_metrics[f"{stage}_{m}_level"].update(level, gold)
             self.joint_metrics[f"{stage}_{m}_rationale"].update(
                 preds=rationale,
@@ -184,6 +193,10 @@ class JointEmpathyModule(EmpathyModule):
             # The unsuffixed rationale metrics are the strict ones (rows with gold level > 0).
             self.log(f"{prefix}/{m}/rationale_token_f1", rationale["rationale_token_f1_strict"])
             self.log(f"{prefix}/{m}/rationale_iou_f1", rationale["rationale_iou_f1_strict"])
+            if stage == "val" and self.joint_grids is not None:
+                for name, value in self.joint_grids[m].compute().items():
+                    self.log(f"{prefix}/{m}/{name}", value)
+                self.joint_grids[m].reset()
             self.last_confusion[f"{prefix}/{m}"] = values["confusion"].detach().cpu()
             macro_f1.append(values["macro_f1"])
             level_metric.reset()
