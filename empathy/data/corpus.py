@@ -34,7 +34,12 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from empathy.data.processing import _splits_of, assign_splits, missing_data_message, split_population
+from empathy.data.processing import (
+    _splits_of,
+    assign_splits,
+    missing_data_message,
+    split_population,
+)
 from empathy.data.read import read_epitome_csv
 from empathy.data.split import SPLITS
 

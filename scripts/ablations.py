@@ -1,0 +1,405 @@
+"""Choose the default model honestly: k-fold cross-validation of every lever inside train + dev,
+then test only the chosen configurations; write results/ablations.{md,csv}.
+
+    # everything (a GPU machine: ~10 min on one H100/H200 with 8 workers)
+    python scripts/ablations.py run --out outputs/ablations --trainer gpu --workers 8
+    # the report of a finished (or partly finished) run folder
+    python scripts/ablations.py report --out outputs/ablations
+
+Stages of `run` (each job is `python -m empathy.train <overrides>`, with its own run folder):
+1. `cv`: every lever of LEVERS, one change from its base (the separate per-mechanism default or
+   the joint model), on each of `--folds` folds of train + dev (`data.cv_folds`, grouped by seeker
+   post, stratified); `test=false`: test is never touched. The dev decoding grid is scored too.
+2. `combine`: the joint base with every joint lever that beat it in stage 1, together.
+3. `test`: the configuration with the best cross-validated macro-F1 (mean over ER, IP, EX), with
+   the rationale decoding that scored best in cross-validation, and the separate-model default,
+   each on the standard split with `--seeds` seeds: the only runs that see test.
+Jobs that have a metrics.json are not run again (a stopped run continues). `--budget-s` stops
+starting jobs after that many seconds; the report says what did not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MECHANISMS = ("ER", "IP", "EX")
+PAPER = {"ER": 74.46, "IP": 62.6, "EX": 72.58}
+
+# name, base ("separate" or "joint"), overrides, what it tests
+LEVERS: list[tuple[str, str, list[str], str]] = [
+    ("separate", "separate", [], "one model per mechanism, the default before this study"),
+    ("separate_len128", "separate", ["data.max_len=128"], "max_len 128 (64 truncates rationales)"),
+    ("joint", "joint", [], "one response encoder, three mechanism heads (model=joint)"),
+    ("joint_len128", "joint", ["data.max_len=128"], "max_len 128"),
+    ("joint_lr5e-5", "joint", ["model.optimizer.lr=5e-5"], "learning rate 5e-5 (default 1e-4)"),
+    ("joint_lr2e-4", "joint", ["model.optimizer.lr=2e-4"], "learning rate 2e-4"),
+    ("joint_epochs10", "joint", ["trainer.max_epochs=10"], "10 epochs (default 6)"),
+    ("joint_epochs4", "joint", ["trainer.max_epochs=4"], "4 epochs"),
+    ("joint_warmup0", "joint", ["model.scheduler.warmup_ratio=0"], "no warm-up (the paper; default 0.1)"),
+    ("joint_focal2", "joint", ["loss.focal_gamma=2"], "focal level loss, gamma 2"),
+    ("joint_unweighted", "joint", ["loss.class_weights=null"], "no class weights in the level loss"),
+    ("joint_llrd0.8", "joint", ["model.layerwise_lr_decay=0.8"], "layer-wise lr decay 0.8"),
+    ("joint_lambdaRE1", "joint", ["loss.lambda_RE=1.0"], "rationale loss weight 1.0 (default 0.5)"),
+    ("joint_lambdaRE0.2", "joint", ["loss.lambda_RE=0.2"], "rationale loss weight 0.2"),
+    ("joint_seeker_tuned", "joint", ["model.net.freeze_seeker=false"], "seeker encoder fine-tuned too"),
+    ("joint_no_attention", "joint", ["model.net.use_attention=false"], "no seeker encoder / attention"),
+    ("joint_dapt", "joint", ["encoder=local", "encoder.path={dapt}"], "encoder after domain-adaptive MLM"),
+]
+NOT_COMBINED = {"joint_epochs4", "joint_no_attention"}  # cheaper variants: compared, never stacked
+
+
+@dataclass
+class Job:
+    stage: str
+    lever: str
+    overrides: list[str]
+    folder: Path
+    mechanism: str  # ER / IP / EX, or joint
+    fold: int | None = None
+    seed: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return (self.folder / "metrics.json").is_file()
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out).resolve()
+        self.started = time.monotonic()
+        self.manifest = self.out / "jobs.jsonl"
+        self.lock = threading.Lock()
+
+    def left(self) -> float:
+        return self.args.budget_s - (time.monotonic() - self.started)
+
+    def common(self) -> list[str]:
+        return [
+            f"trainer={self.args.trainer}", "logger=csv", "++trainer.enable_progress_bar=false",
+            "trainer.deterministic=warn" if self.args.trainer == "gpu" else "trainer.deterministic=true",
+            f"paths.cache_dir={self.out / 'cache'}",
+            *self.args.set,
+        ]
+
+    def run_one(self, job: Job) -> None:
+        if job.done:
+            return
+        if self.left() <= 0:
+            self.record(job, "skipped (budget)", 0.0)
+            return
+        cmd = [sys.executable, "-m", "empathy.train", *self.common(), *job.overrides, f"hydra.run.dir={job.folder}"]
+        job.folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        with open(job.folder / "job.log", "w") as log:
+            rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        seconds = time.monotonic() - t0
+        self.record(job, "ok" if rc == 0 and job.done else f"failed rc={rc}", seconds)
+
+    def record(self, job: Job, status: str, seconds: float) -> None:
+        line = {"stage": job.stage, "lever": job.lever, "mechanism": job.mechanism, "fold": job.fold,
+                "seed": job.seed, "folder": str(job.folder.relative_to(self.out)), "status": status,
+                "seconds": round(seconds, 1), "overrides": job.overrides}
+        with self.lock:
+            with self.manifest.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+            print(f"[{time.monotonic() - self.started:6.0f}s] {status:18s} {seconds:6.1f}s {job.folder.relative_to(self.out)}",
+                  flush=True)
+
+    def run_all(self, jobs: list[Job]) -> None:
+        with ThreadPoolExecutor(self.args.workers) as pool:
+            list(pool.map(self.run_one, jobs))
+
+
+def model_overrides(base: str, mechanism: str) -> list[str]:
+    return ["model=joint"] if base == "joint" else [f"mechanism={mechanism}"]
+
+
+def cv_jobs(out: Path, stage: str, lever: str, base: str, overrides: list[str], folds: int) -> list[Job]:
+    jobs = []
+    for mechanism in (("joint",) if base == "joint" else MECHANISMS):
+        for k in range(folds):
+            jobs.append(Job(
+                stage, lever,
+                [*model_overrides(base, mechanism), *overrides, "model.decoding_grid=true", "test=false",
+                 f"data.cv_folds={folds}", f"data.cv_fold={k}"],
+                out / stage / lever / f"{mechanism}-fold{k}", mechanism, fold=k,
+            ))
+    return jobs
+
+
+def test_jobs(out: Path, lever: str, base: str, overrides: list[str], seeds: int) -> list[Job]:
+    return [
+        Job("test", lever, [*model_overrides(base, m), *overrides, f"seed={s}"], out / "test" / lever / f"{m}-seed{s}", m, seed=s)
+        for m in (("joint",) if base == "joint" else MECHANISMS)
+        for s in range(1, seeds + 1)
+    ]
+
+
+# ------------------------------------------------------------------------------------- reading results
+def load_runs(out: Path) -> list[dict]:
+    runs = []
+    seconds = {}
+    if (out / "jobs.jsonl").is_file():
+        for line in (out / "jobs.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            seconds[rec["folder"]] = rec["seconds"]
+    for path in sorted(out.glob("*/*/*/metrics.json")):
+        stage, lever, job = path.relative_to(out).parts[:3]
+        data = json.loads(path.read_text())
+        runs.append({"stage": stage, "lever": lever, "job": job, "metrics": data["metrics"],
+                     "seconds": seconds.get(f"{stage}/{lever}/{job}"), "fit_minutes": data.get("fit_minutes")})
+    return runs
+
+
+def per_mechanism(run: dict, split: str, key: str) -> dict[str, float]:
+    """{mechanism: value} of one run (a joint run gives all three)."""
+    m = run["metrics"]
+    job_mech = run["job"].split("-")[0]
+    if job_mech == "joint":
+        return {x: m[f"{split}/{x}/{key}"] for x in MECHANISMS if f"{split}/{x}/{key}" in m}
+    return {job_mech: m[f"{split}/{key}"]} if f"{split}/{key}" in m else {}
+
+
+def summarise_cv(runs: list[dict]) -> dict[str, dict]:
+    """lever -> mean dev macro-F1 / strict IOU-F1 per mechanism over folds, best grid decoding."""
+    out: dict[str, dict] = {}
+    by_lever = defaultdict(list)
+    for r in runs:
+        if r["stage"] in ("cv", "combine"):
+            by_lever[r["lever"]].append(r)
+    for lever, rs in by_lever.items():
+        f1, iou, grid = defaultdict(list), defaultdict(list), defaultdict(list)
+        for r in rs:
+            for m, v in per_mechanism(r, "dev", "macro_f1").items():
+                f1[m].append(v)
+            for m, v in per_mechanism(r, "dev", "rationale_iou_f1").items():
+                iou[m].append(v)
+            for key in r["metrics"]:
+                if "rationale_iou_f1@" in key:
+                    tag = key.split("@")[1]
+                    for m, v in per_mechanism(r, "dev", f"rationale_iou_f1@{tag}").items():
+                        grid[tag].append((m, v))
+        complete = all(len(f1[m]) == max(len(v) for v in f1.values()) for m in MECHANISMS) if f1 else False
+        grid_means = {tag: statistics.mean(v for _, v in vals) for tag, vals in grid.items() if vals}
+        best_tag = max(grid_means, key=grid_means.get) if grid_means else None
+        seconds = [r["seconds"] for r in rs if r["seconds"]]
+        out[lever] = {
+            "stage": rs[0]["stage"],
+            "folds": min((len(v) for v in f1.values()), default=0),
+            "complete": complete and set(f1) == set(MECHANISMS),
+            "macro_f1": {m: 100 * statistics.mean(v) for m, v in f1.items()},
+            "iou_f1": {m: 100 * statistics.mean(v) for m, v in iou.items()},
+            "best_decoding": best_tag,
+            "best_decoding_iou": 100 * grid_means[best_tag] if best_tag else None,
+            "decoding_iou": {tag: 100 * v for tag, v in grid_means.items()},
+            "minutes_per_job": statistics.mean(seconds) / 60 if seconds else None,
+        }
+        s = out[lever]
+        s["mean_macro_f1"] = statistics.mean(s["macro_f1"].values()) if s["complete"] else None
+    return out
+
+
+def summarise_test(runs: list[dict]) -> dict[str, dict]:
+    by_lever = defaultdict(list)
+    for r in runs:
+        if r["stage"] == "test":
+            by_lever[r["lever"]].append(r)
+    out = {}
+    for lever, rs in by_lever.items():
+        vals = defaultdict(lambda: defaultdict(list))
+        for r in rs:
+            for key in ("macro_f1", "acc", "rationale_iou_f1", "rationale_iou_f1_paper"):
+                for m, v in per_mechanism(r, "test", key).items():
+                    vals[key][m].append(100 * v)
+        seconds = [r["seconds"] for r in rs if r["seconds"]]
+        out[lever] = {
+            key: {m: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for m, v in d.items()}
+            for key, d in vals.items()
+        }
+        out[lever]["minutes_per_job"] = statistics.mean(seconds) / 60 if seconds else None
+    return out
+
+
+def decoding_overrides(tag: str | None) -> list[str]:
+    if not tag:
+        return []
+    threshold, gaps = tag[1:].split("g")
+    gaps = gaps.split("m")[0]
+    return [f"model.rationale_decoding.threshold={threshold}", f"model.rationale_decoding.fill_gaps={gaps}"]
+
+
+# ------------------------------------------------------------------------------------- run
+def run(args: argparse.Namespace) -> None:
+    runner = Runner(args)
+    out = runner.out
+    out.mkdir(parents=True, exist_ok=True)
+    levers = [lv for lv in LEVERS if not args.only or lv[0] in args.only]
+    dapt = out / "dapt"
+    if any("{dapt}" in " ".join(o) for _, _, o, _ in levers) and not (dapt / "encoder" / "config.json").is_file():
+        t0 = time.monotonic()
+        cmd = [sys.executable, "-m", "empathy.pretrain", "corpus=epitome", f"trainer={args.trainer}", "logger=csv",
+               f"trainer.max_steps={args.dapt_steps}", "++trainer.enable_progress_bar=false",
+               f"paths.cache_dir={out / 'cache'}", f"hydra.run.dir={dapt}"]
+        dapt.mkdir(parents=True, exist_ok=True)
+        with open(dapt / "job.log", "w") as log:
+            rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        print(f"dapt pre-training rc={rc} in {time.monotonic() - t0:.0f}s", flush=True)
+    jobs = []
+    for name, base, overrides, _ in levers:
+        overrides = [o.replace("{dapt}", str(dapt / "encoder")) for o in overrides]
+        if "{dapt}" in " ".join(o for _, _, oo, _ in levers for o in oo) and name == "joint_dapt" and not (dapt / "encoder").is_dir():
+            continue
+        jobs += cv_jobs(out, "cv", name, base, overrides, args.folds)
+    # the bases first, so that a short budget still compares something
+    jobs.sort(key=lambda j: (j.lever not in ("joint", "separate"), j.fold or 0))
+    runner.run_all(jobs)
+
+    summary = summarise_cv(load_runs(out))
+    base = summary.get("joint", {}).get("mean_macro_f1")
+    if args.combine and base is not None:
+        better = [name for name, b, _, _ in levers
+                  if b == "joint" and name not in ("joint", *NOT_COMBINED) and name in summary
+                  and summary[name]["mean_macro_f1"] is not None and summary[name]["mean_macro_f1"] > base]
+        if len(better) >= 2:
+            overrides = [o for name, _, oo, _ in levers if name in better for o in oo]
+            overrides = [o.replace("{dapt}", str(dapt / "encoder")) for o in overrides]
+            runner.run_all(cv_jobs(out, "combine", "joint_combined", "joint", overrides, args.folds))
+            (out / "combined.json").write_text(json.dumps({"levers": better, "overrides": overrides}, indent=2))
+    if args.seeds:
+        summary = summarise_cv(load_runs(out))
+        complete = {k: v for k, v in summary.items() if v["mean_macro_f1"] is not None}
+        best = max(complete, key=lambda k: complete[k]["mean_macro_f1"])
+        (out / "chosen.json").write_text(json.dumps({"lever": best, **complete[best]}, indent=2))
+        finals = [(best, summary[best]["best_decoding"])]
+        if "separate" in complete and best != "separate":
+            finals.append(("separate", complete["separate"]["best_decoding"]))
+        tests = []
+        for name, tag in finals:
+            base_kind, overrides = next(((b, o) for n, b, o, _ in LEVERS if n == name), ("joint", None))
+            if overrides is None:  # the combined configuration
+                overrides = json.loads((out / "combined.json").read_text())["overrides"]
+            overrides = [o.replace("{dapt}", str(dapt / "encoder")) for o in overrides]
+            tests += test_jobs(out, name, base_kind, [*overrides, *decoding_overrides(tag)], args.seeds)
+        runner.run_all(tests)
+    print(f"finished in {time.monotonic() - runner.started:.0f}s", flush=True)
+
+
+# ------------------------------------------------------------------------------------- report
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def report(args: argparse.Namespace) -> None:
+    out = Path(args.out).resolve()
+    runs = load_runs(out)
+    cv = summarise_cv(runs)
+    test = summarise_test(runs)
+    descriptions = {n: (b, o, d) for n, b, o, d in LEVERS}
+    if (out / "combined.json").is_file():
+        combined = json.loads((out / "combined.json").read_text())
+        descriptions["joint_combined"] = ("joint", combined["overrides"], "together: " + ", ".join(combined["levers"]))
+    chosen = json.loads((out / "chosen.json").read_text())["lever"] if (out / "chosen.json").is_file() else None
+    rows = []
+    for name in [n for n in descriptions if n in cv] + [n for n in cv if n not in descriptions]:
+        s = cv[name]
+        base, overrides, what = descriptions.get(name, ("", [], ""))
+        t = test.get(name, {})
+        row = {
+            "lever": name, "base": base, "what": what, "overrides": " ".join(overrides),
+            "cv_folds": s["folds"],
+            **{f"cv_macro_f1_{m}": s["macro_f1"].get(m) for m in MECHANISMS},
+            "cv_macro_f1_mean": s["mean_macro_f1"],
+            **{f"cv_iou_f1_{m}": s["iou_f1"].get(m) for m in MECHANISMS},
+            "cv_best_decoding": s["best_decoding"], "cv_best_decoding_iou_f1": s["best_decoding_iou"],
+            "minutes_per_job": s["minutes_per_job"],
+            "chosen": name == chosen,
+        }
+        for key in ("macro_f1", "rationale_iou_f1"):
+            for m in MECHANISMS:
+                mean, std, n = t.get(key, {}).get(m, (None, None, 0))
+                row[f"test_{key}_{m}_mean"], row[f"test_{key}_{m}_std"], row[f"test_{key}_{m}_n"] = mean, std, n
+        row["test_minutes_per_job"] = t.get("minutes_per_job")
+        rows.append(row)
+    results = ROOT / "results"
+    results.mkdir(exist_ok=True)
+    from empathy.io import atomic_output, write_text_atomic
+
+    with atomic_output(results / "ablations.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["lever"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in row.items()})
+    manifest = [json.loads(x) for x in (out / "jobs.jsonl").read_text().splitlines()] if (out / "jobs.jsonl").is_file() else []
+    failed = [m for m in manifest if m["status"] not in ("ok",)]
+    lines = [
+        "# Ablations: every lever, chosen by cross-validation inside train + dev",
+        "",
+        f"Produced by `python scripts/ablations.py report --out {args.out}` from the run folder of "
+        f"`python scripts/ablations.py run` (see the script's docstring). CV = mean over the folds of "
+        "train + dev (grouped by seeker post) of the dev figures of each fold's best epoch; test = the "
+        "standard split, mean +- std over seeds, for the chosen configurations only.",
+        "",
+        "| lever | what | CV macro-F1 ER | IP | EX | mean | CV IOU-F1 ER | IP | EX | best decoding (CV IOU-F1) | min/job |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for r in rows:
+        mark = " **(chosen)**" if r["chosen"] else ""
+        lines.append(
+            f"| {r['lever']}{mark} | {r['what']} | {fmt(r['cv_macro_f1_ER'])} | {fmt(r['cv_macro_f1_IP'])} | "
+            f"{fmt(r['cv_macro_f1_EX'])} | {fmt(r['cv_macro_f1_mean'])} | {fmt(r['cv_iou_f1_ER'])} | "
+            f"{fmt(r['cv_iou_f1_IP'])} | {fmt(r['cv_iou_f1_EX'])} | {r['cv_best_decoding'] or ''} "
+            f"({fmt(r['cv_best_decoding_iou_f1'])}) | {fmt(r['minutes_per_job'], 2)} |"
+        )
+    tested = [r for r in rows if r["test_macro_f1_ER_n"] or r["test_macro_f1_IP_n"]]
+    if tested:
+        lines += ["", "## Test (final configurations only)", "",
+                  "| configuration | macro-F1 ER | IP | EX | strict IOU-F1 ER | IP | EX | seeds | min/job |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+                  f"| paper (RoBERTa-base) | {PAPER['ER']} | {PAPER['IP']} | {PAPER['EX']} | | | | | |"]
+        for r in tested:
+            cells = [f"{fmt(r[f'test_macro_f1_{m}_mean'])} +- {fmt(r[f'test_macro_f1_{m}_std'])}" for m in MECHANISMS]
+            cells += [f"{fmt(r[f'test_rationale_iou_f1_{m}_mean'])} +- {fmt(r[f'test_rationale_iou_f1_{m}_std'])}" for m in MECHANISMS]
+            lines.append(f"| {r['lever']} | " + " | ".join(cells) + f" | {r['test_macro_f1_ER_n']} | {fmt(r['test_minutes_per_job'], 2)} |")
+    if failed:
+        lines += ["", f"{len(failed)} job(s) did not finish: " + "; ".join(f"{m['folder']} ({m['status']})" for m in failed[:20])]
+    write_text_atomic(results / "ablations.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the cross-validation, combination and test stages")
+    r.add_argument("--out", default="outputs/ablations")
+    r.add_argument("--trainer", default="default", help="trainer config group option: default (CPU) or gpu")
+    r.add_argument("--workers", type=int, default=1)
+    r.add_argument("--folds", type=int, default=3)
+    r.add_argument("--seeds", type=int, default=5, help="test seeds of the chosen configurations (0: no test stage)")
+    r.add_argument("--budget-s", type=float, default=float("inf"), help="start no job after this many seconds")
+    r.add_argument("--dapt-steps", type=int, default=1000)
+    r.add_argument("--no-combine", dest="combine", action="store_false")
+    r.add_argument("--only", nargs="*", help="run only these levers")
+    r.add_argument("--set", nargs="*", default=[], help="overrides added to every job (e.g. encoder=tiny)")
+    p = sub.add_parser("report", help="write results/ablations.{md,csv} from a run folder")
+    p.add_argument("--out", default="outputs/ablations")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
