@@ -111,12 +111,30 @@ def test_merge_joins_pairs_marks_missing_labels_and_renumbers_seekers():
     assert train["seeker_id"] == [0, 0] and merged["test"]["seeker_id"] == [1]
 
 
-def test_merge_refuses_pairs_in_two_splits_or_with_other_tokens():
+def test_merge_refuses_pairs_in_two_splits_and_unlabels_other_texts():
     er = _prepared(train=[_row("s1", "r1")])
     with pytest.raises(JointMergeError, match=r"\(sp_id=s1, rp_id=r1\) is in ER's train split but in IP's dev split"):
         merge_mechanisms({"ER": er, "IP": _prepared(dev=[_row("s1", "r1")])})
-    with pytest.raises(JointMergeError, match=r"\(sp_id=s1, rp_id=r1\): response_input_ids differs between ER"):
-        merge_mechanisms({"ER": er, "IP": _prepared(train=[_row("s1", "r1", response=(101, 8, 102))])})
+    other_text = _row("s1", "r1")
+    other_text["response_post"] = "a different reply"
+    mismatched = []
+    merged = merge_mechanisms({"ER": er, "IP": _prepared(train=[other_text])}, mismatched)
+    row = merged["train"][0]  # ER's text and labels kept; IP loses the pair (its labels fit another text)
+    assert row["response_post"] == "reply r1" and row[level_column("IP")] == IGNORE_INDEX
+    assert mismatched == [{"sp_id": "s1", "rp_id": "r1", "kept": "ER", "unlabelled": "IP",
+                           "reason": "response_post differs beyond whitespace"}]
+    other_tokens = merge_mechanisms({"ER": er, "IP": _prepared(train=[_row("s1", "r1", response=(101, 8, 102))])})
+    assert other_tokens["train"][0][level_column("IP")] == IGNORE_INDEX
+
+
+def test_merge_accepts_posts_that_differ_only_in_whitespace():
+    # the real EPITOME files differ in runs of spaces for hundreds of pairs
+    spaced = _row("s1", "r1")
+    spaced["seeker_post"], spaced["response_post"] = "post  s1", "reply   r1 "
+    merged = merge_mechanisms({"ER": _prepared(train=[_row("s1", "r1")]), "IP": _prepared(train=[spaced])})
+    row = merged["train"][0]
+    assert row["seeker_post"] == "post s1" and row["response_post"] == "reply r1"  # the first mechanism's text
+    assert row[level_column("ER")] == 1 and row[level_column("IP")] == 1
 
 
 def test_joint_datamodule_merges_the_three_files(joint_data, tmp_path):

@@ -6,8 +6,9 @@ prepared as for a separate model (``prepare_mechanism``: read, align, split, cac
 
 - the shared columns (``sp_id``, ``rp_id``, the posts, ``seeker_input_ids``,
   ``response_input_ids``, ``response_offsets``, ``response_mask``), checked to agree across
-  mechanisms: a pair whose response (text or tokens) or seeker post differs, or that sits in
-  different splits, stops with an error naming it;
+  mechanisms: a pair whose tokens differ, whose posts differ beyond whitespace (the files differ
+  in runs of spaces for hundreds of pairs; the first mechanism's text and offsets are kept), or
+  that sits in different splits, stops with an error naming it;
 - ``seeker_id`` renumbered over the merged rows (one id per distinct seeker post, all splits),
   since each mechanism numbered its own seeker posts;
 - per mechanism ``M``: ``level_M`` and ``rationale_strict_M`` / ``rationale_paper_M``; where
@@ -20,6 +21,7 @@ prepared as for a separate model (``prepare_mechanism``: read, align, split, cac
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,7 +43,10 @@ from empathy.data.split import write_split_csv
 from empathy.io import atomic_output
 from empathy.models.encoders import load_tokenizer
 
+log = logging.getLogger(__name__)
+
 IGNORE_INDEX = -100
+MISMATCHED_CSV = "mismatched_pairs.csv"
 POLICIES = ("strict", "paper")
 SHARED_COLUMNS = (
     "sp_id",
@@ -53,8 +58,15 @@ SHARED_COLUMNS = (
     "response_offsets",
     "response_mask",
 )
-# Columns that must be identical for a pair in every mechanism's dataset.
-CHECKED_COLUMNS = SHARED_COLUMNS[2:]
+# Columns that must be identical for a pair in every mechanism's dataset: the tokens. The posts
+# themselves need only agree up to whitespace (the EPITOME files differ in runs of spaces for
+# hundreds of pairs, which WordPiece ignores); the first mechanism's text and offsets are kept.
+CHECKED_COLUMNS = ("seeker_input_ids", "response_input_ids", "response_mask")
+TEXT_COLUMNS = ("seeker_post", "response_post")
+
+
+def _same_text(a: str, b: str) -> bool:
+    return a == b or a.split() == b.split()
 
 
 def level_column(mechanism: str) -> str:
@@ -84,17 +96,33 @@ def _short(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def merge_mechanisms(prepared: Mapping[str, datasets.DatasetDict]) -> datasets.DatasetDict:
+def _mismatch(cols: Mapping[str, list], row: int, theirs: Mapping[str, list], other_row: int) -> str | None:
+    for column in TEXT_COLUMNS:
+        if not _same_text(cols[column][row], theirs[column][other_row]):
+            return f"{column} differs beyond whitespace"
+    for column in CHECKED_COLUMNS:
+        if cols[column][row] != theirs[column][other_row]:
+            return f"{column} differs"
+    return None
+
+
+def merge_mechanisms(
+    prepared: Mapping[str, datasets.DatasetDict], mismatched: list[dict] | None = None
+) -> datasets.DatasetDict:
     """One dataset per split holding every mechanism's labels for each (sp_id, rp_id) pair.
 
     ``prepared`` maps mechanism -> its prepared ``DatasetDict`` (train / dev / test, the columns
     of ``empathy.data.processing.FEATURES``). Rows come in split order, then in the order the
     mechanisms first list them. Raises :class:`JointMergeError` when a pair is in different
-    splits or its posts or response tokens differ between mechanisms.
+    splits. A pair whose posts differ beyond whitespace, or whose tokens differ, between the
+    first mechanism listing it and another keeps the first one's text and labels; the other
+    mechanism's labels for it are dropped (-100) and the pair is appended to ``mismatched``
+    (the real files: 36 responses edited in one file, e.g. a word removed).
     """
     mechanisms = list(prepared)
     if not mechanisms:
         raise ValueError("no mechanism to merge")
+    mismatched = [] if mismatched is None else mismatched
     columns = {m: {s: prepared[m][s].to_dict() for s in SPLITS} for m in mechanisms}
     # pair -> {mechanism: (split, row)}
     where: dict[tuple[str, str], dict[str, tuple[str, int]]] = {}
@@ -113,14 +141,12 @@ def merge_mechanisms(prepared: Mapping[str, datasets.DatasetDict]) -> datasets.D
                             "shared split, data.split_scope=shared, or one data.split_file for all of them)"
                         )
                     theirs = columns[other][other_split]
-                    for column in CHECKED_COLUMNS:
-                        if cols[column][row] != theirs[column][other_row]:
-                            raise JointMergeError(
-                                f"pair (sp_id={key[0]}, rp_id={key[1]}): {column} differs between {other} "
-                                f"({_short(theirs[column][other_row])}) and {m} ({_short(cols[column][row])}); "
-                                "a joint model needs the same posts, tokenized the same way, in every "
-                                "mechanism's file"
-                            )
+                    problem = _mismatch(cols, row, theirs, other_row)
+                    if problem is not None:
+                        # this mechanism's labels are aligned to another text: it loses the pair
+                        mismatched.append({"sp_id": key[0], "rp_id": key[1], "kept": other, "unlabelled": m,
+                                           "reason": problem})
+                        continue
                 else:
                     order[split].append(key)
                 seen[m] = (split, row)
@@ -208,7 +234,8 @@ class JointEpitomeDataModule(EpitomeDataModule):
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.encoder)
         parts = {m: prepare_mechanism(**self.prepare_kwargs(m, self.mechanism_files[m])) for m in self.mechanisms}
-        merged = merge_mechanisms({m: p.datasets for m, p in parts.items()})
+        mismatched: list[dict] = []
+        merged = merge_mechanisms({m: p.datasets for m, p in parts.items()}, mismatched)
         # The merged split and unaligned report, beside the mechanisms' cache entries.
         cache_path = Path(self.cache_dir).resolve() / f"{JOINT}-{cache_key({m: p.cache_path.name for m, p in parts.items()})}"
         split_csv, unaligned = cache_path / "split.csv", cache_path / UNALIGNED_CSV
@@ -221,7 +248,20 @@ class JointEpitomeDataModule(EpitomeDataModule):
             ]
             write_split_csv(split_csv, [p for p, _ in pairs], [s for _, s in pairs])
             _write_unaligned(unaligned, parts)
+        mismatch_csv = cache_path / MISMATCHED_CSV
+        if not mismatch_csv.is_file():
+            cache_path.mkdir(parents=True, exist_ok=True)
+            with atomic_output(mismatch_csv) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["sp_id", "rp_id", "kept", "unlabelled", "reason"])
+                writer.writeheader()
+                writer.writerows(mismatched)
+        if mismatched:
+            log.warning(
+                "joint data: %d (pair, mechanism) labels dropped because that mechanism's file has another text "
+                "for the pair than %s's (listed in %s)", len(mismatched), mismatched[0]["kept"], mismatch_csv,
+            )
         summary = _joint_summary(parts, merged)
+        summary["mismatched_labels"] = len(mismatched)
         summary.update(cache_path=str(cache_path), split_csv=str(split_csv), unaligned_report=str(unaligned))
         return PreparedData(merged, summary, split_csv, cache_path, unaligned)
 
