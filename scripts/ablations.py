@@ -249,24 +249,26 @@ def run(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     levers = [lv for lv in LEVERS if not args.only or lv[0] in args.only]
     dapt = out / "dapt"
+    pretrain = None
     if any("{dapt}" in " ".join(o) for _, _, o, _ in levers) and not (dapt / "encoder" / "config.json").is_file():
-        t0 = time.monotonic()
+        # pre-trains while the other levers run; the DAPT lever's jobs go last
         cmd = [sys.executable, "-m", "empathy.pretrain", "corpus=epitome", f"trainer={args.trainer}", "logger=csv",
                f"trainer.max_steps={args.dapt_steps}", "++trainer.enable_progress_bar=false",
                f"paths.cache_dir={out / 'cache'}", f"hydra.run.dir={dapt}"]
         dapt.mkdir(parents=True, exist_ok=True)
-        with open(dapt / "job.log", "w") as log:
-            rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        print(f"dapt pre-training rc={rc} in {time.monotonic() - t0:.0f}s", flush=True)
-    jobs = []
+        pretrain = subprocess.Popen(cmd, cwd=ROOT, stdout=open(dapt / "job.log", "w"), stderr=subprocess.STDOUT)
+    jobs, later = [], []
     for name, base, overrides, _ in levers:
+        uses_dapt = "{dapt}" in " ".join(overrides)
         overrides = [o.replace("{dapt}", str(dapt / "encoder")) for o in overrides]
-        if "{dapt}" in " ".join(o for _, _, oo, _ in levers for o in oo) and name == "joint_dapt" and not (dapt / "encoder").is_dir():
-            continue
-        jobs += cv_jobs(out, "cv", name, base, overrides, args.folds)
-    # the bases first, so that a short budget still compares something
-    jobs.sort(key=lambda j: (j.lever not in ("joint", "separate"), j.fold or 0))
+        (later if uses_dapt else jobs).extend(cv_jobs(out, "cv", name, base, overrides, args.folds))
+    # levers in the order of LEVERS, fold by fold: a short budget still compares the first ones
+    jobs.sort(key=lambda j: (j.fold or 0) if j.lever in ("joint", "separate") else 10)
     runner.run_all(jobs)
+    if pretrain is not None:
+        print(f"dapt pre-training rc={pretrain.wait()}", flush=True)
+    if (dapt / "encoder" / "config.json").is_file():
+        runner.run_all(later)
 
     summary = summarise_cv(load_runs(out))
     base = summary.get("joint", {}).get("mean_macro_f1")
@@ -282,6 +284,9 @@ def run(args: argparse.Namespace) -> None:
     if args.seeds:
         summary = summarise_cv(load_runs(out))
         complete = {k: v for k, v in summary.items() if v["mean_macro_f1"] is not None}
+        if not complete:
+            print("no complete cross-validated configuration: no test stage", flush=True)
+            return
         best = max(complete, key=lambda k: complete[k]["mean_macro_f1"])
         (out / "chosen.json").write_text(json.dumps({"lever": best, **complete[best]}, indent=2))
         finals = [(best, summary[best]["best_decoding"])]
@@ -301,6 +306,22 @@ def run(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------- report
 def fmt(x: float | None, digits: int = 1) -> str:
     return "" if x is None else f"{x:.{digits}f}"
+
+
+def split_floors(max_len: int) -> dict[str, dict[str, float]]:
+    """The floors on the standard split's test rows (default data settings, this max_len):
+    majority level and "every response token is rationale" (x100)."""
+    from empathy import runner
+    from empathy.floors import floor_metrics
+
+    out = {}
+    for m in MECHANISMS:
+        cfg = runner.compose_config("train", [f"mechanism={m}", f"data.max_len={max_len}"], output_dir=ROOT / "outputs" / "floors")
+        datamodule = runner.build_datamodule(cfg)
+        datamodule.setup()
+        f = floor_metrics(datamodule.dataset("train")["level"], datamodule.dataset("test"))
+        out[m] = {k: 100 * v for k, v in f.items() if k != "majority_level"}
+    return out
 
 
 def report(args: argparse.Namespace) -> None:
@@ -374,6 +395,15 @@ def report(args: argparse.Namespace) -> None:
             cells = [f"{fmt(r[f'test_macro_f1_{m}_mean'])} +- {fmt(r[f'test_macro_f1_{m}_std'])}" for m in MECHANISMS]
             cells += [f"{fmt(r[f'test_rationale_iou_f1_{m}_mean'])} +- {fmt(r[f'test_rationale_iou_f1_{m}_std'])}" for m in MECHANISMS]
             lines.append(f"| {r['lever']} | " + " | ".join(cells) + f" | {r['test_macro_f1_ER_n']} | {fmt(r['test_minutes_per_job'], 2)} |")
+    if tested and not args.no_floors:
+        lengths = sorted({int(o.split("=")[1]) for r in tested for o in r["overrides"].split() if o.startswith("data.max_len=")} | {args.max_len})
+        for max_len in lengths:
+            f = split_floors(max_len)
+            lines.append(
+                f"| floor: majority level / every token is rationale (max_len {max_len}) | "
+                + " | ".join(fmt(f[m]["majority_macro_f1"]) for m in MECHANISMS) + " | "
+                + " | ".join(fmt(f[m]["every_token_rationale_iou_f1_strict"]) for m in MECHANISMS) + " | | |"
+            )
     if failed:
         lines += ["", f"{len(failed)} job(s) did not finish: " + "; ".join(f"{m['folder']} ({m['status']})" for m in failed[:20])]
     write_text_atomic(results / "ablations.md", "\n".join(lines) + "\n")
@@ -396,6 +426,8 @@ def main() -> None:
     r.add_argument("--set", nargs="*", default=[], help="overrides added to every job (e.g. encoder=tiny)")
     p = sub.add_parser("report", help="write results/ablations.{md,csv} from a run folder")
     p.add_argument("--out", default="outputs/ablations")
+    p.add_argument("--max-len", type=int, default=128, help="max_len of the default configuration (for its floors)")
+    p.add_argument("--no-floors", action="store_true", help="skip the floors (they read the EPITOME data)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run(args) if args.command == "run" else report(args)

@@ -4,7 +4,9 @@
 
 ours:  length-grouped batches padded to their own longest post, seeker states from the cache
        (the frozen seeker encoder is run once per seeker post, in eval mode), --precision;
-naive: the same rows padded to max_len (64), the seeker encoder run again every step, fp32.
+       and the configured optimiser (model.optimizer: fused AdamW by default);
+naive: the same rows padded to max_len (64, the original code's), the seeker encoder run again
+       every step, fp32, a plain (unfused) AdamW as the original code had.
 Both run the full step (forward, loss, backward, clip, AdamW) on two copies of the same model.
 The steps alternate (ours, naive, ours, ...) so that load from other processes hits both alike.
 The one-off cost of building the seeker cache is measured and reported amortised over an epoch.
@@ -44,12 +46,14 @@ def main() -> None:
     parser.add_argument("--encoder", default="minilm")
     parser.add_argument("--mechanism", default="ER")
     parser.add_argument("--precision", choices=["32", "bf16"], default="32", help="ours only; naive is fp32")
+    parser.add_argument("--max-len", type=int, default=64, help="data.max_len of both (the original code's: 64)")
     args = parser.parse_args()
     runner.quiet_libraries()
     torch.manual_seed(0)
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"encoder={args.encoder}", f"mechanism={args.mechanism}"])
+        cfg = compose("train", overrides=[f"encoder={args.encoder}", f"mechanism={args.mechanism}",
+                                          f"data.max_len={args.max_len}"])
     with open_dict(cfg):
         cfg.paths.output_dir = "/tmp/empathy-bench"
     datamodule = runner.build_datamodule(cfg)
@@ -66,7 +70,12 @@ def main() -> None:
     loader = datamodule.train_dataloader()
     batches = [b for _, b in zip(range(args.steps + 2), loader, strict=False)]
     steps_per_epoch = len(loader)
-    optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5) for name, m in (("ours", ours), ("naive", naive))}
+    import hydra
+
+    optimizers = {
+        "ours": hydra.utils.instantiate(cfg.model.optimizer)([p for p in ours.parameters() if p.requires_grad]),
+        "naive": torch.optim.AdamW([p for p in naive.parameters() if p.requires_grad], lr=cfg.model.optimizer.lr),
+    }
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
 
     def step(name: str, batch: dict[str, torch.Tensor]) -> float:
@@ -100,6 +109,8 @@ def main() -> None:
 
     ours_s, naive_s = statistics.mean(times["ours"]), statistics.mean(times["naive"])
     amortised = ours_s + cache_seconds / steps_per_epoch
+    print(f"optimiser ours: {type(optimizers['ours']).__name__} fused={optimizers['ours'].defaults.get('fused')}; "
+          f"naive: fused={optimizers['naive'].defaults.get('fused')}")
     print(f"encoder={args.encoder} mechanism={args.mechanism} batch={cfg.data.batch_size} max_len={max_len} "
           f"threads={torch.get_num_threads()} cpu_count={os.cpu_count()} steps={len(times['ours'])}")
     print(f"ours  ({args.precision:>4}, dynamic padding, cached seeker): {1 / ours_s:6.3f} steps/s "

@@ -293,7 +293,11 @@ class EmpathyModule(pl.LightningModule):
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         params = layerwise_param_groups(self.net, self.hparams.optimizer["lr"], self.hparams.layerwise_lr_decay)
-        optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params)
+        settings = dict(self.hparams.optimizer)
+        if settings.get("fused") and self._trainer is not None and "mixed" in str(self.trainer.precision):
+            # Lightning cannot clip the gradients of a fused optimiser under mixed precision.
+            settings["fused"] = False
+        optimizer = hydra.utils.instantiate(settings)(params)
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
         total = int(self.trainer.estimated_stepping_batches)
