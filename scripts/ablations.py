@@ -156,12 +156,14 @@ def load_runs(out: Path) -> list[dict]:
     if (out / "jobs.jsonl").is_file():
         for line in (out / "jobs.jsonl").read_text().splitlines():
             rec = json.loads(line)
-            seconds[rec["folder"]] = rec["seconds"]
+            if rec["status"] == "ok":
+                seconds[rec["folder"]] = rec["seconds"]
     for path in sorted(out.glob("*/*/*/metrics.json")):
         stage, lever, job = path.relative_to(out).parts[:3]
         data = json.loads(path.read_text())
         runs.append({"stage": stage, "lever": lever, "job": job, "metrics": data["metrics"],
-                     "seconds": seconds.get(f"{stage}/{lever}/{job}"), "fit_minutes": data.get("fit_minutes")})
+                     "seconds": seconds.get(f"{stage}/{lever}/{job}") or 60 * (data.get("fit_minutes") or 0) or None,
+                     "fit_minutes": data.get("fit_minutes")})
     return runs
 
 
@@ -406,6 +408,9 @@ def report(args: argparse.Namespace) -> None:
             )
     if failed:
         lines += ["", f"{len(failed)} job(s) did not finish: " + "; ".join(f"{m['folder']} ({m['status']})" for m in failed[:20])]
+    notes = out / "NOTES.md"  # what the run folder cannot say by itself (hardware, failures fixed since)
+    if notes.is_file():
+        lines += ["", notes.read_text().strip()]
     write_text_atomic(results / "ablations.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
