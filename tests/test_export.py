@@ -70,7 +70,8 @@ def test_export_folder_is_self_contained_and_predicts_like_the_checkpoint(traine
     assert {"config.json", "model.safetensors", "seeker.safetensors", "encoder/config.json", "tokenizer/tokenizer.json"} <= set(files)
     assert all(f.endswith((".json", ".safetensors", ".txt")) for f in files), files  # no pickle, no optimizer
     config = json.loads((out / "config.json").read_text())
-    assert config["mechanism"] == "ER" and config["max_len"] == 64 and config["rationale_policy"] == "strict"
+    assert config["mechanism"] == "ER" and config["max_len"] == 128 and config["rationale_policy"] == "strict"
+    assert config["rationale_decoding"] == {"threshold": 0.3, "fill_gaps": 2, "min_span": 1}  # the model's own
     assert config["encoder"]["name"] == "tiny" and config["net"]["use_attention"] is True
     assert config["seeker"]["source"] == "stored"  # random-init tiny encoder: nothing to reference
     run_metrics = json.loads((ckpt.parent.parent / "metrics.json").read_text())
