@@ -35,13 +35,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from empathy.data.processing import (
-    _splits_of,
     assign_splits,
     missing_data_message,
     split_population,
 )
 from empathy.data.read import read_epitome_csv
-from empathy.data.split import SPLITS
+from empathy.data.split import SPLITS, splits_of
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +228,7 @@ def epitome_split_texts(
             mechanism_files=mechanisms, on_conflict=on_conflict, unescape_html=unescape_html,
         )
         mapping = assign_splits(*population, split_fractions=split_fractions, split_seed=split_seed, split_file=split_path)
-        split_of = _splits_of(examples, mapping, str(split_path) if split_path else "the computed split")
+        split_of = splits_of(examples, mapping, str(split_path) if split_path else "the computed split")
         texts: dict[str, list[str]] = {name: [] for name in SPLITS}
         for e, split in zip(examples, split_of, strict=True):
             texts[split] += [e.seeker_post, e.response_post]

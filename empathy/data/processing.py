@@ -26,11 +26,11 @@ from empathy.data.align import find_rationale_spans, rationale_labels, spans_bey
 from empathy.data.read import LEVELS, Example, read_epitome_csv
 from empathy.data.split import (
     SPLITS,
-    SplitFileError,
     grouped_stratified_folds,
     grouped_stratified_split,
     read_split_csv,
     seeker_groups,
+    splits_of,
     write_split_csv,
 )
 
@@ -290,18 +290,6 @@ def assign_splits(
     return {k: s for k, s in zip(keys, splits, strict=True) if s is not None}
 
 
-def _splits_of(examples: Sequence[Example], mapping: Mapping[tuple[str, str], str], source: str) -> list[str]:
-    missing = [e.key for e in examples if e.key not in mapping]
-    if missing:
-        shown = ", ".join(f"({s}, {r})" for s, r in missing[:10])
-        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise SplitFileError(
-            f"{source}: {len(missing)} of the {len(examples)} kept rows have no split: {shown}{more}; "
-            "expected a row (sp_id, rp_id, split) for each of them"
-        )
-    return [mapping[e.key] for e in examples]
-
-
 def prepare_mechanism(
     *,
     data_dir: str | Path,
@@ -374,7 +362,7 @@ def prepare_mechanism(
         *population, split_fractions=split_fractions, split_seed=split_seed, split_file=split_path,
         cv_folds=cv_folds, cv_fold=cv_fold,
     )
-    split_of = _splits_of(examples, mapping, str(split_path) if split_path else "the computed split")
+    split_of = splits_of(examples, mapping, str(split_path) if split_path else "the computed split")
     rows, report, counts = build_rows(examples, tokenizer, max_len)
     dsd = datasets.DatasetDict()
     for name in SPLITS:

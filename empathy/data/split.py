@@ -189,15 +189,20 @@ def read_split_csv(path: str | Path) -> dict[tuple[str, str], str]:
     return mapping
 
 
-def splits_from_file(path: str | Path, examples: Sequence) -> list[str]:
-    """The split of each example from a user-supplied split CSV, which must cover every example."""
-    mapping = read_split_csv(path)
+def splits_of(examples: Sequence, mapping: dict[tuple[str, str], str], source: str) -> list[str]:
+    """The split of each example from ``{(sp_id, rp_id): split}``, which must cover every example
+    (``source`` names where the mapping came from, for the error)."""
     missing = [e.key for e in examples if e.key not in mapping]
     if missing:
         shown = ", ".join(f"({s}, {r})" for s, r in missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         raise SplitFileError(
-            f"{path}: {len(missing)} of the {len(examples)} kept rows have no split: {shown}{more}; "
+            f"{source}: {len(missing)} of the {len(examples)} kept rows have no split: {shown}{more}; "
             "expected a row (sp_id, rp_id, split) for each of them"
         )
     return [mapping[e.key] for e in examples]
+
+
+def splits_from_file(path: str | Path, examples: Sequence) -> list[str]:
+    """The split of each example from a user-supplied split CSV, which must cover every example."""
+    return splits_of(examples, read_split_csv(path), str(path))
