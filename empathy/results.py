@@ -547,14 +547,15 @@ def multirun_command(
     overrides: Sequence[str] = (),
     python: str = "python",
 ) -> list[str]:
-    """The Hydra multirun that trains every (experiment, mechanism, seed) into ``sweep_dir``."""
+    """The Hydra multirun that trains every (experiment, mechanism, seed) into ``sweep_dir``; no
+    ``mechanisms`` (a joint model, ``model=joint`` in ``overrides``): every (experiment, seed)."""
     return [
         python,
         "-m",
         "empathy.train",
         "-m",
         f"experiment={','.join(experiments)}",
-        f"mechanism={','.join(mechanisms)}",
+        *([f"mechanism={','.join(mechanisms)}"] if mechanisms else []),
         f"seed={','.join(str(s) for s in seeds)}",
         f"hydra.sweep.dir={sweep_dir}",
         *overrides,

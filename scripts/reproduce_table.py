@@ -3,6 +3,7 @@
     python scripts/reproduce_table.py                                   # default x ER,IP,EX x seeds 1..5
     python scripts/reproduce_table.py --experiments default,paper,no_attention trainer=gpu
     python scripts/reproduce_table.py --aggregate-only outputs/reproduce/2026-01-01_10-00-00 [DIR ...]
+    python scripts/reproduce_table.py --joint                           # model=joint x seeds 1..5 (ER, IP, EX at once)
     python scripts/reproduce_table.py --dry-run                         # print the command only
 
 Positional ``key=value`` arguments are passed to ``empathy.train`` as they are. The table goes to
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-dir", help="the multirun folder (default: $EMPATHY_LOG_DIR or outputs, then reproduce/<time>)")
     parser.add_argument("--out", default="results", help="folder of paper_table.md / .csv (default: results)")
     parser.add_argument("--aggregate-only", nargs="+", metavar="DIR", help="only aggregate these finished run / multirun folders")
+    parser.add_argument("--joint", action="store_true", help="train the joint model (model=joint): one run per seed for ER, IP, EX")
     parser.add_argument("--dry-run", action="store_true", help="print the training command and exit")
     parser.add_argument("--no-floors", action="store_true", help="do not compute the floors on the runs' split (needs the data)")
     args = parser.parse_args(argv)
@@ -46,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         log_dir = Path(os.environ.get("EMPATHY_LOG_DIR", "outputs"))
         sweep_dir = Path(args.sweep_dir or log_dir / "reproduce" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")).resolve()
         seeds = [int(s) for s in args.seeds]
-        command = results.multirun_command(args.experiments, args.mechanisms, seeds, sweep_dir, args.overrides, sys.executable)
+        mechanisms, overrides = (([], ["model=joint", *args.overrides]) if args.joint
+                                 else (args.mechanisms, args.overrides))
+        command = results.multirun_command(args.experiments, mechanisms, seeds, sweep_dir, overrides, sys.executable)
         print(shlex.join(command), flush=True)
         if args.dry_run:
             return 0

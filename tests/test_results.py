@@ -151,6 +151,9 @@ def test_multirun_command_and_the_cli(tmp_path):
     script = REPO_ROOT / "scripts" / "reproduce_table.py"
     dry = subprocess.run([sys.executable, str(script), "--dry-run", "--seeds", "1,2", "trainer=gpu"], capture_output=True, text=True, check=True)
     assert "-m empathy.train -m experiment=default mechanism=ER,IP,EX seed=1,2" in dry.stdout and dry.stdout.rstrip().endswith("trainer=gpu")
+    joint = subprocess.run([sys.executable, str(script), "--dry-run", "--joint", "--seeds", "1,2"], capture_output=True, text=True, check=True)
+    assert "-m empathy.train -m experiment=default seed=1,2 " in joint.stdout and "mechanism=" not in joint.stdout
+    assert joint.stdout.rstrip().endswith("model=joint")
     write_job(tmp_path / "runs" / "0", seed=1, metrics=metrics_for(0.7, 0.6))
     subprocess.run([sys.executable, str(script), "--aggregate-only", str(tmp_path / "runs"), "--out", str(tmp_path / "out")], check=True, capture_output=True)
     assert (tmp_path / "out" / "paper_table.csv").exists()
