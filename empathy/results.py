@@ -458,7 +458,8 @@ def to_markdown(
 ) -> str:
     """The table (x100, mean ± std over seeds) with the paper's figures and the floors beside it."""
     generated = generated or datetime.now(timezone.utc)
-    jobs = [j for c in cells for j in c.jobs]
+    # a joint run is one job per mechanism in the cells, but one run of the machine
+    jobs = list({str(j.path): j for c in cells for j in c.jobs}.values())
     total = sum(j.fit_minutes or 0.0 for j in jobs)
     recorded = {describe_hardware(j.hardware) for j in jobs if j.hardware}
     hardware_text = "; ".join(sorted(recorded)) if recorded else f"{describe_hardware(hardware())} (this machine: the runs did not record theirs)"
