@@ -180,27 +180,14 @@ class JointEmpathyModule(EmpathyModule):
         macro_f1 = []
         self.last_confusion = {}
         for m in self.mechanisms:
-            level_metric = self.joint_metrics[f"{stage}_{m}_level"]
-            rationale_metric = self.joint_metrics[f"{stage}_{m}_rationale"]
-            values = level_metric.compute()
-            self.log(f"{prefix}/{m}/acc", values["acc"])
-            self.log(f"{prefix}/{m}/macro_f1", values["macro_f1"])
-            for cls, f1 in enumerate(values["f1_per_class"]):
-                self.log(f"{prefix}/{m}/f1_level{cls}", f1)
-            rationale = rationale_metric.compute()
-            for name, value in rationale.items():
-                self.log(f"{prefix}/{m}/{name}", value)
-            # The unsuffixed rationale metrics are the strict ones (rows with gold level > 0).
-            self.log(f"{prefix}/{m}/rationale_token_f1", rationale["rationale_token_f1_strict"])
-            self.log(f"{prefix}/{m}/rationale_iou_f1", rationale["rationale_iou_f1_strict"])
-            if stage == "val" and self.joint_grids is not None:
-                for name, value in self.joint_grids[m].compute().items():
-                    self.log(f"{prefix}/{m}/{name}", value)
-                self.joint_grids[m].reset()
+            values = self._log_split_metrics(
+                f"{prefix}/{m}",
+                self.joint_metrics[f"{stage}_{m}_level"],
+                self.joint_metrics[f"{stage}_{m}_rationale"],
+                self.joint_grids[m] if stage == "val" and self.joint_grids is not None else None,
+            )
             self.last_confusion[f"{prefix}/{m}"] = values["confusion"].detach().cpu()
             macro_f1.append(values["macro_f1"])
-            level_metric.reset()
-            rationale_metric.reset()
         self.log(f"{prefix}/macro_f1", torch.stack(macro_f1).mean(), prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:

@@ -261,13 +261,12 @@ class EmpathyModule(pl.LightningModule):
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def _eval_epoch_end(self, stage: str) -> None:
-        prefix = STAGE_PREFIX[stage]
-        level_metric = self.val_level if stage == "val" else self.test_level
-        rationale_metric = self.val_rationale if stage == "val" else self.test_rationale
+    def _log_split_metrics(self, prefix: str, level_metric, rationale_metric, grid=None, prog_bar: bool = False) -> dict:
+        """Log one model's (or one joint head's) metrics under ``prefix``, reset them, and return
+        the level metrics (macro-F1, confusion)."""
         values = level_metric.compute()
         self.log(f"{prefix}/acc", values["acc"])
-        self.log(f"{prefix}/macro_f1", values["macro_f1"], prog_bar=True)
+        self.log(f"{prefix}/macro_f1", values["macro_f1"], prog_bar=prog_bar)
         for cls, f1 in enumerate(values["f1_per_class"]):
             self.log(f"{prefix}/f1_level{cls}", f1)
         rationale = rationale_metric.compute()
@@ -276,13 +275,24 @@ class EmpathyModule(pl.LightningModule):
         # The unsuffixed rationale metrics are the strict ones (rows with gold level > 0).
         self.log(f"{prefix}/rationale_token_f1", rationale["rationale_token_f1_strict"])
         self.log(f"{prefix}/rationale_iou_f1", rationale["rationale_iou_f1_strict"])
-        if stage == "val" and self.val_decoding_grid is not None:
-            for name, value in self.val_decoding_grid.compute().items():
+        if grid is not None:
+            for name, value in grid.compute().items():
                 self.log(f"{prefix}/{name}", value)
-            self.val_decoding_grid.reset()
-        self.last_confusion = {prefix: values["confusion"].detach().cpu()}
+            grid.reset()
         level_metric.reset()
         rationale_metric.reset()
+        return values
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        prefix = STAGE_PREFIX[stage]
+        values = self._log_split_metrics(
+            prefix,
+            self.val_level if stage == "val" else self.test_level,
+            self.val_rationale if stage == "val" else self.test_rationale,
+            self.val_decoding_grid if stage == "val" else None,
+            prog_bar=True,
+        )
+        self.last_confusion = {prefix: values["confusion"].detach().cpu()}
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
