@@ -5,7 +5,7 @@
     python -m empathy.train encoder=local encoder.path=<run folder>/encoder       # then fine-tune
 
 Writes into the run folder: pretrain_metrics.json (held-out MLM loss and perplexity before and
-after training, corpus counts), resolved_config.yaml, encoder/ (Hugging Face folder: safetensors,
+after training, and before the head warm-up when there is one; corpus counts), resolved_config.yaml, encoder/ (Hugging Face folder: safetensors,
 config, tokenizer) and the logger's files. Returns the held-out MLM loss after training.
 """
 
@@ -74,6 +74,16 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
 
+    fresh_head, warmup_steps = None, int(cfg.head_warmup.steps)
+    if warmup_steps > 0:
+        # Fit the head alone first, so that "before" measures the encoder, not a random head.
+        fresh_head = heldout(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+        module.head_warmup_lr = float(cfg.head_warmup.lr)
+        head_trainer: pl.Trainer = hydra.utils.instantiate(
+            cfg.trainer, logger=False, max_steps=warmup_steps, limit_val_batches=0, enable_checkpointing=False
+        )
+        head_trainer.fit(module, datamodule=datamodule)
+        module.head_warmup_lr = None
     before = heldout(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -84,6 +94,8 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     result = {
         "heldout_before": before,
         "heldout_after": after,
+        "heldout_before_head_warmup": fresh_head,
+        "head_warmup_steps": warmup_steps,
         "steps": trainer.global_step,
         "fit_minutes": round(fit_minutes, 3),
         "encoder": cfg.encoder.name,
@@ -97,6 +109,9 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if trainer.is_global_zero:
         module.save_encoder(folder, datamodule.tokenizer)
         write_json_atomic(output_dir / METRICS_FILE, result)
+        if fresh_head:
+            log.info("head warm-up (%d steps, encoder frozen): held-out perplexity %.2f -> %.2f",
+                     warmup_steps, fresh_head["perplexity"], before["perplexity"])
         log.info(
             "held-out MLM loss %.4f -> %.4f, perplexity %.2f -> %.2f after %d steps (%.1f min); "
             "encoder saved to %s (train with encoder=local encoder.path=%s)",

@@ -7,7 +7,7 @@
     python scripts/reproduce_table.py --dry-run                         # print the command only
 
 Positional ``key=value`` arguments are passed to ``empathy.train`` as they are. The table goes to
-``<out>/paper_table.md`` and ``<out>/paper_table.csv`` (see empathy/results.py and
+``<out>/<name>.md`` and ``<out>/<name>.csv`` (default ``results/paper_table.*``) (see empathy/results.py and
 docs/experiments.md); re-running with --aggregate-only regenerates it from the run folders.
 """
 
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mechanisms", type=comma_list, default=["ER", "IP", "EX"])
     parser.add_argument("--seeds", type=comma_list, default=["1", "2", "3", "4", "5"])
     parser.add_argument("--sweep-dir", help="the multirun folder (default: $EMPATHY_LOG_DIR or outputs, then reproduce/<time>)")
-    parser.add_argument("--out", default="results", help="folder of paper_table.md / .csv (default: results)")
+    parser.add_argument("--out", default="results", help="folder of the table files (default: results)")
+    parser.add_argument("--name", default="paper_table", help="file name of the table: <out>/<name>.md and .csv (default: paper_table)")
     parser.add_argument("--aggregate-only", nargs="+", metavar="DIR", help="only aggregate these finished run / multirun folders")
     parser.add_argument("--joint", action="store_true", help="train the joint model (model=joint): one run per seed for ER, IP, EX")
     parser.add_argument("--dry-run", action="store_true", help="print the training command and exit")
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             from empathy.floors import floors_for_run
 
             floors = floors_for_run
-        written = results.aggregate(roots, args.out, floors=floors)
+        written = results.aggregate(roots, args.out, name=args.name, floors=floors)
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return status or 2

@@ -179,7 +179,7 @@ def pretrain_cfg(data_dir: Path, out: Path, *extra: str) -> DictConfig:
         "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
         "trainer.max_steps=24", "trainer.val_check_interval=1000", "datamodule.max_len=32",
         "datamodule.batch_size=16", "datamodule.heldout_fraction=0.2", "model.optimizer.lr=5e-3",
-        *extra,
+        "head_warmup.steps=8", "head_warmup.lr=1e-2", *extra,
     ]
     return runner.compose_config("pretrain", overrides, data_dir=data_dir, output_dir=out)
 
@@ -199,6 +199,53 @@ def test_pretraining_lowers_the_heldout_mlm_loss(pretrained):
     assert saved["heldout_after"] == pytest.approx(after)
     assert saved["steps"] == 24
     assert saved["corpus"]["excluded_eval_texts"] > 0  # corpus=epitome excludes by default
+
+
+def test_head_warmup_fits_the_head_first_and_is_reported(pretrained):
+    _, result = pretrained
+    assert result["head_warmup_steps"] == 8
+    fresh, before = result["heldout_before_head_warmup"], result["heldout_before"]
+    assert before["mlm_loss"] < fresh["mlm_loss"]
+    assert before["masked_tokens"] == fresh["masked_tokens"]
+
+
+def test_head_only_phase_trains_the_head_and_leaves_the_encoder_unchanged():
+    from empathy.models.mlm import MaskedLMModule, head_parameters
+
+    module = MaskedLMModule(TINY, {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3})
+    module.head_warmup_lr = 1e-2
+    optimizer = module.configure_optimizers()["optimizer"]
+    encoder_before = {k: v.clone() for k, v in module.model.base_model.state_dict().items()}
+    head_before = [p.detach().clone() for p in head_parameters(module.model)]
+    torch.manual_seed(0)
+    ids = torch.randint(5, 1000, (4, 12))
+    labels = torch.full_like(ids, -100)
+    labels[:, 3:6] = ids[:, 3:6]
+    loss, _ = module.masked_loss({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(v, module.model.base_model.state_dict()[k]) for k, v in encoder_before.items())
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, head_parameters(module.model), strict=True))
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_masked_position_loss_equals_the_full_forward_loss(model_type):
+    from empathy.models.mlm import MaskedLMModule
+
+    config = {**TINY["config"], "model_type": model_type}
+    module = MaskedLMModule({"name": "tiny", "config": config}, {"_target_": "torch.optim.AdamW", "_partial_": True})
+    module.eval()
+    assert module.head is not None
+    torch.manual_seed(0)
+    ids = torch.randint(5, 1000, (3, 10))
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[1, 4:7], labels[2, 9] = ids[0, 2], ids[1, 4:7], ids[2, 9]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    with torch.no_grad():
+        ours, tokens = module.masked_loss(batch)
+        full = module(batch).loss
+    assert tokens == 5
+    assert ours.item() == pytest.approx(full.item(), rel=1e-5)
 
 
 def test_saved_folder_loads_as_automodel_and_as_the_biencoders_encoders(pretrained):
