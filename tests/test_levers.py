@@ -94,3 +94,36 @@ def test_joint_model_scores_the_decoding_grid_per_mechanism(synthetic_dir, tmp_p
     metrics = train(cfg, Path(cfg.paths.output_dir))["metrics"]
     for m in ("ER", "IP", "EX"):
         assert len([k for k in metrics if k.startswith(f"dev/{m}/rationale_iou_f1@")]) == 18
+
+
+
+@pytest.mark.slow  # torch.compile of the tiny encoder takes about a minute on 2 cores
+def test_compiled_response_encoder_matches_eager_and_trains_through_the_entry_point(synthetic_dir, tmp_path):
+    from empathy.models.module import compile_response_encoder
+
+    torch.manual_seed(0)
+    eager = BiEncoder(TINY).eval()
+    compiled = BiEncoder(TINY).eval()
+    compiled.load_state_dict(eager.state_dict())
+    compile_response_encoder(compiled)
+    assert not any("_orig_mod" in key for key in compiled.state_dict())  # checkpoint keys unchanged
+    level, mask = torch.tensor([0, 1, 2]), torch.ones(3, 11)
+    rationale = torch.randint(0, 2, (3, 11))
+    grads = []
+    for net, ids in ((eager, 11), (compiled, 11), (compiled, 7)):  # a new width: no recompilation error
+        torch.manual_seed(1)
+        response, seeker = torch.randint(5, 100, (3, ids)), torch.randint(5, 100, (3, 9))
+        out = net(response, torch.ones_like(response), seeker, torch.ones_like(seeker))
+        loss = multitask_loss(out, level, rationale[:, :ids], mask[:, :ids])["loss"]
+        loss.backward()
+        grads.append((loss.item(), net.response_encoder.embeddings.word_embeddings.weight.grad.clone()))
+        net.zero_grad()
+    assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-5)
+    assert torch.allclose(grads[1][1], grads[0][1], atol=1e-6)
+
+    cfg = train_cfg(synthetic_dir, tmp_path / "run", "trainer.max_epochs=1", "mechanism=ER", "model.compile=true")
+    metrics = train(cfg, Path(cfg.paths.output_dir))["metrics"]
+    assert 0.0 <= metrics["test/macro_f1"] <= 1.0
+    ckpt = torch.load(next((tmp_path / "run" / "checkpoints").glob("*.ckpt")), weights_only=True)
+    assert ckpt["hyper_parameters"]["compile"] is True
+    assert not any("_orig_mod" in key for key in ckpt["state_dict"])

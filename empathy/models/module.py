@@ -72,6 +72,17 @@ def layerwise_param_groups(net: torch.nn.Module, lr: float, decay: float = 1.0) 
     return [{"params": ps, "lr": lr * decay**below} for below, ps in sorted(groups.items())]
 
 
+def compile_response_encoder(net: torch.nn.Module) -> None:
+    """torch.compile ``net.response_encoder`` in place (its state_dict keys are unchanged), with
+    dynamic shapes, once. Inductor's random numbers fall back to eager's, so that dropout draws
+    the same masks from the same seed as an uncompiled run."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    if getattr(net.response_encoder, "_compiled_call_impl", None) is None:
+        net.response_encoder.compile(dynamic=True)
+
+
 class EmpathyModule(pl.LightningModule):
     def __init__(
         self,
@@ -89,6 +100,7 @@ class EmpathyModule(pl.LightningModule):
         layerwise_lr_decay: float = 1.0,
         rationale_decoding: Mapping[str, Any] | None = None,
         decoding_grid: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if not 0 < layerwise_lr_decay <= 1:
@@ -111,6 +123,7 @@ class EmpathyModule(pl.LightningModule):
                 "layerwise_lr_decay": float(layerwise_lr_decay),
                 "rationale_decoding": RationaleDecoding.from_config(_plain(rationale_decoding)).to_dict(),
                 "decoding_grid": bool(decoding_grid),
+                "compile": bool(compile),
             }
         )
         self.decoding = RationaleDecoding.from_config(self.hparams.rationale_decoding)
@@ -174,6 +187,14 @@ class EmpathyModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "seeker_dataloader"):
             self.build_seeker_cache(datamodule.seeker_dataloader())
+
+    def configure_model(self) -> None:
+        """``compile``: torch.compile the response encoder (its forward and backward are most of a
+        training step), with dynamic shapes since batches are padded to their longest response.
+        Done by the Trainer's fit / validate / test only: loading a checkpoint for prediction does
+        not compile. The parameters and the checkpoint's keys are unchanged."""
+        if self.hparams.get("compile"):
+            compile_response_encoder(self.net)
 
     def on_fit_start(self) -> None:
         self._ensure_seeker_cache()
