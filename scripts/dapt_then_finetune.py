@@ -37,13 +37,33 @@ def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
     return pretrain, [*shared, *train]
 
 
+# Hydra's command-line options that take a value (the others, e.g. -m, stand alone).
+VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+               "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+
+
+def hydra_flags_first(args: Sequence[str]) -> list[str]:
+    """Hydra's options (``-m``, ``--cfg job``, ...) before the ``key=value`` overrides: its parser
+    takes the overrides as one list, which an option in the middle would cut in two."""
+    flags, overrides, args = [], [], list(args)
+    while args:
+        arg = args.pop(0)
+        if arg.startswith("-"):  # overrides never start with "-" (~key, +key, key=value)
+            flags.append(arg)
+            if arg in VALUE_FLAGS and args and not args[0].startswith("-") and "=" not in args[0]:
+                flags.append(args.pop(0))
+        else:
+            overrides.append(arg)
+    return [*flags, *overrides]
+
+
 def commands(args: Sequence[str], run_dir: Path, python: str = sys.executable) -> list[list[str]]:
     pretrain, train = split_overrides(args)
     encoder = run_dir / "encoder"
     return [
-        [python, "-m", "empathy.pretrain", *pretrain, f"hydra.run.dir={run_dir}"],
-        [python, "-m", "empathy.train", "experiment=dapt_then_finetune", "encoder=local",
-         f"encoder.path={encoder}", *train],
+        [python, "-m", "empathy.pretrain", *hydra_flags_first(pretrain), f"hydra.run.dir={run_dir}"],
+        [python, "-m", "empathy.train", *hydra_flags_first(["experiment=dapt_then_finetune", "encoder=local",
+                                                             f"encoder.path={encoder}", *train])],
     ]
 
 

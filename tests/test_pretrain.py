@@ -282,5 +282,9 @@ def test_dapt_then_finetune_script_passes_the_encoder_folder(tmp_path):
     assert pre == ["py", "-m", "empathy.pretrain", "corpus=epitome", "data.split_seed=3", f"hydra.run.dir={tmp_path / 'run'}"]
     assert train == ["py", "-m", "empathy.train", "experiment=dapt_then_finetune", "encoder=local",
                      f"encoder.path={tmp_path / 'run' / 'encoder'}", "data.split_seed=3", "mechanism=IP"]
+    # a multirun flag after `--` goes before the overrides (Hydra's parser would split them)
+    _, multirun = dapt.commands(["--", "model=joint", "-m", "seed=1,2", "--cfg", "job"], tmp_path / "run", python="py")
+    assert multirun == ["py", "-m", "empathy.train", "-m", "--cfg", "job", "experiment=dapt_then_finetune",
+                        "encoder=local", f"encoder.path={tmp_path / 'run' / 'encoder'}", "model=joint", "seed=1,2"]
     assert dapt.main(["--dry-run", "--run-dir", str(tmp_path / "x")]) == 0
     assert sys.executable  # the real run uses the current interpreter
