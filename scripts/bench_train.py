@@ -112,6 +112,8 @@ def main() -> None:
     for i, batch in enumerate(batches):
         padded = pad_to(batch, max_len, pad_id)
         took = {name: step(name, padded if name == "naive" else batch) for name in variants}
+        if i == 0:
+            first_step = took
         if i >= 2:  # warm-up (and, with --compile, the first compilations)
             for name, seconds in took.items():
                 times[name].append(seconds)
@@ -130,6 +132,8 @@ def main() -> None:
         eager_s = statistics.mean(times["eager"])
         print(f"eager (the same step, not compiled): {1 / eager_s:6.3f} steps/s ({eager_s:.3f} s/step); "
               f"speed-up eager/naive {naive_s / eager_s:.2f}x, compiled/eager {eager_s / ours_s:.2f}x")
+        print(f"compilation: the first compiled step took {first_step['ours']:.1f} s (eager {first_step['eager']:.1f} s); "
+              "evaluation compiles once more")
     print(f"naive (fp32, padded to {max_len}, seeker every step):      {1 / naive_s:6.3f} steps/s ({naive_s:.3f} s/step)")
     print(f"seeker cache: {cache_seconds:.1f} s once per run ({steps_per_epoch} steps per epoch)")
     print(f"speed-up ours/naive: {naive_s / ours_s:.2f}x per step; {naive_s / amortised:.2f}x with the cache "
