@@ -5,8 +5,9 @@
     python -m empathy.train encoder=local encoder.path=<run folder>/encoder       # then fine-tune
 
 Writes into the run folder: pretrain_metrics.json (held-out MLM loss and perplexity before and
-after training, and before the head warm-up when there is one; corpus counts), resolved_config.yaml, encoder/ (Hugging Face folder: safetensors,
-config, tokenizer) and the logger's files. Returns the held-out MLM loss after training.
+after training, and before the head warm-up when there is one; corpus counts),
+resolved_config.yaml, encoder/ (Hugging Face folder: safetensors, config, tokenizer) and the
+logger's files. Returns the held-out MLM loss after training.
 """
 
 from __future__ import annotations

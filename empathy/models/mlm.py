@@ -88,8 +88,8 @@ class MaskedLMModule(pl.LightningModule):
     over the whole held-out set) and ``heldout/perplexity`` (its exponential) on validation.
 
     The vocabulary projection is computed at the masked positions only (15 % of the tokens), which
-    gives the same loss as the full ``...ForMaskedLM`` forward at a fraction of its cost. With
-    ``head_only`` set (``head_warmup_lr``), only the head trains and the encoder runs without
+    gives the same loss as the full ``...ForMaskedLM`` forward at a fraction of its cost. While
+    ``head_warmup_lr`` is set, only the head trains (at that lr) and the encoder runs without
     gradients: ``empathy.pretrain``'s head warm-up, which fits a freshly initialised head before
     the "before" perplexity is measured."""
 
