@@ -1,0 +1,193 @@
+"""scripts/ablations.py without training: the selection rule, every lever composing into a train
+config, the cross-validation and test jobs, and the report's list of jobs that did not finish."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from empathy import CONFIG_DIR, runner
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_ablations():
+    spec = importlib.util.spec_from_file_location("ablations_script", REPO_ROOT / "scripts" / "ablations.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass (with postponed annotations) looks itself up there
+    spec.loader.exec_module(module)
+    return module
+
+
+ablations = _load_ablations()
+LEVER_NAMES = [name for name, _, _, _ in ablations.LEVERS]
+
+
+# ------------------------------------------------------------------------------------- choose
+def _summaries(**levers: tuple[float, float | None]) -> dict[str, dict]:
+    """name=(mean CV macro-F1, minutes per job) -> the summaries `choose` reads."""
+    return {name: {"mean_macro_f1": f1, "minutes_per_job": minutes} for name, (f1, minutes) in levers.items()}
+
+
+def test_lever_names_used_below_exist():
+    assert {"separate", "joint", "joint_epochs4", "joint_len64"} <= set(LEVER_NAMES)
+    assert "joint_combined" not in LEVER_NAMES  # unknown to LEVERS: counted as a joint configuration
+
+
+def test_choose_prefers_a_joint_config_within_tolerance_because_separate_trains_three_models():
+    # separate: 1 min per job, but three jobs (3 min); joint: 2 min for all three mechanisms
+    complete = _summaries(separate=(70.0, 1.0), joint=(69.7, 2.0))
+    assert ablations.minutes_per_configuration("separate", complete["separate"]) == pytest.approx(3.0)
+    assert ablations.minutes_per_configuration("joint", complete["joint"]) == pytest.approx(2.0)
+    assert ablations.choose(complete, tolerance=0.5) == "joint"
+    # the 3x: a joint model slower than three separate jobs loses
+    assert ablations.choose(_summaries(separate=(70.0, 1.0), joint=(69.7, 3.5)), tolerance=0.5) == "separate"
+    # outside a smaller tolerance, the better separate models win whatever they cost
+    assert ablations.choose(complete, tolerance=0.2) == "separate"
+
+
+def test_choose_never_picks_a_config_outside_tolerance_even_if_faster():
+    complete = _summaries(joint=(72.0, 5.0), joint_epochs4=(71.4, 0.1), joint_len64=(60.0, 0.01))
+    assert ablations.choose(complete, tolerance=0.5) == "joint"
+    # exactly at the edge counts as within
+    edge = _summaries(joint=(72.0, 5.0), joint_epochs4=(71.5, 0.1), joint_len64=(60.0, 0.01))
+    assert ablations.choose(edge, tolerance=0.5) == "joint_epochs4"
+
+
+def test_choose_counts_unknown_minutes_as_infinitely_slow():
+    assert ablations.minutes_per_configuration("joint", {"minutes_per_job": None}) == float("inf")
+    assert ablations.minutes_per_configuration("separate", {"minutes_per_job": None}) == float("inf")
+    complete = _summaries(joint_combined=(71.0, None), joint=(70.8, 30.0), separate=(70.9, 20.0))
+    assert ablations.choose(complete, tolerance=0.5) == "joint"
+    # when no configuration has a time, all cost the same: the score decides
+    unknown = _summaries(joint_combined=(71.0, None), joint=(70.8, None), separate=(70.9, None))
+    assert ablations.choose(unknown, tolerance=0.5) == "joint_combined"
+
+
+def test_choose_breaks_equal_costs_by_the_higher_score():
+    # separate 1 min x 3 = joint 3 min
+    assert ablations.choose(_summaries(separate=(70.2, 1.0), joint=(70.0, 3.0)), tolerance=0.5) == "separate"
+    assert ablations.choose(_summaries(separate=(70.0, 1.0), joint=(70.2, 3.0)), tolerance=0.5) == "joint"
+    # an unknown name is a joint configuration: one job for all three mechanisms
+    assert ablations.minutes_per_configuration("joint_combined", {"minutes_per_job": 2.0}) == pytest.approx(2.0)
+    tied = _summaries(joint_combined=(70.1, 2.0), joint_epochs4=(70.3, 2.0))
+    assert ablations.choose(tied, tolerance=0.5) == "joint_epochs4"
+    assert ablations.choose(_summaries(joint_combined=(70.0, 2.0), separate=(70.3, 1.0)), tolerance=0.5) == "joint_combined"
+
+
+# ------------------------------------------------------------------------------------- levers compose
+# a config-group override: how the composed config shows the option chosen
+GROUP_CHECKS = {
+    "mechanism": lambda cfg, option: cfg.mechanism.name == option,
+    "encoder": lambda cfg, option: cfg.encoder.name == option,
+    "model": lambda cfg, option: cfg.model._target_
+    == OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{option}.yaml").model._target_,
+}
+
+
+@pytest.mark.parametrize("lever", LEVER_NAMES)
+def test_every_lever_composes_into_a_train_config_with_its_values(lever, tmp_path):
+    _, base, overrides, _ = next(lv for lv in ablations.LEVERS if lv[0] == lever)
+    overrides = [o.replace("{dapt}", str(tmp_path / "dapt" / "encoder")) for o in overrides]
+    assert not any("{" in o for o in overrides)
+    jobs = ablations.cv_jobs(tmp_path, "cv", lever, base, overrides, folds=3)
+    parser = OverridesParser.create()
+    for mechanism in dict.fromkeys(job.mechanism for job in jobs):
+        job = next(j for j in jobs if j.mechanism == mechanism)
+        assert job.overrides[: len(ablations.model_overrides(base, mechanism))] == ablations.model_overrides(base, mechanism)
+        cfg = runner.compose_config("train", job.overrides, output_dir=tmp_path / "run")
+        OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+        for override in parser.parse_overrides(job.overrides):
+            key, value = override.key_or_group, override.value()
+            if (Path(CONFIG_DIR) / key).is_dir():  # a config group: its option is the one selected
+                assert key in GROUP_CHECKS, f"{lever}: no check for the config group {key}"
+                assert GROUP_CHECKS[key](cfg, value), f"{lever}: {key}={value} not selected"
+            else:
+                assert OmegaConf.select(cfg, key, default="<missing>") == value, f"{lever}: {key}"
+
+
+# ------------------------------------------------------------------------------------- jobs
+def test_cv_jobs_joint_one_per_fold_never_testing(tmp_path):
+    jobs = ablations.cv_jobs(tmp_path, "cv", "joint_len64", "joint", ["data.max_len=64"], folds=3)
+    assert len(jobs) == 3
+    for k, job in enumerate(jobs):
+        assert job.mechanism == "joint" and job.fold == k and job.seed is None and job.stage == "cv"
+        assert job.overrides[0] == "model=joint"
+        assert "data.max_len=64" in job.overrides
+        assert "test=false" in job.overrides and "model.decoding_grid=true" in job.overrides
+        assert "data.cv_folds=3" in job.overrides and f"data.cv_fold={k}" in job.overrides
+        assert not any(o.startswith("mechanism=") for o in job.overrides)
+        assert job.folder == tmp_path / "cv" / "joint_len64" / f"joint-fold{k}"
+        assert not job.done
+
+
+def test_cv_jobs_separate_three_mechanisms_by_folds(tmp_path):
+    jobs = ablations.cv_jobs(tmp_path, "combine", "separate", "separate", [], folds=2)
+    assert len(jobs) == 3 * 2
+    assert {(j.mechanism, j.fold) for j in jobs} == {(m, k) for m in ablations.MECHANISMS for k in range(2)}
+    assert len({j.folder for j in jobs}) == len(jobs)
+    for job in jobs:
+        assert job.overrides[0] == f"mechanism={job.mechanism}"
+        assert "model=joint" not in job.overrides
+        assert "test=false" in job.overrides
+        assert "data.cv_folds=2" in job.overrides and f"data.cv_fold={job.fold}" in job.overrides
+        assert job.folder == tmp_path / "combine" / "separate" / f"{job.mechanism}-fold{job.fold}"
+
+
+def test_test_jobs_see_test_on_the_standard_split(tmp_path):
+    joint = ablations.test_jobs(tmp_path, "joint_epochs4", "joint", ["trainer.max_epochs=4"], seeds=2)
+    separate = ablations.test_jobs(tmp_path, "separate", "separate", [], seeds=2)
+    assert [(j.mechanism, j.seed) for j in joint] == [("joint", 1), ("joint", 2)]
+    assert {(j.mechanism, j.seed) for j in separate} == {(m, s) for m in ablations.MECHANISMS for s in (1, 2)}
+    for job in joint + separate:
+        assert job.stage == "test" and job.fold is None
+        assert "test=false" not in job.overrides
+        assert not any(o.startswith("data.cv_") for o in job.overrides)
+        assert f"seed={job.seed}" in job.overrides
+        assert job.folder == tmp_path / "test" / job.lever / f"{job.mechanism}-seed{job.seed}"
+    assert all(j.overrides[:2] == ["model=joint", "trainer.max_epochs=4"] for j in joint)
+    assert all(j.overrides[0] == f"mechanism={j.mechanism}" for j in separate)
+
+
+# ------------------------------------------------------------------------------------- report
+def _record(folder: str, status: str, seconds: float = 60.0) -> str:
+    stage, lever, job = folder.split("/")
+    mechanism, fold = job.split("-fold")
+    return json.dumps({"stage": stage, "lever": lever, "mechanism": mechanism, "fold": int(fold), "seed": None,
+                       "folder": folder, "status": status, "seconds": seconds, "overrides": []})
+
+
+def test_report_lists_only_jobs_whose_last_record_failed(tmp_path, monkeypatch):
+    out = tmp_path / "ablations"
+    metrics = {f"dev/{m}/{key}": value for m in ablations.MECHANISMS
+               for key, value in (("macro_f1", 0.7), ("rationale_iou_f1", 0.5))}
+    for fold in (0, 1):  # rerun-then-ok and always-ok jobs have metrics; the failed one has none
+        folder = out / "cv" / "joint" / f"joint-fold{fold}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "fit_minutes": 1.0}))
+    (out / "jobs.jsonl").write_text("\n".join([
+        _record("cv/joint/joint-fold0", "failed rc=1", 5.0),
+        _record("cv/joint/joint-fold1", "ok", 120.0),
+        _record("cv/joint/joint-fold2", "failed rc=137", 7.0),
+        _record("cv/joint/joint-fold0", "ok", 60.0),
+    ]) + "\n")
+    monkeypatch.setattr(ablations, "ROOT", tmp_path)
+
+    ablations.report(argparse.Namespace(out=str(out), no_floors=True, max_len=128))
+
+    md = (tmp_path / "results" / "ablations.md").read_text()
+    failed = [line for line in md.splitlines() if "did not finish" in line]
+    assert len(failed) == 1
+    assert failed[0].startswith("1 job(s) did not finish")
+    assert "cv/joint/joint-fold2 (failed rc=137)" in failed[0]
+    assert "joint-fold0" not in failed[0] and "joint-fold1" not in failed[0]
+    assert "| joint |" in md and "| 70.0 |" in md  # the finished folds are reported
+    csv_text = (tmp_path / "results" / "ablations.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("lever,") and "\njoint," in csv_text
