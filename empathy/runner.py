@@ -92,6 +92,21 @@ def is_joint(cfg: DictConfig) -> bool:
     return bool(target) and issubclass(hydra.utils.get_class(target), JointEmpathyModule)
 
 
+def check_mechanism_override(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """The joint model (the default) trains ER, IP and EX at once: a ``mechanism=`` override
+    would be ignored without a word (a ``-m mechanism=ER,IP,EX`` sweep would train one model three
+    times), so it is an error that says how to train one mechanism."""
+    if not is_joint(cfg):
+        return
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") == "mechanism":
+            raise ValueError(
+                f"{override}: the joint model (model=joint, the default) trains ER, IP and EX at once and has no "
+                f"mechanism to choose; add model=biencoder to train one mechanism (model=biencoder mechanism={value})"
+            )
+
+
 def mechanism_name(cfg: DictConfig) -> str:
     """The mechanism a run trains: ``joint`` for the joint model (``mechanism=`` is ignored)."""
     return JOINT if is_joint(cfg) else cfg.mechanism.name

@@ -1,9 +1,10 @@
-"""Train a bi-encoder for one mechanism (or all three: model=joint), keep the best checkpoint by
-dev macro-F1, test it.
+"""Train the joint model (ER, IP and EX at once; the default) or a bi-encoder for one mechanism,
+keep the best checkpoint by dev macro-F1, test it.
 
-    python -m empathy.train mechanism=IP encoder=minilm loss.lambda_RE=0.5 seed=3
-    python -m empathy.train model=joint                               # ER, IP and EX in one model
-    python -m empathy.train -m mechanism=ER,IP,EX seed=1,2,3          # a Hydra multirun
+    python -m empathy.train                                           # ER, IP and EX in one model
+    python -m empathy.train model=biencoder mechanism=IP loss.lambda_RE=0.5 seed=3
+    python -m empathy.train -m seed=1,2,3                             # a Hydra multirun
+    python -m empathy.train -m model=biencoder mechanism=ER,IP,EX     # one model per mechanism
     python -m empathy.train --help                                    # every config group
 
 Writes into the run folder: metrics.json (dev/* and test/* of the best checkpoint),
@@ -98,6 +99,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    runner.check_mechanism_override(cfg, HydraConfig.get().overrides.task)
     result = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     return result["metrics"].get(cfg.optimized_metric)
 

@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 ROOT = Path(__file__).resolve().parents[1]
 MECHANISMS = ("ER", "IP", "EX")
 PAPER = {"ER": 74.46, "IP": 62.6, "EX": 72.58}
@@ -128,7 +130,7 @@ class Runner:
 
 
 def model_overrides(base: str, mechanism: str) -> list[str]:
-    return ["model=joint"] if base == "joint" else [f"mechanism={mechanism}"]
+    return ["model=joint"] if base == "joint" else ["model=biencoder", f"mechanism={mechanism}"]
 
 
 def cv_jobs(out: Path, stage: str, lever: str, base: str, overrides: list[str], folds: int) -> list[Job]:
@@ -167,6 +169,58 @@ def load_runs(out: Path) -> list[dict]:
         runs.append({"stage": stage, "lever": lever, "job": job, "metrics": data["metrics"],
                      "seconds": seconds.get(f"{stage}/{lever}/{job}") or 60 * (data.get("fit_minutes") or 0) or None,
                      "fit_minutes": data.get("fit_minutes")})
+    return runs
+
+
+def _value(text: str):
+    """An override's value as the resolved config holds it (2e-4 -> 0.0002, null -> None)."""
+    if text == "null":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text, text)
+
+
+def config_mismatches(cfg, base: str, overrides: list[str]) -> list[str]:
+    """What in a run's resolved config differs from a lever's base and ``key=value`` overrides
+    (config group choices other than model= are not checked: the resolved config has no names)."""
+    from empathy import runner
+
+    wrong = [] if runner.is_joint(cfg) == (base == "joint") else [f"model: expected the {base} model"]
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if "." in key and OmegaConf.select(cfg, key) != _value(value):
+            wrong.append(f"{key}={OmegaConf.select(cfg, key)} (expected {value})")
+    return wrong
+
+
+def external_test_runs(spec: str, cv: dict[str, dict]) -> list[dict]:
+    """``LEVER=DIR``: the test runs of a lever that another command trained (e.g. the 5 seeds of
+    ``scripts/reproduce_table.py`` once the lever is the default), one ``empathy.train`` job per
+    subfolder of DIR. Each job's resolved config must hold the lever's overrides and its
+    cross-validated decoding, or the report stops."""
+    lever, _, folder = spec.partition("=")
+    entry = next(((b, o) for n, b, o, _ in LEVERS if n == lever), None)
+    if entry is None or not folder:
+        raise SystemExit(f"--test-runs {spec}: expected LEVER=DIR with a lever of LEVERS")
+    base, overrides = entry
+    overrides = [*overrides, *decoding_overrides(cv.get(lever, {}).get("best_decoding"))]
+    paths = sorted(Path(folder).glob("*/metrics.json"))
+    if not paths:
+        raise SystemExit(f"--test-runs {spec}: no */metrics.json under {folder}")
+    runs = []
+    for path in paths:
+        wrong = config_mismatches(OmegaConf.load(path.parent / "resolved_config.yaml"), base, overrides)
+        if wrong:
+            raise SystemExit(f"--test-runs {spec}: {path.parent} is not {lever}: " + "; ".join(wrong))
+        data = json.loads(path.read_text())
+        job = f"{'joint' if base == 'joint' else data['mechanism']}-seed{data['seed']}"
+        minutes = data.get("fit_minutes")
+        runs.append({"stage": "test", "lever": lever, "job": job, "metrics": data["metrics"],
+                     "seconds": 60 * minutes if minutes else None, "fit_minutes": minutes, "source": str(path.parent)})
     return runs
 
 
@@ -349,6 +403,8 @@ def report(args: argparse.Namespace) -> None:
     out = Path(args.out).resolve()
     runs = load_runs(out)
     cv = summarise_cv(runs)
+    for spec in args.test_runs:
+        runs += external_test_runs(spec, cv)
     test = summarise_test(runs)
     descriptions = {n: (b, o, d) for n, b, o, d in LEVERS}
     if (out / "combined.json").is_file():
@@ -456,6 +512,8 @@ def main() -> None:
     p.add_argument("--out", default="outputs/ablations")
     p.add_argument("--max-len", type=int, default=128, help="max_len of the default configuration (for its floors)")
     p.add_argument("--no-floors", action="store_true", help="skip the floors (they read the EPITOME data)")
+    p.add_argument("--test-runs", nargs="*", default=[], metavar="LEVER=DIR",
+                   help="test runs of LEVER trained by another command (a multirun folder), checked against its config")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run(args) if args.command == "run" else report(args)

@@ -1,12 +1,15 @@
 """Train every (experiment, mechanism, seed) as one Hydra multirun, then write the results table.
 
-    python scripts/reproduce_table.py                                   # default x ER,IP,EX x seeds 1..5
+    python scripts/reproduce_table.py                                   # default (joint model) x seeds 1..5
     python scripts/reproduce_table.py --experiments default,paper,no_attention trainer=gpu
     python scripts/reproduce_table.py --aggregate-only outputs/reproduce/2026-01-01_10-00-00 [DIR ...]
-    python scripts/reproduce_table.py --joint                           # model=joint x seeds 1..5 (ER, IP, EX at once)
+    python scripts/reproduce_table.py model=biencoder                   # one model per mechanism x ER,IP,EX x seeds
     python scripts/reproduce_table.py --dry-run                         # print the command only
 
-Positional ``key=value`` arguments are passed to ``empathy.train`` as they are. The table goes to
+Positional ``key=value`` arguments are passed to ``empathy.train`` as they are. An experiment
+of the joint model (the default) trains ER, IP and EX in one run per seed; one of a model per
+mechanism (``paper``, or any with ``model=biencoder``) is swept over ``--mechanisms``; with both,
+each kind gets its own multirun folder (``<sweep-dir>/joint``, ``<sweep-dir>/separate``). The table goes to
 ``<out>/<name>.md`` and ``<out>/<name>.csv`` (default ``results/paper_table.*``) (see empathy/results.py and
 docs/experiments.md); re-running with --aggregate-only regenerates it from the run folders.
 """
@@ -28,17 +31,29 @@ def comma_list(text: str) -> list[str]:
     return [item for item in text.split(",") if item]
 
 
+def group_experiments(experiments: list[str], overrides: list[str]) -> dict[bool, list[str]]:
+    """{joint?: experiments}: the joint model (the default) trains every mechanism in one run, so
+    its experiments get no mechanism sweep; those of one model per mechanism (e.g. paper) do."""
+    from empathy import runner
+
+    groups: dict[bool, list[str]] = {}
+    for experiment in experiments:
+        cfg = runner.compose_config("train", [f"experiment={experiment}", *overrides])
+        groups.setdefault(runner.is_joint(cfg), []).append(experiment)
+    return groups
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for empathy.train (key=value)")
-    parser.add_argument("--experiments", type=comma_list, default=["default"], help="conf/experiment names, comma-separated")
+    parser.add_argument("--experiments", type=comma_list, default=["default"], help="conf/experiment names, comma-separated (default: default)")
     parser.add_argument("--mechanisms", type=comma_list, default=["ER", "IP", "EX"])
     parser.add_argument("--seeds", type=comma_list, default=["1", "2", "3", "4", "5"])
     parser.add_argument("--sweep-dir", help="the multirun folder (default: $EMPATHY_LOG_DIR or outputs, then reproduce/<time>)")
     parser.add_argument("--out", default="results", help="folder of the table files (default: results)")
     parser.add_argument("--name", default="paper_table", help="file name of the table: <out>/<name>.md and .csv (default: paper_table)")
     parser.add_argument("--aggregate-only", nargs="+", metavar="DIR", help="only aggregate these finished run / multirun folders")
-    parser.add_argument("--joint", action="store_true", help="train the joint model (model=joint): one run per seed for ER, IP, EX")
+    parser.add_argument("--joint", action="store_true", help="model=joint for every experiment (the default model already is)")
     parser.add_argument("--dry-run", action="store_true", help="print the training command and exit")
     parser.add_argument("--no-floors", action="store_true", help="do not compute the floors on the runs' split (needs the data)")
     args = parser.parse_args(argv)
@@ -49,16 +64,22 @@ def main(argv: list[str] | None = None) -> int:
         log_dir = Path(os.environ.get("EMPATHY_LOG_DIR", "outputs"))
         sweep_dir = Path(args.sweep_dir or log_dir / "reproduce" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")).resolve()
         seeds = [int(s) for s in args.seeds]
-        mechanisms, overrides = (([], ["model=joint", *args.overrides]) if args.joint
-                                 else (args.mechanisms, args.overrides))
-        command = results.multirun_command(args.experiments, mechanisms, seeds, sweep_dir, overrides, sys.executable)
-        print(shlex.join(command), flush=True)
+        overrides = ["model=joint", *args.overrides] if args.joint else list(args.overrides)
+        groups = group_experiments(args.experiments, overrides)
+        roots = []
+        for joint, experiments in groups.items():
+            folder = sweep_dir if len(groups) == 1 else sweep_dir / ("joint" if joint else "separate")
+            command = results.multirun_command(experiments, [] if joint else args.mechanisms, seeds, folder, overrides, sys.executable)
+            print(shlex.join(command), flush=True)
+            if args.dry_run:
+                continue
+            code = subprocess.call(command)
+            if code:
+                print(f"the multirun exited with status {code}; aggregating the jobs that finished", file=sys.stderr)
+            status = status or code
+            roots.append(str(folder))
         if args.dry_run:
             return 0
-        status = subprocess.call(command)
-        if status:
-            print(f"the multirun exited with status {status}; aggregating the jobs that finished", file=sys.stderr)
-        roots = [str(sweep_dir)]
     try:
         floors = None
         if not args.no_floors:
