@@ -391,7 +391,7 @@ def split_floors(max_len: int) -> dict[str, dict[str, float]]:
 
     out = {}
     for m in MECHANISMS:
-        cfg = runner.compose_config("train", [f"mechanism={m}", f"data.max_len={max_len}"], output_dir=ROOT / "outputs" / "floors")
+        cfg = runner.compose_config("train", ["model=biencoder", f"mechanism={m}", f"data.max_len={max_len}"], output_dir=ROOT / "outputs" / "floors")
         datamodule = runner.build_datamodule(cfg)
         datamodule.setup()
         f = floor_metrics(datamodule.dataset("train")["level"], datamodule.dataset("test"))

@@ -56,7 +56,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"encoder={args.encoder}", f"mechanism={args.mechanism}",
+        cfg = compose("train", overrides=["model=biencoder", f"encoder={args.encoder}", f"mechanism={args.mechanism}",
                                           f"data.max_len={args.max_len}"])
     with open_dict(cfg):
         cfg.paths.output_dir = "/tmp/empathy-bench"

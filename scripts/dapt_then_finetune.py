@@ -1,8 +1,8 @@
 """Domain-adaptive pre-training, then fine-tuning with the pre-trained encoder (two entry points).
 
     python scripts/dapt_then_finetune.py                                     # corpus=epitome, MiniLM, ER
-    python scripts/dapt_then_finetune.py corpus=epitome trainer.max_steps=2000 -- mechanism=IP seed=3
-    python scripts/dapt_then_finetune.py --dry-run encoder=roberta-base -- -m mechanism=ER,IP,EX
+    python scripts/dapt_then_finetune.py corpus=epitome trainer.max_steps=2000 -- seed=3
+    python scripts/dapt_then_finetune.py --dry-run encoder=roberta-base -- -m seed=1,2,3
 
 Overrides before ``--`` go to ``python -m empathy.pretrain``, those after it to
 ``python -m empathy.train experiment=dapt_then_finetune encoder=local encoder.path=<pretrain run>/encoder``.
