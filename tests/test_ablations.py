@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -87,9 +88,15 @@ def test_choose_breaks_equal_costs_by_the_higher_score():
 GROUP_CHECKS = {
     "mechanism": lambda cfg, option: cfg.mechanism.name == option,
     "encoder": lambda cfg, option: cfg.encoder.name == option,
-    "model": lambda cfg, option: cfg.model._target_
-    == OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{option}.yaml").model._target_,
+    "model": lambda cfg, option: cfg.model._target_ == _model_target(option),
 }
+
+
+def _model_target(option: str) -> str:
+    """The _target_ of conf/model/<option>.yaml: under model: in a global-package file (joint),
+    at the top in one of the model package (biencoder)."""
+    loaded = OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{option}.yaml")
+    return loaded.model._target_ if "model" in loaded else loaded._target_
 
 
 @pytest.mark.parametrize("lever", LEVER_NAMES)
@@ -134,7 +141,7 @@ def test_cv_jobs_separate_three_mechanisms_by_folds(tmp_path):
     assert {(j.mechanism, j.fold) for j in jobs} == {(m, k) for m in ablations.MECHANISMS for k in range(2)}
     assert len({j.folder for j in jobs}) == len(jobs)
     for job in jobs:
-        assert job.overrides[0] == f"mechanism={job.mechanism}"
+        assert job.overrides[:2] == ["model=biencoder", f"mechanism={job.mechanism}"]
         assert "model=joint" not in job.overrides
         assert "test=false" in job.overrides
         assert "data.cv_folds=2" in job.overrides and f"data.cv_fold={job.fold}" in job.overrides
@@ -153,7 +160,7 @@ def test_test_jobs_see_test_on_the_standard_split(tmp_path):
         assert f"seed={job.seed}" in job.overrides
         assert job.folder == tmp_path / "test" / job.lever / f"{job.mechanism}-seed{job.seed}"
     assert all(j.overrides[:2] == ["model=joint", "trainer.max_epochs=4"] for j in joint)
-    assert all(j.overrides[0] == f"mechanism={j.mechanism}" for j in separate)
+    assert all(j.overrides[:2] == ["model=biencoder", f"mechanism={j.mechanism}"] for j in separate)
 
 
 # ------------------------------------------------------------------------------------- report
@@ -180,7 +187,7 @@ def test_report_lists_only_jobs_whose_last_record_failed(tmp_path, monkeypatch):
     ]) + "\n")
     monkeypatch.setattr(ablations, "ROOT", tmp_path)
 
-    ablations.report(argparse.Namespace(out=str(out), no_floors=True, max_len=128))
+    ablations.report(argparse.Namespace(out=str(out), no_floors=True, max_len=128, test_runs=[]))
 
     md = (tmp_path / "results" / "ablations.md").read_text()
     failed = [line for line in md.splitlines() if "did not finish" in line]
@@ -191,3 +198,73 @@ def test_report_lists_only_jobs_whose_last_record_failed(tmp_path, monkeypatch):
     assert "| joint |" in md and "| 70.0 |" in md  # the finished folds are reported
     csv_text = (tmp_path / "results" / "ablations.csv").read_text()
     assert csv_text.splitlines()[0].startswith("lever,") and "\njoint," in csv_text
+
+
+# ------------------------------------------------------------------------------------- report --test-runs
+DECODING = ["model.rationale_decoding.threshold=0.2", "model.rationale_decoding.fill_gaps=2"]
+
+
+def test_config_mismatches_checks_the_model_and_every_key_value_override(tmp_path):
+    lever = ["model.optimizer.lr=2e-4", *DECODING]
+    joint = runner.compose_config("train", [], output_dir=tmp_path)  # the default: joint, lr 2e-4, threshold 0.2
+    assert ablations.config_mismatches(joint, "joint", lever) == []
+    assert ablations.config_mismatches(runner.compose_config("train", lever, output_dir=tmp_path), "joint", lever) == []
+
+    slower = runner.compose_config("train", ["model.optimizer.lr=1e-4"], output_dir=tmp_path)
+    wrong = ablations.config_mismatches(slower, "joint", lever)
+    assert len(wrong) == 1 and wrong[0].startswith("model.optimizer.lr=0.0001") and "expected 2e-4" in wrong[0]
+    decoded = runner.compose_config("train", ["model.rationale_decoding.fill_gaps=1"], output_dir=tmp_path)
+    assert [w.split("=")[0] for w in ablations.config_mismatches(decoded, "joint", lever)] == ["model.rationale_decoding.fill_gaps"]
+
+    separate = runner.compose_config("train", ["model=biencoder", "mechanism=IP", *lever], output_dir=tmp_path)
+    assert ablations.config_mismatches(separate, "joint", lever) == ["model: expected the joint model"]
+    assert ablations.config_mismatches(separate, "separate", lever) == []
+    assert ablations.config_mismatches(joint, "separate", []) == ["model: expected the separate model"]
+
+
+def _test_run(folder: Path, overrides: list[str], seed: int, mechanism: str = "joint") -> Path:
+    """A finished empathy.train job as a multirun leaves it: metrics.json and resolved_config.yaml."""
+    folder.mkdir(parents=True)
+    cfg = runner.compose_config("train", [*overrides, f"seed={seed}"], output_dir=folder)
+    OmegaConf.save(cfg, folder / "resolved_config.yaml", resolve=True)
+    metrics = {f"test/{m}/{key}": 0.7 for m in ablations.MECHANISMS for key in ("macro_f1", "acc")}
+    (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "seed": seed, "mechanism": mechanism, "fit_minutes": 2.0}))
+    return folder
+
+
+def test_external_test_runs_accept_runs_of_the_lever_and_refuse_any_other(tmp_path):
+    cv = {"joint_lr2e-4": {"best_decoding": "t0.2g2"}}
+    sweep = tmp_path / "reproduce"
+    for seed in (1, 2):  # the default model is the lever joint_lr2e-4 with its decoding
+        _test_run(sweep / str(seed - 1), [], seed)
+    runs = ablations.external_test_runs(f"joint_lr2e-4={sweep}", cv)
+    assert [(r["stage"], r["lever"], r["job"]) for r in runs] == [("test", "joint_lr2e-4", f"joint-seed{s}") for s in (1, 2)]
+    assert all(r["seconds"] == pytest.approx(120.0) and r["metrics"]["test/ER/macro_f1"] == 0.7 for r in runs)
+    assert runs[0]["source"] == str(sweep / "0")
+    summary = ablations.summarise_test(runs)["joint_lr2e-4"]
+    assert summary["macro_f1"]["IP"][0] == pytest.approx(70.0) and summary["macro_f1"]["IP"][2] == 2
+
+    # the lever's cross-validated decoding is part of the check
+    with pytest.raises(SystemExit, match="fill_gaps"):
+        ablations.external_test_runs(f"joint_lr2e-4={sweep}", {"joint_lr2e-4": {"best_decoding": "t0.2g1"}})
+    # one run of another configuration stops the report, naming the folder and the key
+    _test_run(sweep / "2", ["model.optimizer.lr=1e-4"], 3)
+    with pytest.raises(SystemExit, match=re.escape(f"{sweep / '2'} is not joint_lr2e-4: model.optimizer.lr=0.0001")):
+        ablations.external_test_runs(f"joint_lr2e-4={sweep}", cv)
+    # separate models are not the joint lever, and the joint model is not the separate one
+    separate = tmp_path / "separate"
+    _test_run(separate / "0", ["model=biencoder", "mechanism=IP"], 1, mechanism="IP")
+    with pytest.raises(SystemExit, match="model: expected the joint model"):
+        ablations.external_test_runs(f"joint={separate}", {})
+    with pytest.raises(SystemExit, match="model: expected the separate model"):
+        ablations.external_test_runs(f"separate={sweep}", {})
+    assert [r["job"] for r in ablations.external_test_runs(f"separate={separate}", {})] == ["IP-seed1"]
+
+
+def test_external_test_runs_need_a_known_lever_and_finished_runs(tmp_path):
+    with pytest.raises(SystemExit, match="expected LEVER=DIR"):
+        ablations.external_test_runs(f"no_such_lever={tmp_path}", {})
+    with pytest.raises(SystemExit, match="expected LEVER=DIR"):
+        ablations.external_test_runs("joint", {})
+    with pytest.raises(SystemExit, match="no \\*/metrics.json"):
+        ablations.external_test_runs(f"joint={tmp_path}", {})

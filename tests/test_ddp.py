@@ -36,7 +36,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process_and_writes_once(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
     command = [
         sys.executable, "-m", "empathy.train", "trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={WORLD_SIZE}",
-        "encoder=tiny", "debug=limit", "logger=csv", "data.eval_batch_size=2", f"paths.data_dir={data}",
+        "model=biencoder", "encoder=tiny", "debug=limit", "logger=csv", "data.eval_batch_size=2", f"paths.data_dir={data}",
         f"paths.log_dir={logs}", f"paths.cache_dir={cache}", "++trainer.enable_progress_bar=false",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -39,7 +39,7 @@ def trained_er(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("run-ER")
     cfg = compose_cfg(
         "train",
-        ["encoder=tiny", "logger=csv", "mechanism=ER", "trainer.max_epochs=1", "++trainer.limit_train_batches=4",
+        ["encoder=tiny", "logger=csv", "model=biencoder", "mechanism=ER", "trainer.max_epochs=1", "++trainer.limit_train_batches=4",
          "trainer.precision=32-true", "trainer.accelerator=cpu", "++trainer.enable_progress_bar=false",
          "data.batch_size=8", "model.optimizer.lr=1e-3"],
         data_dir,

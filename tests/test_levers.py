@@ -68,7 +68,7 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 def test_levers_train_through_the_entry_point_with_a_cv_fold(synthetic_dir, tmp_path):
     cfg = train_cfg(
-        synthetic_dir, tmp_path / "run", "mechanism=EX", "trainer.max_epochs=1", "test=false",
+        synthetic_dir, tmp_path / "run", "model=biencoder", "mechanism=EX", "trainer.max_epochs=1", "test=false",
         "loss.focal_gamma=2", "model.layerwise_lr_decay=0.8", "model.decoding_grid=true",
         "model.rationale_decoding.threshold=0.3", "model.rationale_decoding.fill_gaps=1",
         "data.cv_folds=3", "data.cv_fold=1",
@@ -121,7 +121,8 @@ def test_compiled_response_encoder_matches_eager_and_trains_through_the_entry_po
     assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-5)
     assert torch.allclose(grads[1][1], grads[0][1], atol=1e-6)
 
-    cfg = train_cfg(synthetic_dir, tmp_path / "run", "trainer.max_epochs=1", "mechanism=ER", "model.compile=true")
+    cfg = train_cfg(synthetic_dir, tmp_path / "run", "trainer.max_epochs=1", "model=biencoder", "mechanism=ER",
+                    "model.compile=true")
     metrics = train(cfg, Path(cfg.paths.output_dir))["metrics"]
     assert 0.0 <= metrics["test/macro_f1"] <= 1.0
     ckpt = torch.load(next((tmp_path / "run" / "checkpoints").glob("*.ckpt")), weights_only=True)

@@ -50,6 +50,7 @@ def train_tiny(data_dir: Path, out: Path, mechanism: str) -> tuple[DictConfig, d
         [
             "encoder=tiny",
             "logger=csv",
+            "model=biencoder",
             f"mechanism={mechanism}",
             "trainer.max_epochs=1",
             "++trainer.limit_train_batches=6",

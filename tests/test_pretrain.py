@@ -278,10 +278,11 @@ def test_dapt_then_finetune_script_passes_the_encoder_folder(tmp_path):
     spec = importlib.util.spec_from_file_location("dapt", REPO_ROOT / "scripts" / "dapt_then_finetune.py")
     dapt = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dapt)
-    pre, train = dapt.commands(["corpus=epitome", "data.split_seed=3", "--", "mechanism=IP"], tmp_path / "run", python="py")
+    pre, train = dapt.commands(["corpus=epitome", "data.split_seed=3", "--", "model=biencoder", "mechanism=IP"], tmp_path / "run",
+                               python="py")
     assert pre == ["py", "-m", "empathy.pretrain", "corpus=epitome", "data.split_seed=3", f"hydra.run.dir={tmp_path / 'run'}"]
     assert train == ["py", "-m", "empathy.train", "experiment=dapt_then_finetune", "encoder=local",
-                     f"encoder.path={tmp_path / 'run' / 'encoder'}", "data.split_seed=3", "mechanism=IP"]
+                     f"encoder.path={tmp_path / 'run' / 'encoder'}", "data.split_seed=3", "model=biencoder", "mechanism=IP"]
     # a multirun flag after `--` goes before the overrides (Hydra's parser would split them)
     _, multirun = dapt.commands(["--", "model=joint", "-m", "seed=1,2", "--cfg", "job"], tmp_path / "run", python="py")
     assert multirun == ["py", "-m", "empathy.train", "-m", "--cfg", "job", "experiment=dapt_then_finetune",

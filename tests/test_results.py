@@ -149,11 +149,38 @@ def test_multirun_command_and_the_cli(tmp_path):
         "hydra.sweep.dir=/x/sweep", "encoder=tiny",
     ]  # fmt: skip
     script = REPO_ROOT / "scripts" / "reproduce_table.py"
+    # the default model is the joint one: one run per seed for ER, IP and EX, no mechanism sweep
     dry = subprocess.run([sys.executable, str(script), "--dry-run", "--seeds", "1,2", "trainer=gpu"], capture_output=True, text=True, check=True)
-    assert "-m empathy.train -m experiment=default mechanism=ER,IP,EX seed=1,2" in dry.stdout and dry.stdout.rstrip().endswith("trainer=gpu")
+    assert len(dry.stdout.splitlines()) == 1
+    assert "-m empathy.train -m experiment=default seed=1,2 " in dry.stdout and "mechanism=" not in dry.stdout
+    assert dry.stdout.rstrip().endswith("trainer=gpu")
+    # one model per mechanism: the mechanism sweep
+    separate = subprocess.run([sys.executable, str(script), "--dry-run", "--seeds", "1,2", "model=biencoder", "trainer=gpu"],
+                              capture_output=True, text=True, check=True)
+    assert len(separate.stdout.splitlines()) == 1
+    assert "-m empathy.train -m experiment=default mechanism=ER,IP,EX seed=1,2" in separate.stdout
+    assert separate.stdout.rstrip().endswith("model=biencoder trainer=gpu")
     joint = subprocess.run([sys.executable, str(script), "--dry-run", "--joint", "--seeds", "1,2"], capture_output=True, text=True, check=True)
     assert "-m empathy.train -m experiment=default seed=1,2 " in joint.stdout and "mechanism=" not in joint.stdout
     assert joint.stdout.rstrip().endswith("model=joint")
     write_job(tmp_path / "runs" / "0", seed=1, metrics=metrics_for(0.7, 0.6))
     subprocess.run([sys.executable, str(script), "--aggregate-only", str(tmp_path / "runs"), "--out", str(tmp_path / "out")], check=True, capture_output=True)
     assert (tmp_path / "out" / "paper_table.csv").exists()
+
+
+def test_reproduce_table_runs_joint_and_separate_experiments_as_two_multiruns(tmp_path):
+    script = REPO_ROOT / "scripts" / "reproduce_table.py"
+    sweep = tmp_path / "sweep"
+    dry = subprocess.run(
+        [sys.executable, str(script), "--dry-run", "--experiments", "default,paper", "--seeds", "1,2", "--sweep-dir", str(sweep)],
+        capture_output=True, text=True, check=True,
+    )
+    lines = dry.stdout.splitlines()
+    assert len(lines) == 2, dry.stdout
+    joint = next(line for line in lines if "experiment=default " in line)
+    separate = next(line for line in lines if "experiment=paper " in line)
+    assert "mechanism=" not in joint
+    assert f"hydra.sweep.dir={sweep / 'joint'}" in joint.split()
+    assert "-m empathy.train -m experiment=paper mechanism=ER,IP,EX seed=1,2" in separate
+    assert f"hydra.sweep.dir={sweep / 'separate'}" in separate.split()
+    assert "experiment=default,paper" not in dry.stdout  # never one multirun of both kinds

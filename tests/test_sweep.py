@@ -41,8 +41,9 @@ def test_a_multirun_of_two_jobs_gives_two_folders_a_summary_and_a_table(tmp_path
     (sweep,) = (logs / "train" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1"]
-    seeds = [json.loads((job / "metrics.json").read_text())["seed"] for job in jobs]
-    assert seeds == [1, 2]
+    saved = [json.loads((job / "metrics.json").read_text()) for job in jobs]
+    assert [m["seed"] for m in saved] == [1, 2]
+    assert all(m["mechanism"] == "joint" for m in saved)  # the default model: ER, IP and EX at once
     for job in jobs:
         assert (job / "checkpoints" / "last.ckpt").exists() and (job / ".hydra" / "overrides.yaml").exists()
 
@@ -52,8 +53,12 @@ def test_a_multirun_of_two_jobs_gives_two_folders_a_summary_and_a_table(tmp_path
     assert summary in done.stdout  # printed at the end of the multirun
 
     written = results.aggregate([sweep], tmp_path / "table")
-    (row, _) = written["rows"]
-    assert row["experiment"] == "default" and row["n_seeds"] == 2 and row["seeds"] == "1 2"
+    # the joint model's runs give a row per mechanism (and labelling policy), each over both seeds;
+    # the default experiment of the joint model is labelled joint
+    rows = written["rows"]
+    assert [(r["mechanism"], r["policy"]) for r in rows] == [(m, p) for m in ("ER", "IP", "EX") for p in results.POLICIES]
+    for row in rows:
+        assert row["experiment"] == results.JOINT_EXPERIMENT and row["n_seeds"] == 2 and row["seeds"] == "1 2"
 
 
 def test_the_summary_marks_unfinished_jobs(tmp_path):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -46,7 +49,7 @@ def train_cfg(data_dir: Path, out: Path, *extra: str) -> DictConfig:
 
 
 def test_fast_dev_run_train_then_evaluate(synthetic_dir, tmp_path):
-    cfg = train_cfg(synthetic_dir, tmp_path / "run", "debug=fast", "mechanism=IP")
+    cfg = train_cfg(synthetic_dir, tmp_path / "run", "debug=fast", "model=biencoder", "mechanism=IP")
     result = train(cfg, Path(cfg.paths.output_dir))
     metrics = result["metrics"]
     for key in ("acc", "macro_f1", "rationale_token_f1", "rationale_iou_f1"):
@@ -63,7 +66,7 @@ def test_fast_dev_run_train_then_evaluate(synthetic_dir, tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(synthetic_dir, tmp_path_factory) -> tuple[DictConfig, dict]:
     out = tmp_path_factory.mktemp("trained")
-    cfg = train_cfg(synthetic_dir, out, "mechanism=ER")
+    cfg = train_cfg(synthetic_dir, out, "model=biencoder", "mechanism=ER")
     return cfg, train(cfg, out)
 
 
@@ -108,7 +111,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 def test_same_seed_gives_identical_metrics(trained_run, synthetic_dir, tmp_path):
     cfg, result = trained_run
-    again = train(train_cfg(synthetic_dir, tmp_path, "mechanism=ER"), tmp_path)
+    again = train(train_cfg(synthetic_dir, tmp_path, "model=biencoder", "mechanism=ER"), tmp_path)
     assert again["metrics"] == result["metrics"]
     assert_same_weights(final_weights(tmp_path), final_weights(Path(cfg.paths.output_dir)))
 
@@ -127,7 +130,7 @@ class _Crash(pl.Callback):
 def test_resume_after_interrupt_ends_with_the_same_metrics(trained_run, synthetic_dir, tmp_path, monkeypatch):
     uninterrupted_cfg, uninterrupted = trained_run
     out = tmp_path / "killed"
-    cfg = train_cfg(synthetic_dir, out, "mechanism=ER")
+    cfg = train_cfg(synthetic_dir, out, "model=biencoder", "mechanism=ER")
     build = runner.build_callbacks
     # Epoch 0 has 8 steps (60 train rows / 8); last.ckpt is written at steps 3 and 6, and at
     # epoch end (8): crash at step 11, mid-epoch 1, three steps after the checkpoint at step 9.
@@ -166,13 +169,61 @@ def test_frozen_seeker_is_unchanged_and_response_is_trained(synthetic_dir, tmp_p
     assert len(changed) > len(snapshot.response) // 2
 
 
-def test_wandb_offline_run_has_metrics_and_confusion_image(synthetic_dir, tmp_path, monkeypatch):
+# a single-mechanism model logs test/confusion_matrix; the joint model (the default) one per
+# mechanism, test/<M>/confusion_matrix
+@pytest.mark.parametrize(("model", "image_folders"), [("biencoder", ["test"]), ("joint", ["test/ER", "test/IP", "test/EX"])],
+                         ids=["biencoder", "joint"])
+def test_wandb_offline_run_has_metrics_and_confusion_image(model, image_folders, synthetic_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = train_cfg(synthetic_dir, tmp_path, "logger=wandb", "trainer.max_epochs=1", "group=pytest")
+    cfg = train_cfg(synthetic_dir, tmp_path, f"model={model}", "logger=wandb", "trainer.max_epochs=1", "group=pytest")
     result = train(cfg, tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    images = list(runs[0].glob("files/media/images/test/confusion_matrix_*.png"))
-    assert images, "no confusion-matrix image logged"
+    for folder in image_folders:
+        images = list(runs[0].glob(f"files/media/images/{folder}/confusion_matrix_*.png"))
+        assert images, f"no confusion-matrix image logged under {folder}"
     assert result["metrics"]["test/macro_f1"] >= 0
+
+
+# ------------------------------------------------------------------------------------- mechanism=
+# The joint model (the default) trains ER, IP and EX at once: mechanism= with it is an error.
+@pytest.mark.parametrize("override", ["mechanism=IP", "+mechanism=IP", "++mechanism=IP"])
+def test_a_mechanism_override_of_the_joint_model_is_an_error_naming_model_biencoder(override, tmp_path):
+    cfg = compose_cfg("train", [], tmp_path, tmp_path)
+    assert runner.is_joint(cfg)  # the default model
+    with pytest.raises(ValueError, match="add model=biencoder") as error:
+        runner.check_mechanism_override(cfg, ["encoder=tiny", override, "seed=3"])
+    assert "model=biencoder mechanism=IP" in str(error.value)
+    assert override in str(error.value)
+    joint = compose_cfg("train", ["model=joint"], tmp_path, tmp_path)
+    with pytest.raises(ValueError, match="model=biencoder mechanism=IP"):
+        runner.check_mechanism_override(joint, ["model=joint", override])
+
+
+def test_one_mechanism_with_model_biencoder_and_the_joint_model_without_mechanism_are_accepted(tmp_path):
+    overrides = ["model=biencoder", "mechanism=IP"]
+    biencoder = compose_cfg("train", overrides, tmp_path, tmp_path)
+    assert not runner.is_joint(biencoder) and biencoder.mechanism.name == "IP"
+    runner.check_mechanism_override(biencoder, overrides)
+    runner.check_mechanism_override(compose_cfg("train", [], tmp_path, tmp_path), [])
+    runner.check_mechanism_override(compose_cfg("train", ["seed=3"], tmp_path, tmp_path), ["encoder=tiny", "seed=3"])
+    runner.check_mechanism_override(compose_cfg("train", ["model=joint"], tmp_path, tmp_path), ["model=joint"])
+
+
+def test_the_entry_point_refuses_mechanism_with_the_joint_model_before_training(synthetic_dir, tmp_path):
+    logs, cache = tmp_path / "logs", tmp_path / "cache"
+    command = [
+        sys.executable, "-m", "empathy.train", "mechanism=IP", "encoder=tiny", "debug=fast", "logger=csv",
+        f"paths.data_dir={synthetic_dir}", f"paths.log_dir={logs}", f"paths.cache_dir={cache}",
+        "trainer.precision=32-true", "trainer.accelerator=cpu", "++trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("EMPATHY_LOG_DIR", None)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "model=biencoder mechanism=IP" in done.stderr, done.stderr[-3000:]
+    # nothing was prepared or trained: no cache, no resolved config, no checkpoint, no metrics
+    assert not cache.exists()
+    written = {p.name for p in logs.rglob("*")} if logs.exists() else set()
+    assert not written & {"resolved_config.yaml", "split.csv", "checkpoints", "metrics.json", "csv"}, written
