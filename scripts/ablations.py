@@ -7,8 +7,8 @@ then test only the chosen configurations; write results/ablations.{md,csv}.
     python scripts/ablations.py report --out outputs/ablations
 
 Stages of `run` (each job is `python -m empathy.train <overrides>`, with its own run folder):
-1. `cv`: every lever of LEVERS, one change from its base (the separate per-mechanism default or
-   the joint model), on each of `--folds` folds of train + dev (`data.cv_folds`, grouped by seeker
+1. `cv`: every lever of LEVERS, one change from its base (BASES: the separate per-mechanism
+   default, or the joint model at lr 1e-4, as the study started), on each of `--folds` folds of train + dev (`data.cv_folds`, grouped by seeker
    post, stratified); `test=false`: test is never touched. The dev decoding grid is scored too.
 2. `combine`: the joint base with every joint lever that beat it in stage 1, together.
 3. `test`: the chosen configuration, with the rationale decoding that scored best in
@@ -42,15 +42,22 @@ ROOT = Path(__file__).resolve().parents[1]
 MECHANISMS = ("ER", "IP", "EX")
 PAPER = {"ER": 74.46, "IP": 62.6, "EX": 72.58}
 
-# name, base ("separate" or "joint"), overrides, what it tests
+# What every lever of a base starts from, pinned so that the study means the same after the
+# defaults changed because of it (the joint model's lr 2e-4 and threshold 0.2 came from this study).
+BASES: dict[str, list[str]] = {
+    "separate": [],
+    "joint": ["model.optimizer.lr=1e-4", "model.rationale_decoding.threshold=0.3"],
+}
+
+# name, base ("separate" or "joint"), overrides on top of the base, what it tests
 LEVERS: list[tuple[str, str, list[str], str]] = [
     ("separate_len64", "separate", ["data.max_len=64"], "one model per mechanism at max_len 64, the default before this study"),
     ("separate", "separate", [], "one model per mechanism (max_len 128: 64 truncates rationales)"),
-    ("joint", "joint", [], "one response encoder, three mechanism heads (model=joint)"),
+    ("joint", "joint", [], "one response encoder, three mechanism heads (model=joint), lr 1e-4: the joint base"),
     ("joint_len64", "joint", ["data.max_len=64"], "max_len 64 (default 128)"),
     ("joint_len256", "joint", ["data.max_len=256"], "max_len 256"),
-    ("joint_lr5e-5", "joint", ["model.optimizer.lr=5e-5"], "learning rate 5e-5 (default 1e-4)"),
-    ("joint_lr2e-4", "joint", ["model.optimizer.lr=2e-4"], "learning rate 2e-4"),
+    ("joint_lr5e-5", "joint", ["model.optimizer.lr=5e-5"], "learning rate 5e-5 (base 1e-4)"),
+    ("joint_lr2e-4", "joint", ["model.optimizer.lr=2e-4"], "learning rate 2e-4 (now the joint default)"),
     ("joint_epochs10", "joint", ["trainer.max_epochs=10"], "10 epochs (default 6)"),
     ("joint_epochs4", "joint", ["trainer.max_epochs=4"], "4 epochs"),
     ("joint_warmup0", "joint", ["model.scheduler.warmup_ratio=0"], "no warm-up (the paper; default 0.1)"),
@@ -129,6 +136,17 @@ class Runner:
             list(pool.map(self.run_one, jobs))
 
 
+def merge_overrides(*groups: list[str]) -> list[str]:
+    """``key=value`` overrides in order, a later value of a key replacing an earlier one (Hydra
+    refuses a key given twice)."""
+    merged: dict[str, str] = {}
+    for override in (o for group in groups for o in group):
+        key = override.partition("=")[0]
+        merged.pop(key, None)
+        merged[key] = override
+    return list(merged.values())
+
+
 def model_overrides(base: str, mechanism: str) -> list[str]:
     return ["model=joint"] if base == "joint" else ["model=biencoder", f"mechanism={mechanism}"]
 
@@ -139,8 +157,8 @@ def cv_jobs(out: Path, stage: str, lever: str, base: str, overrides: list[str], 
         for k in range(folds):
             jobs.append(Job(
                 stage, lever,
-                [*model_overrides(base, mechanism), *overrides, "model.decoding_grid=true", "test=false",
-                 f"data.cv_folds={folds}", f"data.cv_fold={k}"],
+                merge_overrides(model_overrides(base, mechanism), BASES[base], overrides,
+                                ["model.decoding_grid=true", "test=false", f"data.cv_folds={folds}", f"data.cv_fold={k}"]),
                 out / stage / lever / f"{mechanism}-fold{k}", mechanism, fold=k,
             ))
     return jobs
@@ -148,7 +166,8 @@ def cv_jobs(out: Path, stage: str, lever: str, base: str, overrides: list[str], 
 
 def test_jobs(out: Path, lever: str, base: str, overrides: list[str], seeds: int) -> list[Job]:
     return [
-        Job("test", lever, [*model_overrides(base, m), *overrides, f"seed={s}"], out / "test" / lever / f"{m}-seed{s}", m, seed=s)
+        Job("test", lever, merge_overrides(model_overrides(base, m), BASES[base], overrides, [f"seed={s}"]),
+            out / "test" / lever / f"{m}-seed{s}", m, seed=s)
         for m in (("joint",) if base == "joint" else MECHANISMS)
         for s in range(1, seeds + 1)
     ]
@@ -207,7 +226,7 @@ def external_test_runs(spec: str, cv: dict[str, dict]) -> list[dict]:
     if entry is None or not folder:
         raise SystemExit(f"--test-runs {spec}: expected LEVER=DIR with a lever of LEVERS")
     base, overrides = entry
-    overrides = [*overrides, *decoding_overrides(cv.get(lever, {}).get("best_decoding"))]
+    overrides = merge_overrides(BASES[base], overrides, decoding_overrides(cv.get(lever, {}).get("best_decoding")))
     paths = sorted(Path(folder).glob("*/metrics.json"))
     if not paths:
         raise SystemExit(f"--test-runs {spec}: no */metrics.json under {folder}")

@@ -159,8 +159,19 @@ def test_test_jobs_see_test_on_the_standard_split(tmp_path):
         assert not any(o.startswith("data.cv_") for o in job.overrides)
         assert f"seed={job.seed}" in job.overrides
         assert job.folder == tmp_path / "test" / job.lever / f"{job.mechanism}-seed{job.seed}"
-    assert all(j.overrides[:2] == ["model=joint", "trainer.max_epochs=4"] for j in joint)
+    assert all(j.overrides[:4] == ["model=joint", *ablations.BASES["joint"], "trainer.max_epochs=4"] for j in joint)
     assert all(j.overrides[:2] == ["model=biencoder", f"mechanism={j.mechanism}"] for j in separate)
+
+
+def test_a_lever_replaces_its_base_value_and_the_base_stays_pinned(tmp_path):
+    """The joint levers start from lr 1e-4 / threshold 0.3 (the study's base) even now that the
+    joint default is lr 2e-4 / 0.2; a lever's own value replaces the base's, never doubles it."""
+    (job,) = ablations.test_jobs(tmp_path, "joint_lr2e-4", "joint", ["model.optimizer.lr=2e-4"], seeds=1)
+    assert [o for o in job.overrides if o.startswith("model.optimizer.lr=")] == ["model.optimizer.lr=2e-4"]
+    assert "model.rationale_decoding.threshold=0.3" in job.overrides
+    (base,) = ablations.cv_jobs(tmp_path, "cv", "joint", "joint", [], folds=1)
+    assert "model.optimizer.lr=1e-4" in base.overrides
+    assert ablations.merge_overrides(["a=1", "b=2"], ["a=3"]) == ["b=2", "a=3"]
 
 
 # ------------------------------------------------------------------------------------- report

@@ -188,7 +188,7 @@ def test_wandb_offline_run_has_metrics_and_confusion_image(model, image_folders,
 
 # ------------------------------------------------------------------------------------- mechanism=
 # The joint model (the default) trains ER, IP and EX at once: mechanism= with it is an error.
-@pytest.mark.parametrize("override", ["mechanism=IP", "+mechanism=IP", "++mechanism=IP"])
+@pytest.mark.parametrize("override", ["mechanism=IP", "+mechanism=IP", "++mechanism=IP", "mechanism.name=IP"])
 def test_a_mechanism_override_of_the_joint_model_is_an_error_naming_model_biencoder(override, tmp_path):
     cfg = compose_cfg("train", [], tmp_path, tmp_path)
     assert runner.is_joint(cfg)  # the default model
