@@ -462,11 +462,13 @@ def report(args: argparse.Namespace) -> None:
             writer.writerow({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in row.items()})
     manifest = [json.loads(x) for x in (out / "jobs.jsonl").read_text().splitlines()] if (out / "jobs.jsonl").is_file() else []
     latest = {m["folder"]: m for m in manifest}  # a job run again: its last record counts
-    failed = [m for m in latest.values() if m["status"] != "ok"]
+    elsewhere = {spec.partition("=")[0] for spec in args.test_runs}  # their test runs came from --test-runs
+    failed = [m for m in latest.values() if m["status"] != "ok" and not (m["stage"] == "test" and m["lever"] in elsewhere)]
     lines = [
         "# Ablations: every lever, chosen by cross-validation inside train + dev",
         "",
-        f"Produced by `python scripts/ablations.py report --out {args.out}` from the run folder of "
+        f"Produced by `python scripts/ablations.py report --out {args.out}"
+        + "".join(f" --test-runs {spec}" for spec in args.test_runs) + "` from the run folder of "
         f"`python scripts/ablations.py run` (see the script's docstring). CV = mean over the folds of "
         "train + dev (grouped by seeker post) of the dev figures of each fold's best epoch; test = the "
         "standard split, mean +- std over seeds, for the chosen configurations only.",
