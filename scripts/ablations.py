@@ -1,10 +1,11 @@
 """Choose the default model honestly: k-fold cross-validation of every lever inside train + dev,
 then test only the chosen configurations; write results/ablations.{md,csv}.
 
-    # everything (a GPU machine: ~10 min on one H100/H200 with 8 workers)
-    python scripts/ablations.py run --out outputs/ablations --trainer gpu --workers 8
-    # the report of a finished (or partly finished) run folder
-    python scripts/ablations.py report --out outputs/ablations
+    # everything (a GPU machine: about 20 minutes on one H100 with 16 workers; a joint job took
+    # about 200 s with 16 sharing the GPU, the 45 joint CV jobs about 11 minutes)
+    python scripts/ablations.py run --out outputs/ablations --trainer gpu --workers 16
+    # the report of a finished (or partly finished) run folder; test runs trained elsewhere
+    python scripts/ablations.py report --out outputs/ablations [--test-runs LEVER=DIR ...]
 
 Stages of `run` (each job is `python -m empathy.train <overrides>`, with its own run folder):
 1. `cv`: every lever of LEVERS, one change from its base (BASES: the separate per-mechanism
