@@ -100,7 +100,8 @@ def check_mechanism_override(cfg: DictConfig, overrides: Sequence[str]) -> None:
         return
     for override in overrides:
         key, _, value = override.partition("=")
-        if key.lstrip("+~") == "mechanism" or key.lstrip("+~").startswith("mechanism."):
+        key = key.lstrip("+~")
+        if key == "mechanism" or key.startswith("mechanism."):
             raise ValueError(
                 f"{override}: the joint model (model=joint, the default) trains ER, IP and EX at once and has no "
                 f"mechanism to choose; add model=biencoder to train one mechanism (model=biencoder mechanism={value})"

@@ -71,6 +71,7 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
     ("joint_no_attention", "joint", ["model.net.use_attention=false"], "no seeker encoder / attention"),
     ("joint_dapt", "joint", ["encoder=local", "encoder.path={dapt}"], "encoder after domain-adaptive MLM"),
 ]
+BY_NAME: dict[str, tuple[str, list[str]]] = {name: (base, overrides) for name, base, overrides, _ in LEVERS}
 NOT_COMBINED = {"joint_epochs4", "joint_len64", "joint_no_attention"}  # cheaper variants: compared, never stacked
 
 
@@ -223,7 +224,7 @@ def external_test_runs(spec: str, cv: dict[str, dict]) -> list[dict]:
     subfolder of DIR. Each job's resolved config must hold the lever's overrides and its
     cross-validated decoding, or the report stops."""
     lever, _, folder = spec.partition("=")
-    entry = next(((b, o) for n, b, o, _ in LEVERS if n == lever), None)
+    entry = BY_NAME.get(lever)
     if entry is None or not folder:
         raise SystemExit(f"--test-runs {spec}: expected LEVER=DIR with a lever of LEVERS")
     base, overrides = entry
@@ -315,7 +316,7 @@ def summarise_test(runs: list[dict]) -> dict[str, dict]:
 
 def minutes_per_configuration(name: str, summary: dict) -> float:
     """Training minutes for all three mechanisms: one joint job, or three separate ones."""
-    base = next((b for n, b, _, _ in LEVERS if n == name), "joint")
+    base = BY_NAME.get(name, ("joint", []))[0]
     minutes = summary.get("minutes_per_job")
     return float("inf") if minutes is None else minutes * (1 if base == "joint" else len(MECHANISMS))
 
@@ -389,7 +390,7 @@ def run(args: argparse.Namespace) -> None:
             finals.append(("separate", complete["separate"]["best_decoding"]))
         tests = []
         for name, tag in finals:
-            base_kind, overrides = next(((b, o) for n, b, o, _ in LEVERS if n == name), ("joint", None))
+            base_kind, overrides = BY_NAME.get(name, ("joint", None))
             if overrides is None:  # the combined configuration
                 overrides = json.loads((out / "combined.json").read_text())["overrides"]
             overrides = [o.replace("{dapt}", str(dapt / "encoder")) for o in overrides]
@@ -470,7 +471,7 @@ def report(args: argparse.Namespace) -> None:
         "",
         f"Produced by `python scripts/ablations.py report --out {args.out}"
         + "".join(f" --test-runs {spec}" for spec in args.test_runs) + "` from the run folder of "
-        f"`python scripts/ablations.py run` (see the script's docstring). CV = mean over the folds of "
+        "`python scripts/ablations.py run` (see the script's docstring). CV = mean over the folds of "
         "train + dev (grouped by seeker post) of the dev figures of each fold's best epoch; test = the "
         "standard split, mean +- std over seeds, for the chosen configurations only.",
         "",

@@ -1,4 +1,5 @@
-"""Train every (experiment, mechanism, seed) as one Hydra multirun, then write the results table.
+"""Train every (experiment, mechanism, seed) as a Hydra multirun (one per kind of model), then
+write the results table.
 
     python scripts/reproduce_table.py                                   # default (joint model) x seeds 1..5
     python scripts/reproduce_table.py --experiments default,paper,no_attention trainer=gpu
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="paper_table", help="file name of the table: <out>/<name>.md and .csv (default: paper_table)")
     parser.add_argument("--aggregate-only", nargs="+", metavar="DIR", help="only aggregate these finished run / multirun folders")
     parser.add_argument("--joint", action="store_true", help="model=joint for every experiment (the default model already is)")
-    parser.add_argument("--dry-run", action="store_true", help="print the training command and exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the training command(s) and exit")
     parser.add_argument("--no-floors", action="store_true", help="do not compute the floors on the runs' split (needs the data)")
     args = parser.parse_args(argv)
 
