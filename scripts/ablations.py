@@ -9,8 +9,9 @@ then test only the chosen configurations; write results/ablations.{md,csv}.
 
 Stages of `run` (each job is `python -m empathy.train <overrides>`, with its own run folder):
 1. `cv`: every lever of LEVERS, one change from its base (BASES: the separate per-mechanism
-   default, or the joint model at lr 1e-4, as the study started), on each of `--folds` folds of train + dev (`data.cv_folds`, grouped by seeker
-   post, stratified); `test=false`: test is never touched. The dev decoding grid is scored too.
+   default, or the joint model at lr 1e-4, as the study started), on each of `--folds` folds of
+   train + dev (`data.cv_folds`, grouped by seeker post, stratified); `test=false`: test is never
+   touched. The dev decoding grid is scored too.
 2. `combine`: the joint base with every joint lever that beat it in stage 1, together.
 3. `test`: the chosen configuration, with the rationale decoding that scored best in
    cross-validation, and the separate-model default, each on the standard split with `--seeds`
@@ -193,28 +194,22 @@ def load_runs(out: Path) -> list[dict]:
     return runs
 
 
-def _value(text: str):
-    """An override's value as the resolved config holds it (2e-4 -> 0.0002, null -> None)."""
-    if text == "null":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text, text)
-
-
 def config_mismatches(cfg, base: str, overrides: list[str]) -> list[str]:
     """What in a run's resolved config differs from a lever's base and ``key=value`` overrides
-    (config group choices other than model= are not checked: the resolved config has no names)."""
+    (values parsed by Hydra's own override grammar; config group choices other than model= are not
+    checked: the resolved config has no names)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from empathy import runner
 
     wrong = [] if runner.is_joint(cfg) == (base == "joint") else [f"model: expected the {base} model"]
-    for override in overrides:
+    for override, parsed in zip(overrides, OverridesParser.create().parse_overrides(overrides), strict=True):
         key, _, value = override.partition("=")
-        if "." in key and OmegaConf.select(cfg, key) != _value(value):
-            wrong.append(f"{key}={OmegaConf.select(cfg, key)} (expected {value})")
+        if "." not in key:
+            continue
+        got = OmegaConf.select(cfg, key)
+        if got != parsed.value():
+            wrong.append(f"{key}={got} (expected {value})")
     return wrong
 
 
