@@ -199,7 +199,11 @@ class EpitomeDataModule(pl.LightningDataModule):
         return self._loader(split, batch_size=self.eval_batch_size)
 
     def seeker_dataloader(self) -> DataLoader:
-        """Each distinct seeker post once (all splits), in seeker_id order: for the seeker cache."""
+        """Each distinct seeker post once (all splits), for the seeker cache: sorted by length, then
+        seeker_id (a fixed order and batching, so the cache is the same in every run), so that a
+        batch is padded to about its own posts' length. Seeker posts are short (median 40 tokens,
+        80 of 2978 reach max_len 128): in seeker_id order the batches were padded to 124 tokens on
+        average and the cache took 87 s of each joint run on the 2-core CPU."""
         rows: dict[int, list[int]] = {}
         for split in SPLITS:
             dataset = self.dataset(split)
@@ -207,6 +211,6 @@ class EpitomeDataModule(pl.LightningDataModule):
                 rows.setdefault(seeker_id, ids)
         items = [
             {"seeker_id": sid, "seeker_input_ids": ids, "response_input_ids": [0], "response_mask": [0], "index": 0}
-            for sid, ids in sorted(rows.items())
+            for sid, ids in sorted(rows.items(), key=lambda row: (len(row[1]), row[0]))
         ]
         return DataLoader(items, batch_size=self.eval_batch_size, collate_fn=self.collator)
