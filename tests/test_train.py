@@ -227,3 +227,38 @@ def test_the_entry_point_refuses_mechanism_with_the_joint_model_before_training(
     assert not cache.exists()
     written = {p.name for p in logs.rglob("*")} if logs.exists() else set()
     assert not written & {"resolved_config.yaml", "split.csv", "checkpoints", "metrics.json", "csv"}, written
+
+
+def test_resumable_checkpoint_saves_mid_epoch_by_minutes_or_steps(tmp_path, monkeypatch):
+    from empathy.models import callbacks
+
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+
+    class Trainer:  # what the callback reads of a Lightning Trainer
+        num_training_batches, current_epoch, is_global_zero, global_step = 100, 0, True, 0
+        strategy = type("Strategy", (), {"broadcast": staticmethod(lambda obj, src=0: obj)})()
+
+        def __init__(self):
+            self.saved = []
+
+        def save_checkpoint(self, path):
+            self.saved.append(self.global_step)
+            Path(path).write_bytes(b"ckpt")
+
+    def steps_saved(**kwargs) -> list[int]:
+        callback, trainer = callbacks.ResumableCheckpoint(tmp_path, **kwargs), Trainer()
+        clock[0] = 0.0
+        callback.on_train_start(trainer, None)
+        for step in range(1, 100):  # one minute a step; the last batch is left to the epoch end
+            clock[0] += 60.0
+            trainer.global_step = step
+            callback.on_train_batch_end(trainer, None, None, None, step - 1)
+        return trainer.saved
+
+    assert steps_saved(every_n_minutes=10)[:3] == [10, 20, 30]
+    assert steps_saved(every_n_minutes=None, every_n_train_steps=30) == [30, 60, 90]
+    assert steps_saved(every_n_minutes=0, every_n_train_steps=0) == []
+    assert (tmp_path / "last.ckpt").read_bytes() == b"ckpt"
+    with pytest.raises(ValueError, match="every_n_minutes"):
+        callbacks.ResumableCheckpoint(tmp_path, every_n_minutes=-1)

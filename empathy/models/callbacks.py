@@ -3,7 +3,8 @@
 Lightning restores the weights, optimiser, scheduler and loop counters from a checkpoint; to end
 a resumed run with exactly the metrics of an uninterrupted one we also need (a) the global RNG
 states (dropout) and (b) the position in the epoch's shuffled order. ``ResumableCheckpoint``
-saves ``last.ckpt`` every ``every_n_train_steps`` optimiser steps with both, and the train loader
+saves ``last.ckpt`` with both at every epoch end and within an epoch every ``every_n_minutes`` of
+training (or every ``every_n_train_steps`` optimiser steps), and the train loader
 (``empathy.data.datamodule.ResumableSampler``) skips the batches that were already seen.
 """
 
@@ -23,23 +24,49 @@ log = logging.getLogger(__name__)
 
 
 class ResumableCheckpoint(pl.Callback):
-    def __init__(self, dirpath: str | os.PathLike, every_n_train_steps: int = 50, filename: str = "last.ckpt") -> None:
+    """``last.ckpt`` at every epoch end and, within an epoch, when ``every_n_minutes`` have passed
+    since the last save (decided on rank 0 and broadcast, so every DDP rank saves together) or
+    every ``every_n_train_steps`` optimiser steps; 0 or None turns either off.
+
+    A joint MiniLM checkpoint is 374 MB and takes about 2.7 s to write on the 2-core CPU: a save
+    every 50 steps cost about 4 s an epoch there, and on a GPU (several steps a second) a save every
+    few seconds. Time bounds the work a preempted job loses, whatever the hardware."""
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike,
+        every_n_train_steps: int | None = 0,
+        every_n_minutes: float | None = 10.0,
+        filename: str = "last.ckpt",
+    ) -> None:
+        if every_n_minutes is not None and every_n_minutes < 0:
+            raise ValueError(f"every_n_minutes must be >= 0 or null, got {every_n_minutes}")
         self.dirpath = Path(dirpath)
-        self.every_n_train_steps = every_n_train_steps
+        self.every_n_train_steps = every_n_train_steps or 0
+        self.every_n_minutes = every_n_minutes or 0.0
         self.filename = filename
         self._position: dict[str, int] | None = None
         self._pending_rng: dict[str, Any] | None = None
+        self._last_save = time.monotonic()
 
     @property
     def state_key(self) -> str:
         return "ResumableCheckpoint"
 
     # Saving --------------------------------------------------------------------------------
+    def _due(self, trainer: pl.Trainer) -> bool:
+        if self.every_n_train_steps > 0 and trainer.global_step % self.every_n_train_steps == 0:
+            return True
+        if self.every_n_minutes > 0:
+            late = time.monotonic() - self._last_save >= 60 * self.every_n_minutes
+            return bool(trainer.strategy.broadcast(late, src=0))
+        return False
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self.every_n_train_steps <= 0 or trainer.global_step % self.every_n_train_steps:
-            return
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # the end-of-epoch save covers it
+        if not self._due(trainer):
+            return
         self._position = {"epoch": trainer.current_epoch, "batches_done": batch_idx + 1}
         self.save(trainer)
         self._position = None
@@ -57,6 +84,7 @@ class ResumableCheckpoint(pl.Callback):
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             os.replace(tmp, path)
+        self._last_save = time.monotonic()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +100,7 @@ class ResumableCheckpoint(pl.Callback):
         self._resume_position = position
 
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        self._last_save = time.monotonic()
         position = getattr(self, "_resume_position", None)
         if position:
             sampler = getattr(trainer.datamodule, "train_sampler", None) if trainer.datamodule else None
