@@ -3,6 +3,7 @@
     python -m empathy.evaluate ckpt_path=<run>/checkpoints/best-epoch03.ckpt [split=dev|test|train]
     python -m empathy.evaluate ckpt_path=... mechanism=IP encoder=minilm   # also checks the checkpoint
     python -m empathy.evaluate ckpt_path=<joint run>/checkpoints/best-epoch03.ckpt  # model=joint: <split>/<M>/... per mechanism
+    python -m empathy.evaluate ckpt_path=... 'rationale_decoding={threshold:0.2,fill_gaps:4,IP:{fill_gaps:8}}'  # another decoding
 
 Writes ``eval_<split>.json`` into the run folder and prints the metrics.
 """
@@ -66,11 +67,14 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     check_matches(cfg, hparams, ckpt_path)
     if cfg.split not in ("train", "dev", "test"):
         raise ValueError(f"split must be train, dev or test, not {cfg.split!r}")
+    if cfg.get("rationale_decoding") is not None:
+        module.set_rationale_decoding(OmegaConf.to_container(cfg.rationale_decoding))
     datamodule = checkpoint_datamodule(cfg, module)
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
     results = trainer.test(module, dataloaders=datamodule.split_dataloader(cfg.split), weights_only=True)[0]
     metrics = {key.replace("test/", f"{cfg.split}/", 1): value for key, value in runner.scalar_metrics(results).items()}
-    payload = {"checkpoint": ckpt_path, "split": cfg.split, "metrics": metrics}
+    payload = {"checkpoint": ckpt_path, "split": cfg.split, "rationale_decoding": dict(hparams["rationale_decoding"]),
+               "metrics": metrics}
     write_json_atomic(output_dir / f"eval_{cfg.split}.json", payload)
     print(json.dumps(payload, indent=2))
     return metrics

@@ -14,6 +14,7 @@ from empathy.decoding import (
     DecodingGrid,
     RationaleDecoding,
     decode_rationales,
+    decoding_config,
     rationale_probs,
 )
 from empathy.metrics import RationaleIOUF1, RationaleMetrics, iou_f1, spans_from_labels
@@ -257,6 +258,29 @@ def test_rationale_decoding_from_config():
         RationaleDecoding.from_config({"fill_gaps": -2})
 
 
+def test_rationale_decoding_per_mechanism():
+    cfg = OmegaConf.create({"threshold": 0.2, "fill_gaps": 2, "min_span": 1, "IP": {"fill_gaps": 8},
+                            "ER": {}, "EX": None})
+    assert RationaleDecoding.from_config(cfg) == RationaleDecoding(0.2, 2)
+    assert RationaleDecoding.from_config(cfg, "ER") == RationaleDecoding(0.2, 2)
+    assert RationaleDecoding.from_config(cfg, "EX") == RationaleDecoding(0.2, 2)
+    assert RationaleDecoding.from_config(cfg, "IP") == RationaleDecoding(0.2, 8)
+    # what a checkpoint stores: the shared setting and each mechanism that differs, in full
+    assert decoding_config(cfg) == {"threshold": 0.2, "fill_gaps": 2, "min_span": 1,
+                                    "IP": {"threshold": 0.2, "fill_gaps": 8, "min_span": 1}}
+    assert decoding_config(decoding_config(cfg)) == decoding_config(cfg)
+    assert decoding_config({"threshold": 0.3}, ("ER",)) == {"threshold": 0.3, "fill_gaps": 0, "min_span": 1}
+    # a mechanism's bad value is an error even when another mechanism is decoded
+    with pytest.raises(ValueError, match=r"unknown rationale decoding key\(s\) \['gap'\] for EX"):
+        RationaleDecoding.from_config({"EX": {"gap": 1}}, "ER")
+    with pytest.raises(ValueError, match="threshold must be in"):
+        RationaleDecoding.from_config({"IP": {"threshold": 1.5}})
+    with pytest.raises(ValueError, match="IP: expected a mapping"):
+        RationaleDecoding.from_config({"IP": 0.3})
+    with pytest.raises(ValueError, match=r"unknown rationale decoding key\(s\) \['joint'\]"):
+        RationaleDecoding.from_config({"joint": {}})
+
+
 # ---------------------------------------------------------------------------------------
 # DecodingGrid
 # ---------------------------------------------------------------------------------------
@@ -289,8 +313,8 @@ def test_grid_keys_default():
     values = grid.compute()
     assert list(values) == [
         f"rationale_iou_f1@t{t}g{g}"
-        for t in ("0.2", "0.3", "0.4", "0.5", "0.6", "0.7")
-        for g in (0, 1, 2)
+        for t in ("0.05", "0.1", "0.15", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7")
+        for g in (0, 1, 2, 4, 8)
     ]
     assert all(isinstance(v, float) for v in values.values())
 

@@ -243,6 +243,45 @@ def test_evaluate_reproduces_a_joint_checkpoint(joint_run, joint_data, tmp_path)
         assert metrics[f"test/{key}"] == pytest.approx(result["metrics"][f"test/{key}"], abs=1e-6)
 
 
+def test_a_decoding_per_mechanism_decodes_each_head_with_its_own(joint_run, joint_data, tmp_path):
+    cfg, result = joint_run
+
+    def evaluate_with(decoding: str, name: str) -> dict:
+        eval_cfg = runner.compose_config(
+            "evaluate", [f"ckpt_path={result['best_checkpoint']}", "++trainer.enable_progress_bar=false",
+                         f"rationale_decoding={decoding}"],
+            data_dir=joint_data[0], output_dir=tmp_path / name,
+        )
+        with open_dict(eval_cfg):
+            eval_cfg.paths.cache_dir = cfg.paths.cache_dir
+        return evaluate(eval_cfg, tmp_path / name)
+
+    mixed = evaluate_with("{threshold:0.5,fill_gaps:0,IP:{threshold:0.05,fill_gaps:8}}", "mixed")
+    argmax = evaluate_with("{threshold:0.5,fill_gaps:0}", "argmax")
+    wide = evaluate_with("{threshold:0.05,fill_gaps:8}", "wide")
+    keys = ("rationale_iou_f1_strict", "rationale_token_f1_strict", "rationale_iou_f1_paper", "macro_f1")
+    for key in keys:
+        assert mixed[f"test/IP/{key}"] == pytest.approx(wide[f"test/IP/{key}"], abs=1e-9)
+        for m in ("ER", "EX"):
+            assert mixed[f"test/{m}/{key}"] == pytest.approx(argmax[f"test/{m}/{key}"], abs=1e-9)
+    # the two decodings differ on IP (else the check above proves nothing)
+    assert wide["test/IP/rationale_token_f1_strict"] != argmax["test/IP/rationale_token_f1_strict"]
+    saved = json.loads((tmp_path / "mixed" / "eval_test.json").read_text())["rationale_decoding"]
+    assert saved == {"threshold": 0.5, "fill_gaps": 0, "min_span": 1, "IP": {"threshold": 0.05, "fill_gaps": 8, "min_span": 1}}
+
+    # prediction decodes each mechanism with its own setting too
+    pairs = [("I lost my job and I feel alone.", "I'm so sorry. That sounds really hard; you are not alone.")] * 3
+    model = load_model(result["best_checkpoint"], "joint")
+    model.rationale_decoding = {"threshold": 0.5, "fill_gaps": 0, "IP": {"threshold": 0.05, "fill_gaps": 8}}
+    got = EmpathyPredictor({"joint": model}).predict(*zip(*pairs, strict=True))
+    model.rationale_decoding = {"threshold": 0.05, "fill_gaps": 8}
+    all_wide = EmpathyPredictor({"joint": model}).predict(*zip(*pairs, strict=True))
+    model.rationale_decoding = {"threshold": 0.5, "fill_gaps": 0}
+    all_argmax = EmpathyPredictor({"joint": model}).predict(*zip(*pairs, strict=True))
+    assert got["IP"].rationales == all_wide["IP"].rationales
+    assert got["ER"].rationales == all_argmax["ER"].rationales and got["EX"].rationales == all_argmax["EX"].rationales
+
+
 # ------------------------------------------------------------------------------------- export, predict
 def test_export_and_predict_give_every_mechanism_with_one_response_pass(joint_run, joint_data, tmp_path):
     _, result = joint_run

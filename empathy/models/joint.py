@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from empathy import JOINT, MECHANISMS
 from empathy.data.joint import IGNORE_INDEX, level_column, rationale_column
-from empathy.decoding import DecodingGrid, rationale_probs
+from empathy.decoding import DecodingGrid, RationaleDecoding, rationale_probs
 from empathy.metrics import RationaleMetrics, level_metrics
 from empathy.models.biencoder import BiEncoderOutput, multitask_loss
 from empathy.models.module import STAGE_PREFIX, EmpathyModule, to_paper_predictions
@@ -75,6 +75,8 @@ class JointEmpathyModule(EmpathyModule):
         for m in mechanisms:
             w = None if weights is None else torch.tensor(weights[m], dtype=torch.float32)
             self.register_buffer(f"class_weights_{m}", w, persistent=False)
+        # a decoding per mechanism (rationale_decoding may hold values per mechanism)
+        self.decodings = {m: RationaleDecoding.from_config(self.hparams.rationale_decoding, m) for m in mechanisms}
         # the single model's grid scores one mechanism: one grid per mechanism here
         self.val_decoding_grid = None
         self.joint_grids = nn.ModuleDict({m: DecodingGrid() for m in mechanisms}) if self.hparams.decoding_grid else None
@@ -98,6 +100,10 @@ class JointEmpathyModule(EmpathyModule):
     @property
     def mechanisms(self) -> tuple[str, ...]:
         return self.net.mechanisms
+
+    def set_rationale_decoding(self, config: Mapping[str, Any] | None) -> None:
+        super().set_rationale_decoding(config)
+        self.decodings = {m: RationaleDecoding.from_config(self.hparams.rationale_decoding, m) for m in self.mechanisms}
 
     # ---------------------------------------------------------------- loss
     def _joint_loss(self, outputs: Mapping[str, BiEncoderOutput], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -148,7 +154,7 @@ class JointEmpathyModule(EmpathyModule):
                 continue
             gold = gold[keep]
             mask = batch["rationale_mask"][keep].bool()
-            level, rationale = self.predictions(_rows(outputs[m], keep), mask)
+            level, rationale = self.predictions(_rows(outputs[m], keep), mask, m)
             paper_preds = (
                 rationale if self.hparams.rationale_policy == "paper" else to_paper_predictions(rationale, level, mask)
             )

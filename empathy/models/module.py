@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.optim.lr_scheduler import LambdaLR
 
 from empathy import JOINT
-from empathy.decoding import DecodingGrid, RationaleDecoding, rationale_probs
+from empathy.decoding import DecodingGrid, RationaleDecoding, decoding_config, rationale_probs
 from empathy.metrics import RationaleMetrics, level_metrics
 from empathy.models.biencoder import BiEncoderOutput, build_net, multitask_loss
 
@@ -121,12 +121,12 @@ class EmpathyModule(pl.LightningModule):
                 "class_weights": None if class_weights is None else [float(w) for w in class_weights],
                 "data_config": _plain(data_config) or {},
                 "layerwise_lr_decay": float(layerwise_lr_decay),
-                "rationale_decoding": RationaleDecoding.from_config(_plain(rationale_decoding)).to_dict(),
+                "rationale_decoding": decoding_config(_plain(rationale_decoding), (mechanism,)),
                 "decoding_grid": bool(decoding_grid),
                 "compile": bool(compile),
             }
         )
-        self.decoding = RationaleDecoding.from_config(self.hparams.rationale_decoding)
+        self.decoding = RationaleDecoding.from_config(self.hparams.rationale_decoding, mechanism)
         # Dev-set scores of several rationale decodings at once (choosing one by cross-validation).
         self.val_decoding_grid = DecodingGrid() if decoding_grid else None
         self.net = build_net(self.hparams.encoder, self.hparams.net)
@@ -247,10 +247,18 @@ class EmpathyModule(pl.LightningModule):
         self.log("train/rationale_loss", losses["rationale_loss"], batch_size=size)
         return losses["loss"]
 
-    def predictions(self, output: BiEncoderOutput, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Predicted levels [batch] and rationale tokens [batch, tokens] (0 outside ``mask``)."""
+    def set_rationale_decoding(self, config: Mapping[str, Any] | None) -> None:
+        """Decode rationales with ``config`` from now on (a trained model evaluated with another
+        decoding: ``python -m empathy.evaluate rationale_decoding=...``); stored in hparams."""
+        self.hparams["rationale_decoding"] = decoding_config(_plain(config), (self.hparams.mechanism,))
+        self.decoding = RationaleDecoding.from_config(self.hparams.rationale_decoding, self.hparams.mechanism)
+
+    def predictions(self, output: BiEncoderOutput, mask: Tensor, mechanism: str | None = None) -> tuple[Tensor, Tensor]:
+        """Predicted levels [batch] and rationale tokens [batch, tokens] (0 outside ``mask``),
+        with ``mechanism``'s rationale decoding (a joint model's head) or the model's own."""
         level = output.level_logits.argmax(-1)
-        rationale = self.decoding.decode(rationale_probs(output.rationale_logits), mask)
+        decoding = self.decodings[mechanism] if mechanism is not None else self.decoding
+        rationale = decoding.decode(rationale_probs(output.rationale_logits), mask)
         return level, rationale
 
     def _eval_step(self, batch: Mapping[str, Tensor], stage: str) -> None:

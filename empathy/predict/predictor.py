@@ -119,7 +119,7 @@ class LoadedModel:
     source: str  # the checkpoint file or export folder
     net_config: dict = field(default_factory=dict)
     data_config: dict = field(default_factory=dict)
-    rationale_decoding: dict = field(default_factory=dict)  # threshold, fill_gaps, min_span (empty: argmax)
+    rationale_decoding: dict = field(default_factory=dict)  # threshold, fill_gaps, min_span [, per mechanism] (empty: argmax)
     seeker_sha256: str | None = None  # None: no seeker encoder (use_attention=false)
     info: dict = field(default_factory=dict)  # metrics and provenance, when known
 
@@ -641,7 +641,7 @@ class EmpathyPredictor:
             real = np.zeros(tuple(out.rationale_logits.shape[:2]), dtype=bool)
             for k, i in enumerate(rows):
                 real[k, : len(enc.response_real[i])] = enc.response_real[i]
-            decoding = RationaleDecoding.from_config(self.models[self._model_of[m]].rationale_decoding)
+            decoding = RationaleDecoding.from_config(self.models[self._model_of[m]].rationale_decoding, m)
             probs_r = rationale_probs(out.rationale_logits)
             token = decoding.decode(probs_r, torch.from_numpy(real).to(probs_r.device)).cpu().numpy()
             for k, runs in enumerate(token_runs((token == 1) & real)):
