@@ -13,11 +13,13 @@ Stages of `run` (each job is `python -m empathy.train <overrides>`, with its own
    train + dev (`data.cv_folds`, grouped by seeker post, stratified); `test=false`: test is never
    touched. The dev decoding grid is scored too.
 2. `combine`: the joint base with every joint lever that beat it in stage 1, together.
-3. `test`: the chosen configuration, with the rationale decoding that scored best in
-   cross-validation, and the separate-model default, each on the standard split with `--seeds`
-   seeds: the only runs that see test. Chosen: the fastest to train (CV minutes for all three
-   mechanisms) of the configurations whose cross-validated macro-F1 (mean over ER, IP, EX) is
-   within `--tolerance` points (0.5) of the best.
+3. `decoding`: the chosen configuration on the same folds again, when its `cv` jobs scored a
+   smaller decoding grid than today's (`empathy.decoding.DecodingGrid`); each mechanism then gets
+   the decoding with its best mean dev strict IOU-F1 over the folds (`chosen.json`: decodings).
+   Chosen: the fastest to train (CV minutes for all three mechanisms) of the configurations whose
+   cross-validated macro-F1 (mean over ER, IP, EX) is within `--tolerance` points (0.5) of the best.
+4. `test`: the chosen configuration with those decodings, and the separate-model default with its
+   own, each on the standard split with `--seeds` seeds: the only runs that see test.
 Jobs that have a metrics.json are not run again (a stopped run continues). `--budget-s` stops
 starting jobs after that many seconds; the report says what did not run.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -213,17 +216,22 @@ def config_mismatches(cfg, base: str, overrides: list[str]) -> list[str]:
     return wrong
 
 
-def external_test_runs(spec: str, cv: dict[str, dict]) -> list[dict]:
+def external_test_runs(spec: str, runs: list[dict]) -> list[dict]:
     """``LEVER=DIR``: the test runs of a lever that another command trained (e.g. the 5 seeds of
     ``scripts/reproduce_table.py`` once the lever is the default), one ``empathy.train`` job per
     subfolder of DIR. Each job's resolved config must hold the lever's overrides and its
-    cross-validated decoding, or the report stops."""
+    cross-validated decoding per mechanism (``best_decodings`` of ``decoding_runs``), or the
+    report stops."""
     lever, _, folder = spec.partition("=")
     entry = BY_NAME.get(lever)
     if entry is None or not folder:
         raise SystemExit(f"--test-runs {spec}: expected LEVER=DIR with a lever of LEVERS")
     base, overrides = entry
-    overrides = merge_overrides(BASES[base], overrides, decoding_overrides(cv.get(lever, {}).get("best_decoding")))
+    decodings = {m: tag for m, (tag, _) in best_decodings(decoding_runs(runs, lever)).items()}
+    overrides = merge_overrides(BASES[base], overrides, mechanism_decoding_overrides(decodings))
+    if set(decodings) == set(MECHANISMS):  # the shared setting then decodes nothing: not checked
+        shared = {f"model.rationale_decoding.{k}" for k in ("threshold", "fill_gaps", "min_span")}
+        overrides = [o for o in overrides if o.partition("=")[0] not in shared]
     paths = sorted(Path(folder).glob("*/metrics.json"))
     if not paths:
         raise SystemExit(f"--test-runs {spec}: no */metrics.json under {folder}")
@@ -263,11 +271,9 @@ def summarise_cv(runs: list[dict]) -> dict[str, dict]:
                 f1[m].append(v)
             for m, v in per_mechanism(r, "dev", "rationale_iou_f1").items():
                 iou[m].append(v)
-            for key in r["metrics"]:
-                if "rationale_iou_f1@" in key:
-                    tag = key.split("@")[1]
-                    for m, v in per_mechanism(r, "dev", f"rationale_iou_f1@{tag}").items():
-                        grid[tag].append((m, v))
+        for m, tags in grid_scores(rs).items():
+            for tag, values in tags.items():
+                grid[tag] += [(m, v) for v in values]
         complete = all(len(f1[m]) == max(len(v) for v in f1.values()) for m in MECHANISMS) if f1 else False
         grid_means = {tag: statistics.mean(v for _, v in vals) for tag, vals in grid.items() if vals}
         best_tag = max(grid_means, key=grid_means.get) if grid_means else None
@@ -325,15 +331,90 @@ def choose(complete: dict[str, dict], tolerance: float) -> str:
     return min(near, key=lambda n: (minutes_per_configuration(n, complete[n]), -complete[n]["mean_macro_f1"]))
 
 
+def parse_tag(tag: str) -> tuple[float, int]:
+    """``t0.2g2`` (or ``t0.2g2m3``) -> (threshold, fill_gaps)."""
+    threshold, gaps = tag[1:].split("g")
+    return float(threshold), int(gaps.split("m")[0])
+
+
 def decoding_overrides(tag: str | None) -> list[str]:
     if not tag:
         return []
-    threshold, gaps = tag[1:].split("g")
-    gaps = gaps.split("m")[0]
-    return [f"model.rationale_decoding.threshold={threshold}", f"model.rationale_decoding.fill_gaps={gaps}"]
+    threshold, gaps = parse_tag(tag)
+    return [f"model.rationale_decoding.threshold={threshold:g}", f"model.rationale_decoding.fill_gaps={gaps}"]
+
+
+def mechanism_decoding_overrides(decodings: dict[str, str]) -> list[str]:
+    """``{mechanism: tag}`` -> one override per mechanism (its values replace the shared ones)."""
+    out = []
+    for m, tag in sorted(decodings.items(), key=lambda item: MECHANISMS.index(item[0])):
+        threshold, gaps = parse_tag(tag)
+        out.append(f"model.rationale_decoding.{m}={{threshold:{threshold:g},fill_gaps:{gaps}}}")
+    return out
+
+
+def grid_tags() -> list[str]:
+    """The decodings today's DecodingGrid scores."""
+    from empathy.decoding import DecodingGrid
+
+    return [d.tag for d in DecodingGrid().decodings]
+
+
+def grid_scores(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """mechanism -> decoding tag -> the dev strict IOU-F1 of each run (fold) that scored it."""
+    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        for tag in sorted({key.split("@")[1] for key in r["metrics"] if "rationale_iou_f1@" in key}):
+            for m, v in per_mechanism(r, "dev", f"rationale_iou_f1@{tag}").items():
+                scores[m][tag].append(v)
+    return scores
+
+
+def best_decodings(runs: list[dict]) -> dict[str, tuple[str, float]]:
+    """Per mechanism, the grid decoding with the best mean dev strict IOU-F1 over the runs (x100),
+    among those every run scored; ties as DecodingGrid.best (fewer gaps filled, then the threshold
+    nearest 0.5, then the lower one)."""
+    out = {}
+    for m, tags in grid_scores(runs).items():
+        runs_of_m = max(len(v) for v in tags.values())
+        means = {t: statistics.mean(v) for t, v in tags.items()
+                 if len(v) == runs_of_m and not any(math.isnan(x) for x in v)}
+        if not means:
+            continue
+
+        tag = min(means, key=lambda t, means=means: (-means[t], *decoding_preference(t)))
+        out[m] = (tag, 100 * means[tag])
+    return out
+
+
+def decoding_preference(tag: str) -> tuple:
+    """Among equal scores: fewer gaps filled, then the threshold nearest 0.5, then the lower one."""
+    threshold, gaps = parse_tag(tag)
+    return (gaps, round(abs(threshold - 0.5), 9), threshold)
+
+
+def lacks_grid(runs: list[dict], tags: list[str]) -> bool:
+    """Whether some mechanism of these runs was not scored with every decoding of ``tags``."""
+    scores = grid_scores(runs)
+    return not runs or any(set(tags) - set(scores.get(m, {})) for m in MECHANISMS)
+
+
+def decoding_runs(runs: list[dict], lever: str) -> list[dict]:
+    """The runs a lever's decodings are chosen on: its `decoding` stage if it ran, else its CV."""
+    own = [r for r in runs if r["lever"] == lever]
+    return [r for r in own if r["stage"] == "decoding"] or [r for r in own if r["stage"] in ("cv", "combine")]
 
 
 # ------------------------------------------------------------------------------------- run
+def lever_overrides(out: Path, name: str) -> tuple[str, list[str]]:
+    """A lever's base and overrides (the combined configuration's from combined.json), with the
+    DAPT encoder's folder filled in."""
+    base_kind, overrides = BY_NAME.get(name, ("joint", None))
+    if overrides is None:  # the combined configuration
+        overrides = json.loads((out / "combined.json").read_text())["overrides"]
+    return base_kind, [o.replace("{dapt}", str(out / "dapt" / "encoder")) for o in overrides]
+
+
 def run(args: argparse.Namespace) -> None:
     runner = Runner(args)
     out = runner.out
@@ -372,24 +453,31 @@ def run(args: argparse.Namespace) -> None:
             overrides = [o.replace("{dapt}", str(dapt / "encoder")) for o in overrides]
             runner.run_all(cv_jobs(out, "combine", "joint_combined", "joint", overrides, args.folds))
             (out / "combined.json").write_text(json.dumps({"levers": better, "overrides": overrides}, indent=2))
+    if not (args.seeds or args.decoding):
+        print(f"finished in {time.monotonic() - runner.started:.0f}s", flush=True)
+        return
+    summary = summarise_cv(load_runs(out))
+    complete = {k: v for k, v in summary.items() if v["mean_macro_f1"] is not None}
+    if not complete:
+        print("no complete cross-validated configuration: no decoding or test stage", flush=True)
+        return
+    best = choose(complete, args.tolerance)
+    finals = [best] + (["separate"] if "separate" in complete and best != "separate" else [])
+    if args.decoding:
+        tags = grid_tags()
+        for name in finals:
+            if lacks_grid(decoding_runs(load_runs(out), name), tags):
+                base_kind, overrides = lever_overrides(out, name)
+                runner.run_all(cv_jobs(out, "decoding", name, base_kind, overrides, args.folds))
+    runs = load_runs(out)
+    decodings = {name: {m: tag for m, (tag, _) in best_decodings(decoding_runs(runs, name)).items()} for name in finals}
+    (out / "chosen.json").write_text(json.dumps(
+        {"lever": best, "tolerance": args.tolerance, **complete[best], "decodings": decodings[best]}, indent=2))
     if args.seeds:
-        summary = summarise_cv(load_runs(out))
-        complete = {k: v for k, v in summary.items() if v["mean_macro_f1"] is not None}
-        if not complete:
-            print("no complete cross-validated configuration: no test stage", flush=True)
-            return
-        best = choose(complete, args.tolerance)
-        (out / "chosen.json").write_text(json.dumps({"lever": best, "tolerance": args.tolerance, **complete[best]}, indent=2))
-        finals = [(best, summary[best]["best_decoding"])]
-        if "separate" in complete and best != "separate":
-            finals.append(("separate", complete["separate"]["best_decoding"]))
         tests = []
-        for name, tag in finals:
-            base_kind, overrides = BY_NAME.get(name, ("joint", None))
-            if overrides is None:  # the combined configuration
-                overrides = json.loads((out / "combined.json").read_text())["overrides"]
-            overrides = [o.replace("{dapt}", str(dapt / "encoder")) for o in overrides]
-            tests += test_jobs(out, name, base_kind, [*overrides, *decoding_overrides(tag)], args.seeds)
+        for name in finals:
+            base_kind, overrides = lever_overrides(out, name)
+            tests += test_jobs(out, name, base_kind, [*overrides, *mechanism_decoding_overrides(decodings[name])], args.seeds)
         runner.run_all(tests)
     print(f"finished in {time.monotonic() - runner.started:.0f}s", flush=True)
 
@@ -415,12 +503,35 @@ def split_floors(max_len: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def decoding_stage_lines(runs: list[dict], cv: dict[str, dict]) -> list[str]:
+    """The `decoding` stage's section of the report: per lever that ran it, its folds' CV scores
+    and each mechanism's chosen decoding against the one its CV jobs' smaller grid chose."""
+    lines = []
+    for lever in sorted({r["lever"] for r in runs if r["stage"] == "decoding"}):
+        own = [r for r in runs if r["lever"] == lever and r["stage"] == "decoding"]
+        again = summarise_cv([{**r, "stage": "cv"} for r in own])[lever]
+        chosen = best_decodings(own)
+        before = best_decodings([r for r in runs if r["lever"] == lever and r["stage"] in ("cv", "combine")])
+        if not lines:
+            lines += ["", "## Decoding stage: the chosen configuration's folds again, with today's decoding grid", "",
+                      "| lever | folds | CV macro-F1 ER | IP | EX | mean | decoding ER (CV IOU-F1) | IP | EX | "
+                      "the CV stage's grid chose (ER / IP / EX) | min/job |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: |"]
+        lines.append(
+            f"| {lever} | {again['folds']} | " + " | ".join(fmt(again["macro_f1"].get(m)) for m in MECHANISMS)
+            + f" | {fmt(again['mean_macro_f1'])} | "
+            + " | ".join(f"{chosen[m][0]} ({fmt(chosen[m][1])})" if m in chosen else "" for m in MECHANISMS) + " | "
+            + " / ".join(f"{before[m][0]} ({fmt(before[m][1])})" if m in before else "-" for m in MECHANISMS)
+            + f" | {fmt(again['minutes_per_job'], 2)} |"
+        )
+    return lines
+
+
 def report(args: argparse.Namespace) -> None:
     out = Path(args.out).resolve()
     runs = load_runs(out)
     cv = summarise_cv(runs)
-    for spec in args.test_runs:
-        runs += external_test_runs(spec, cv)
+    runs += [run for spec in args.test_runs for run in external_test_runs(spec, runs)]
     test = summarise_test(runs)
     descriptions = {n: (b, o, d) for n, b, o, d in LEVERS}
     if (out / "combined.json").is_file():
@@ -432,6 +543,7 @@ def report(args: argparse.Namespace) -> None:
         s = cv[name]
         base, overrides, what = descriptions.get(name, ("", [], ""))
         t = test.get(name, {})
+        best = best_decodings([r for r in runs if r["lever"] == name and r["stage"] in ("cv", "combine")])
         row = {
             "lever": name, "base": base, "what": what, "overrides": " ".join(overrides),
             "cv_folds": s["folds"],
@@ -439,6 +551,8 @@ def report(args: argparse.Namespace) -> None:
             "cv_macro_f1_mean": s["mean_macro_f1"],
             **{f"cv_iou_f1_{m}": s["iou_f1"].get(m) for m in MECHANISMS},
             "cv_best_decoding": s["best_decoding"], "cv_best_decoding_iou_f1": s["best_decoding_iou"],
+            **{f"cv_best_decoding_{m}": best.get(m, (None, None))[0] for m in MECHANISMS},
+            **{f"cv_best_decoding_iou_f1_{m}": best.get(m, (None, None))[1] for m in MECHANISMS},
             "minutes_per_job": s["minutes_per_job"],
             "chosen": name == chosen,
         }
@@ -470,8 +584,9 @@ def report(args: argparse.Namespace) -> None:
         "train + dev (grouped by seeker post) of the dev figures of each fold's best epoch; test = the "
         "standard split, mean +- std over seeds, for the chosen configurations only.",
         "",
-        "| lever | what | CV macro-F1 ER | IP | EX | mean | CV IOU-F1 ER | IP | EX | best decoding (CV IOU-F1) | min/job |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| lever | what | CV macro-F1 ER | IP | EX | mean | CV IOU-F1 ER | IP | EX | best decoding: all (CV IOU-F1) "
+        "| ER | IP | EX | min/job |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: |",
     ]
     for r in rows:
         mark = " **(chosen)**" if r["chosen"] else ""
@@ -479,8 +594,11 @@ def report(args: argparse.Namespace) -> None:
             f"| {r['lever']}{mark} | {r['what']} | {fmt(r['cv_macro_f1_ER'])} | {fmt(r['cv_macro_f1_IP'])} | "
             f"{fmt(r['cv_macro_f1_EX'])} | {fmt(r['cv_macro_f1_mean'])} | {fmt(r['cv_iou_f1_ER'])} | "
             f"{fmt(r['cv_iou_f1_IP'])} | {fmt(r['cv_iou_f1_EX'])} | {r['cv_best_decoding'] or ''} "
-            f"({fmt(r['cv_best_decoding_iou_f1'])}) | {fmt(r['minutes_per_job'], 2)} |"
+            f"({fmt(r['cv_best_decoding_iou_f1'])}) | "
+            + "".join(f"{r[f'cv_best_decoding_{m}'] or ''} ({fmt(r[f'cv_best_decoding_iou_f1_{m}'])}) | " for m in MECHANISMS)
+            + f"{fmt(r['minutes_per_job'], 2)} |"
         )
+    lines += decoding_stage_lines(runs, cv)
     tested = [r for r in rows if r["test_macro_f1_ER_n"] or r["test_macro_f1_IP_n"]]
     if tested:
         lines += ["", "## Test (final configurations only)", "",
@@ -521,6 +639,8 @@ def main() -> None:
     r.add_argument("--budget-s", type=float, default=float("inf"), help="start no job after this many seconds")
     r.add_argument("--dapt-steps", type=int, default=1000)
     r.add_argument("--no-combine", dest="combine", action="store_false")
+    r.add_argument("--no-decoding", dest="decoding", action="store_false",
+                   help="no decoding stage: the decodings come from the CV jobs' grid, whatever its size")
     r.add_argument("--only", nargs="*", help="run only these levers")
     r.add_argument("--skip", nargs="*", default=[], help="do not run these levers")
     r.add_argument("--tolerance", type=float, default=0.5,

@@ -243,11 +243,57 @@ def _test_run(folder: Path, overrides: list[str], seed: int, mechanism: str = "j
     return folder
 
 
+def _grid_runs(lever: str, scores: dict[str, dict[str, list[float]]], stage: str = "cv") -> list[dict]:
+    """The CV runs (one per fold) of a joint lever that scored ``{mechanism: {tag: [per fold]}}``."""
+    folds = max(len(v) for tags in scores.values() for v in tags.values())
+    return [
+        {"stage": stage, "lever": lever, "job": f"joint-fold{k}", "seconds": 60.0,
+         "metrics": {f"dev/{m}/macro_f1": 0.7 for m in ablations.MECHANISMS}
+         | {f"dev/{m}/rationale_iou_f1@{tag}": v[k] for m, tags in scores.items() for tag, v in tags.items()}}
+        for k in range(folds)
+    ]
+
+
+def test_best_decodings_per_mechanism_mean_over_folds_ties_and_missing_folds():
+    runs = _grid_runs("joint_lr2e-4", {
+        "ER": {"t0.2g2": [0.5, 0.3], "t0.1g4": [0.45, 0.45]},  # means 0.4 and 0.45
+        "IP": {"t0.3g0": [0.6, 0.6], "t0.5g0": [0.6, 0.6], "t0.5g2": [0.6, 0.6]},  # a tie
+        "EX": {"t0.2g2": [0.7, 0.7], "t0.05g8": [0.9, float("nan")]},  # nan in a fold: not eligible
+    })
+    best = ablations.best_decodings(runs)
+    assert best == {"ER": ("t0.1g4", pytest.approx(45.0)), "IP": ("t0.5g0", pytest.approx(60.0)),
+                    "EX": ("t0.2g2", pytest.approx(70.0))}
+    # a decoding scored in one fold only is not compared with those scored in both
+    runs[0]["metrics"]["dev/ER/rationale_iou_f1@t0.6g0"] = 0.99
+    assert ablations.best_decodings(runs)["ER"][0] == "t0.1g4"
+    assert ablations.mechanism_decoding_overrides({m: t for m, (t, _) in best.items()}) == [
+        "model.rationale_decoding.ER={threshold:0.1,fill_gaps:4}",
+        "model.rationale_decoding.IP={threshold:0.5,fill_gaps:0}",
+        "model.rationale_decoding.EX={threshold:0.2,fill_gaps:2}",
+    ]
+
+
+def test_the_decoding_stage_replaces_the_cv_grid_and_runs_only_when_the_grid_grew():
+    tags = ablations.grid_tags()
+    assert "t0.05g8" in tags and "t0.2g2" in tags
+    old = _grid_runs("joint_lr2e-4", {m: {"t0.2g2": [0.5], "t0.3g2": [0.4]} for m in ablations.MECHANISMS})
+    assert ablations.lacks_grid(old, tags) and ablations.lacks_grid([], tags)
+    full = {m: {t: [0.5] for t in tags} | {"t0.1g8": [0.6]} for m in ablations.MECHANISMS}
+    new = _grid_runs("joint_lr2e-4", full, stage="decoding")
+    assert not ablations.lacks_grid(new, tags)
+    assert ablations.decoding_runs(old, "joint_lr2e-4") == old
+    assert ablations.decoding_runs(old + new, "joint_lr2e-4") == new
+    assert ablations.decoding_runs(old + new, "joint") == []
+    assert ablations.best_decodings(ablations.decoding_runs(old + new, "joint_lr2e-4"))["IP"][0] == "t0.1g8"
+
+
 def test_external_test_runs_accept_runs_of_the_lever_and_refuse_any_other(tmp_path):
-    cv = {"joint_lr2e-4": {"best_decoding": "t0.2g2"}}
+    cv = _grid_runs("joint_lr2e-4", {"ER": {"t0.2g2": [0.5]}, "IP": {"t0.1g8": [0.7]}, "EX": {"t0.3g2": [0.6]}})
+    chosen = ["model.rationale_decoding.ER={threshold:0.2,fill_gaps:2}", "model.rationale_decoding.IP={threshold:0.1,fill_gaps:8}",
+              "model.rationale_decoding.EX={threshold:0.3,fill_gaps:2}"]
     sweep = tmp_path / "reproduce"
-    for seed in (1, 2):  # the default model is the lever joint_lr2e-4 with its decoding
-        _test_run(sweep / str(seed - 1), [], seed)
+    for seed in (1, 2):  # the default model with the lever's cross-validated decodings
+        _test_run(sweep / str(seed - 1), chosen, seed)
     runs = ablations.external_test_runs(f"joint_lr2e-4={sweep}", cv)
     assert [(r["stage"], r["lever"], r["job"]) for r in runs] == [("test", "joint_lr2e-4", f"joint-seed{s}") for s in (1, 2)]
     assert all(r["seconds"] == pytest.approx(120.0) and r["metrics"]["test/ER/macro_f1"] == 0.7 for r in runs)
@@ -255,27 +301,28 @@ def test_external_test_runs_accept_runs_of_the_lever_and_refuse_any_other(tmp_pa
     summary = ablations.summarise_test(runs)["joint_lr2e-4"]
     assert summary["macro_f1"]["IP"][0] == pytest.approx(70.0) and summary["macro_f1"]["IP"][2] == 2
 
-    # the lever's cross-validated decoding is part of the check
-    with pytest.raises(SystemExit, match="fill_gaps"):
-        ablations.external_test_runs(f"joint_lr2e-4={sweep}", {"joint_lr2e-4": {"best_decoding": "t0.2g1"}})
+    # the lever's cross-validated decoding per mechanism is part of the check
+    other = _grid_runs("joint_lr2e-4", {"ER": {"t0.2g2": [0.5]}, "IP": {"t0.1g4": [0.7]}, "EX": {"t0.3g2": [0.6]}})
+    with pytest.raises(SystemExit, match=re.escape("model.rationale_decoding.IP={'threshold': 0.1, 'fill_gaps': 8}")):
+        ablations.external_test_runs(f"joint_lr2e-4={sweep}", other)
     # one run of another configuration stops the report, naming the folder and the key
-    _test_run(sweep / "2", ["model.optimizer.lr=1e-4"], 3)
+    _test_run(sweep / "2", ["model.optimizer.lr=1e-4", *chosen], 3)
     with pytest.raises(SystemExit, match=re.escape(f"{sweep / '2'} is not joint_lr2e-4: model.optimizer.lr=0.0001")):
         ablations.external_test_runs(f"joint_lr2e-4={sweep}", cv)
     # separate models are not the joint lever, and the joint model is not the separate one
     separate = tmp_path / "separate"
     _test_run(separate / "0", ["model=biencoder", "mechanism=IP"], 1, mechanism="IP")
     with pytest.raises(SystemExit, match="model: expected the joint model"):
-        ablations.external_test_runs(f"joint={separate}", {})
+        ablations.external_test_runs(f"joint={separate}", [])
     with pytest.raises(SystemExit, match="model: expected the separate model"):
-        ablations.external_test_runs(f"separate={sweep}", {})
-    assert [r["job"] for r in ablations.external_test_runs(f"separate={separate}", {})] == ["IP-seed1"]
+        ablations.external_test_runs(f"separate={sweep}", [])
+    assert [r["job"] for r in ablations.external_test_runs(f"separate={separate}", [])] == ["IP-seed1"]
 
 
 def test_external_test_runs_need_a_known_lever_and_finished_runs(tmp_path):
     with pytest.raises(SystemExit, match="expected LEVER=DIR"):
-        ablations.external_test_runs(f"no_such_lever={tmp_path}", {})
+        ablations.external_test_runs(f"no_such_lever={tmp_path}", [])
     with pytest.raises(SystemExit, match="expected LEVER=DIR"):
-        ablations.external_test_runs("joint", {})
+        ablations.external_test_runs("joint", [])
     with pytest.raises(SystemExit, match="no \\*/metrics.json"):
-        ablations.external_test_runs(f"joint={tmp_path}", {})
+        ablations.external_test_runs(f"joint={tmp_path}", [])
