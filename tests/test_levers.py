@@ -93,7 +93,7 @@ def test_joint_model_scores_the_decoding_grid_per_mechanism(synthetic_dir, tmp_p
     )
     metrics = train(cfg, Path(cfg.paths.output_dir))["metrics"]
     for m in ("ER", "IP", "EX"):
-        assert len([k for k in metrics if k.startswith(f"dev/{m}/rationale_iou_f1@")]) == 18
+        assert len([k for k in metrics if k.startswith(f"dev/{m}/rationale_iou_f1@")]) == 45
 
 
 
