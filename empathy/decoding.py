@@ -40,9 +40,10 @@ __all__ = [
 ]
 
 # The grid reaches below 0.2 and beyond gaps of 2: in 3-fold cross-validation of the joint model
-# the best IP and ER decodings sat on the corner t0.2g2 of the first grid (0.2-0.7 x 0-2).
+# the best IP and ER decodings sat on the corner t0.2g2 of the first grid (0.2-0.7 x 0-2), then
+# on the edge g8 of the second (gaps 0-8); 32 tokens is a quarter of max_len 128.
 DEFAULT_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-DEFAULT_FILL_GAPS = (0, 1, 2, 4, 8)
+DEFAULT_FILL_GAPS = (0, 1, 2, 4, 8, 16, 32)
 
 
 # ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
     python -m empathy.evaluate ckpt_path=... mechanism=IP encoder=minilm   # also checks the checkpoint
     python -m empathy.evaluate ckpt_path=<joint run>/checkpoints/best-epoch03.ckpt  # model=joint: <split>/<M>/... per mechanism
     python -m empathy.evaluate ckpt_path=... 'rationale_decoding={threshold:0.2,fill_gaps:4,IP:{fill_gaps:8}}'  # another decoding
+    python -m empathy.evaluate ckpt_path=... split=dev decoding_grid=true  # + the strict IOU-F1 of every grid decoding
 
 Writes ``eval_<split>.json`` into the run folder and prints the metrics.
 """
@@ -71,8 +72,13 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         module.set_rationale_decoding(OmegaConf.to_container(cfg.rationale_decoding))
     datamodule = checkpoint_datamodule(cfg, module)
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
-    results = trainer.test(module, dataloaders=datamodule.split_dataloader(cfg.split), weights_only=True)[0]
-    metrics = {key.replace("test/", f"{cfg.split}/", 1): value for key, value in runner.scalar_metrics(results).items()}
+    loader = datamodule.split_dataloader(cfg.split)
+    if cfg.get("decoding_grid"):  # the grid is scored in validation: validate instead of test
+        module.enable_decoding_grid()
+        results, stage = trainer.validate(module, dataloaders=loader, weights_only=True)[0], "dev/"
+    else:
+        results, stage = trainer.test(module, dataloaders=loader, weights_only=True)[0], "test/"
+    metrics = {key.replace(stage, f"{cfg.split}/", 1): value for key, value in runner.scalar_metrics(results).items()}
     payload = {"checkpoint": ckpt_path, "split": cfg.split, "rationale_decoding": dict(hparams["rationale_decoding"]),
                "metrics": metrics}
     write_json_atomic(output_dir / f"eval_{cfg.split}.json", payload)

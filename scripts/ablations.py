@@ -13,8 +13,10 @@ Stages of `run` (each job is `python -m empathy.train <overrides>`, with its own
    train + dev (`data.cv_folds`, grouped by seeker post, stratified); `test=false`: test is never
    touched. The dev decoding grid is scored too.
 2. `combine`: the joint base with every joint lever that beat it in stage 1, together.
-3. `decoding`: the chosen configuration on the same folds again, when its `cv` jobs scored a
-   smaller decoding grid than today's (`empathy.decoding.DecodingGrid`); each mechanism then gets
+3. `decoding`: when the chosen configuration's `cv` jobs scored a smaller decoding grid than
+   today's (`empathy.decoding.DecodingGrid`), their best checkpoints are scored again on their dev
+   folds (`empathy.evaluate split=dev decoding_grid=true`, into `<job>/rescore`), or, where the
+   checkpoints are gone, the configuration is trained on the same folds again; each mechanism then gets
    the decoding with its best mean dev strict IOU-F1 over the folds (`chosen.json`: decodings).
    Chosen: the fastest to train (CV minutes for all three mechanisms) of the configurations whose
    cross-validated macro-F1 (mean over ER, IP, EX) is within `--tolerance` points (0.5) of the best.
@@ -44,6 +46,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
+RESCORE = "rescore"  # a job's subfolder with its best checkpoint's dev grid scored again
 MECHANISMS = ("ER", "IP", "EX")
 PAPER = {"ER": 74.46, "IP": 62.6, "EX": 72.58}
 
@@ -195,10 +198,38 @@ def load_runs(out: Path) -> list[dict]:
     for path in sorted(out.glob("*/*/*/metrics.json")):
         stage, lever, job = path.relative_to(out).parts[:3]
         data = json.loads(path.read_text())
-        runs.append({"stage": stage, "lever": lever, "job": job, "metrics": data["metrics"],
+        metrics = dict(data["metrics"])
+        rescored = path.parent / RESCORE / "eval_dev.json"
+        if rescored.is_file():  # the best checkpoint's dev grid, scored again with today's grid
+            metrics.update({k: v for k, v in json.loads(rescored.read_text())["metrics"].items() if "@" in k})
+        runs.append({"stage": stage, "lever": lever, "job": job, "metrics": metrics,
                      "seconds": seconds.get(f"{stage}/{lever}/{job}") or 60 * (data.get("fit_minutes") or 0) or None,
-                     "fit_minutes": data.get("fit_minutes")})
+                     "fit_minutes": data.get("fit_minutes"), "folder": path.parent,
+                     "best_checkpoint": data.get("best_checkpoint")})
     return runs
+
+
+def rescore_jobs(runner: Runner, runs: list[dict]) -> None:
+    """Score today's decoding grid on the dev fold of each run's best checkpoint (``empathy.evaluate
+    split=dev decoding_grid=true``, into ``<job>/rescore``): no training again. Runs whose
+    checkpoint is gone are left as they are."""
+    jobs = [r for r in runs if r.get("best_checkpoint") and Path(r["best_checkpoint"]).is_file()]
+
+    def one(r: dict) -> None:
+        folder = r["folder"] / RESCORE
+        cmd = [sys.executable, "-m", "empathy.evaluate", f"ckpt_path={r['best_checkpoint']}", "split=dev",
+               "decoding_grid=true", f"trainer={runner.args.trainer}", "++trainer.enable_progress_bar=false",
+               f"paths.cache_dir={runner.out / 'cache'}", f"hydra.run.dir={folder}"]
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        with open(folder / "job.log", "w") as log:
+            rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        ok = rc == 0 and (folder / "eval_dev.json").is_file()
+        print(f"[{time.monotonic() - runner.started:6.0f}s] rescore {'ok' if ok else f'failed rc={rc}'} "
+              f"{time.monotonic() - t0:6.1f}s {folder.relative_to(runner.out)}", flush=True)
+
+    with ThreadPoolExecutor(runner.args.workers) as pool:
+        list(pool.map(one, jobs))
 
 
 def config_mismatches(cfg, base: str, overrides: list[str]) -> list[str]:
@@ -470,6 +501,8 @@ def run(args: argparse.Namespace) -> None:
     if args.decoding:
         tags = grid_tags()
         for name in finals:
+            if lacks_grid(decoding_runs(load_runs(out), name), tags):  # first from the checkpoints kept
+                rescore_jobs(runner, decoding_runs(load_runs(out), name))
             if lacks_grid(decoding_runs(load_runs(out), name), tags):
                 base_kind, overrides = lever_overrides(out, name)
                 runner.run_all(cv_jobs(out, "decoding", name, base_kind, overrides, args.folds))

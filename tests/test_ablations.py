@@ -326,3 +326,17 @@ def test_external_test_runs_need_a_known_lever_and_finished_runs(tmp_path):
         ablations.external_test_runs("joint", [])
     with pytest.raises(SystemExit, match="no \\*/metrics.json"):
         ablations.external_test_runs(f"joint={tmp_path}", [])
+
+
+def test_load_runs_takes_the_grid_of_a_rescored_checkpoint_and_nothing_else(tmp_path):
+    job = tmp_path / "decoding" / "joint_lr2e-4" / "joint-fold0"
+    (job / ablations.RESCORE).mkdir(parents=True)
+    (job / "metrics.json").write_text(json.dumps({"metrics": {"dev/ER/macro_f1": 0.7, "dev/ER/rationale_iou_f1@t0.2g2": 0.4},
+                                                  "best_checkpoint": str(job / "checkpoints" / "best.ckpt")}))
+    (job / ablations.RESCORE / "eval_dev.json").write_text(json.dumps({"metrics": {
+        "dev/ER/macro_f1": 0.1, "dev/ER/rationale_iou_f1@t0.2g2": 0.4, "dev/ER/rationale_iou_f1@t0.05g32": 0.5}}))
+    (run,) = ablations.load_runs(tmp_path)
+    assert (run["stage"], run["lever"], run["job"]) == ("decoding", "joint_lr2e-4", "joint-fold0")
+    assert run["metrics"] == {"dev/ER/macro_f1": 0.7, "dev/ER/rationale_iou_f1@t0.2g2": 0.4,
+                              "dev/ER/rationale_iou_f1@t0.05g32": 0.5}
+    assert run["best_checkpoint"].endswith("best.ckpt") and run["folder"] == job

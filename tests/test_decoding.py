@@ -314,7 +314,7 @@ def test_grid_keys_default():
     assert list(values) == [
         f"rationale_iou_f1@t{t}g{g}"
         for t in ("0.05", "0.1", "0.15", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7")
-        for g in (0, 1, 2, 4, 8)
+        for g in (0, 1, 2, 4, 8, 16, 32)
     ]
     assert all(isinstance(v, float) for v in values.values())
 

@@ -282,6 +282,25 @@ def test_a_decoding_per_mechanism_decodes_each_head_with_its_own(joint_run, join
     assert got["ER"].rationales == all_argmax["ER"].rationales and got["EX"].rationales == all_argmax["EX"].rationales
 
 
+def test_evaluate_scores_the_decoding_grid_of_a_trained_joint_model(joint_run, joint_data, tmp_path):
+    cfg, result = joint_run
+    eval_cfg = runner.compose_config(
+        "evaluate", [f"ckpt_path={result['best_checkpoint']}", "split=dev", "decoding_grid=true",
+                     "++trainer.enable_progress_bar=false"],
+        data_dir=joint_data[0], output_dir=tmp_path,
+    )
+    with open_dict(eval_cfg):
+        eval_cfg.paths.cache_dir = cfg.paths.cache_dir
+    metrics = evaluate(eval_cfg, tmp_path)
+    own = "t{threshold:g}g{fill_gaps}".format(**cfg.model.rationale_decoding)
+    for m in MECHANISMS:
+        grid = {k for k in metrics if k.startswith(f"dev/{m}/rationale_iou_f1@")}
+        assert len(grid) == 63 and f"dev/{m}/rationale_iou_f1@t0.05g32" in grid
+        # the model's own decoding, scored by the grid, is its plain strict IOU-F1
+        assert metrics[f"dev/{m}/rationale_iou_f1@{own}"] == pytest.approx(metrics[f"dev/{m}/rationale_iou_f1"], abs=1e-9)
+        assert metrics[f"dev/{m}/macro_f1"] == pytest.approx(result["metrics"][f"dev/{m}/macro_f1"], abs=1e-6)
+
+
 # ------------------------------------------------------------------------------------- export, predict
 def test_export_and_predict_give_every_mechanism_with_one_response_pass(joint_run, joint_data, tmp_path):
     _, result = joint_run

@@ -76,7 +76,7 @@ def test_levers_train_through_the_entry_point_with_a_cv_fold(synthetic_dir, tmp_
     result = train(cfg, Path(cfg.paths.output_dir))
     metrics = result["metrics"]
     grid = {k for k in metrics if k.startswith("dev/rationale_iou_f1@")}
-    assert len(grid) == 45 and "dev/rationale_iou_f1@t0.3g1" in grid and "dev/rationale_iou_f1@t0.05g8" in grid
+    assert len(grid) == 63 and "dev/rationale_iou_f1@t0.3g1" in grid and "dev/rationale_iou_f1@t0.05g32" in grid
     assert not any(k.startswith("test/") for k in metrics)  # cross-validation never touches test
     split = (tmp_path / "run" / "split.csv").read_text().splitlines()
     assert sum(line.endswith(",dev") for line in split) > 10  # a fold of train+dev, not the 5 % dev
@@ -93,7 +93,7 @@ def test_joint_model_scores_the_decoding_grid_per_mechanism(synthetic_dir, tmp_p
     )
     metrics = train(cfg, Path(cfg.paths.output_dir))["metrics"]
     for m in ("ER", "IP", "EX"):
-        assert len([k for k in metrics if k.startswith(f"dev/{m}/rationale_iou_f1@")]) == 45
+        assert len([k for k in metrics if k.startswith(f"dev/{m}/rationale_iou_f1@")]) == 63
 
 
 

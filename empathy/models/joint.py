@@ -101,6 +101,10 @@ class JointEmpathyModule(EmpathyModule):
     def mechanisms(self) -> tuple[str, ...]:
         return self.net.mechanisms
 
+    def enable_decoding_grid(self) -> None:
+        self.hparams["decoding_grid"] = True
+        self.joint_grids = nn.ModuleDict({m: DecodingGrid() for m in self.mechanisms})
+
     def set_rationale_decoding(self, config: Mapping[str, Any] | None) -> None:
         super().set_rationale_decoding(config)
         self.decodings = {m: RationaleDecoding.from_config(self.hparams.rationale_decoding, m) for m in self.mechanisms}

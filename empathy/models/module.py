@@ -247,6 +247,12 @@ class EmpathyModule(pl.LightningModule):
         self.log("train/rationale_loss", losses["rationale_loss"], batch_size=size)
         return losses["loss"]
 
+    def enable_decoding_grid(self) -> None:
+        """Score the decoding grid on every validation from now on (a trained model's dev grid:
+        ``python -m empathy.evaluate split=dev decoding_grid=true``)."""
+        self.hparams["decoding_grid"] = True
+        self.val_decoding_grid = DecodingGrid()
+
     def set_rationale_decoding(self, config: Mapping[str, Any] | None) -> None:
         """Decode rationales with ``config`` from now on (a trained model evaluated with another
         decoding: ``python -m empathy.evaluate rationale_decoding=...``); stored in hparams."""
