@@ -211,9 +211,11 @@ def load_runs(out: Path) -> list[dict]:
 
 def rescore_jobs(runner: Runner, runs: list[dict]) -> None:
     """Score today's decoding grid on the dev fold of each run's best checkpoint (``empathy.evaluate
-    split=dev decoding_grid=true``, into ``<job>/rescore``): no training again. Runs whose
-    checkpoint is gone are left as they are."""
-    jobs = [r for r in runs if r.get("best_checkpoint") and Path(r["best_checkpoint"]).is_file()]
+    split=dev decoding_grid=true``, into ``<job>/rescore``): no training again. Runs already
+    scored with every decoding of the grid, and runs whose checkpoint is gone, are left as they are."""
+    tags = grid_tags()
+    jobs = [r for r in runs if r.get("best_checkpoint") and Path(r["best_checkpoint"]).is_file()
+            and run_lacks_grid(r, tags)]
 
     def one(r: dict) -> None:
         folder = r["folder"] / RESCORE
@@ -429,9 +431,14 @@ def decoding_preference(tag: str) -> tuple:
 
 
 def lacks_grid(runs: list[dict], tags: list[str]) -> bool:
-    """Whether some mechanism of these runs was not scored with every decoding of ``tags``."""
-    scores = grid_scores(runs)
-    return not runs or any(set(tags) - set(scores.get(m, {})) for m in MECHANISMS)
+    """Whether there are no runs, or some run was not scored with every decoding of ``tags`` for
+    each of its mechanisms."""
+    return not runs or any(run_lacks_grid(r, tags) for r in runs)
+
+
+def run_lacks_grid(run: dict, tags: list[str]) -> bool:
+    scores = grid_scores([run])
+    return not scores or any(set(tags) - set(v) for v in scores.values())
 
 
 def decoding_runs(runs: list[dict], lever: str) -> list[dict]:
@@ -500,7 +507,7 @@ def run(args: argparse.Namespace) -> None:
     finals = [best] + (["separate"] if "separate" in complete and best != "separate" else [])
     if args.decoding:
         tags = grid_tags()
-        for name in finals:
+        for name in finals if args.seeds else [best]:  # the separate default's only for its test runs
             if lacks_grid(decoding_runs(load_runs(out), name), tags):  # first from the checkpoints kept
                 rescore_jobs(runner, decoding_runs(load_runs(out), name))
             if lacks_grid(decoding_runs(load_runs(out), name), tags):
