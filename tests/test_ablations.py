@@ -281,6 +281,11 @@ def test_the_decoding_stage_replaces_the_cv_grid_and_runs_only_when_the_grid_gre
     full = {m: {t: [0.5] for t in tags} | {"t0.1g8": [0.6]} for m in ablations.MECHANISMS}
     new = _grid_runs("joint_lr2e-4", full, stage="decoding")
     assert not ablations.lacks_grid(new, tags)
+    # one fold scored with today's grid does not stand for the others
+    partly = _grid_runs("joint_lr2e-4", {m: {t: [0.5, 0.5] for t in tags} for m in ablations.MECHANISMS}, stage="decoding")
+    partly[1]["metrics"] = {k: v for k, v in partly[1]["metrics"].items() if "g32" not in k}
+    assert ablations.lacks_grid(partly, tags) and not ablations.run_lacks_grid(partly[0], tags)
+    assert ablations.run_lacks_grid(partly[1], tags)
     assert ablations.decoding_runs(old, "joint_lr2e-4") == old
     assert ablations.decoding_runs(old + new, "joint_lr2e-4") == new
     assert ablations.decoding_runs(old + new, "joint") == []
