@@ -247,6 +247,22 @@ class RationaleDecoding:
         tag = f"t{self.threshold:g}g{self.fill_gaps}"
         return tag if self.min_span == 1 else f"{tag}m{self.min_span}"
 
+    @classmethod
+    def from_tag(cls, tag: str) -> RationaleDecoding:
+        """The inverse of :attr:`tag`: ``t0.4g1`` or ``t0.4g1m2``."""
+        try:
+            threshold, rest = tag[1:].split("g") if tag.startswith("t") else ("", "")
+            gaps, _, min_span = rest.partition("m")
+            return cls(float(threshold), int(gaps), int(min_span or 1))
+        except ValueError as err:
+            raise ValueError(f"not a decoding tag (t<threshold>g<gaps>[m<min_span>]): {tag!r} ({err})") from None
+
+    @property
+    def preference(self) -> tuple:
+        """Among decodings that score the same, the lower is preferred: fewer gaps filled, then the
+        threshold nearest 0.5, then the lower threshold."""
+        return (self.fill_gaps, round(abs(self.threshold - 0.5), 9), self.threshold)
+
     def decode(self, probs: Tensor, mask: Tensor) -> Tensor:
         return decode_rationales(probs, mask, self.threshold, self.fill_gaps, self.min_span)
 
@@ -368,9 +384,8 @@ class DecodingGrid(nn.Module):
         scores = [values[f"{self.IOU_PREFIX}@{d.tag}"] for d in self.decodings]
 
         def rank(i: int) -> tuple:
-            d, score = self.decodings[i], scores[i]
-            score_key = -math.inf if math.isnan(score) else score
-            return (-score_key, d.fill_gaps, round(abs(d.threshold - 0.5), 9), d.threshold)
+            score_key = -math.inf if math.isnan(scores[i]) else scores[i]
+            return (-score_key, *self.decodings[i].preference)
 
         i = min(range(len(self.decodings)), key=rank)
         return self.decodings[i], scores[i]

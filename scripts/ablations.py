@@ -368,25 +368,14 @@ def choose(complete: dict[str, dict], tolerance: float) -> str:
     return min(near, key=lambda n: (minutes_per_configuration(n, complete[n]), -complete[n]["mean_macro_f1"]))
 
 
-def parse_tag(tag: str) -> tuple[float, int]:
-    """``t0.2g2`` (or ``t0.2g2m3``) -> (threshold, fill_gaps)."""
-    threshold, gaps = tag[1:].split("g")
-    return float(threshold), int(gaps.split("m")[0])
-
-
-def decoding_overrides(tag: str | None) -> list[str]:
-    if not tag:
-        return []
-    threshold, gaps = parse_tag(tag)
-    return [f"model.rationale_decoding.threshold={threshold:g}", f"model.rationale_decoding.fill_gaps={gaps}"]
-
-
 def mechanism_decoding_overrides(decodings: dict[str, str]) -> list[str]:
     """``{mechanism: tag}`` -> one override per mechanism (its values replace the shared ones)."""
+    from empathy.decoding import RationaleDecoding
+
     out = []
     for m, tag in sorted(decodings.items(), key=lambda item: MECHANISMS.index(item[0])):
-        threshold, gaps = parse_tag(tag)
-        out.append(f"model.rationale_decoding.{m}={{threshold:{threshold:g},fill_gaps:{gaps}}}")
+        d = RationaleDecoding.from_tag(tag)
+        out.append(f"model.rationale_decoding.{m}={{threshold:{d.threshold:g},fill_gaps:{d.fill_gaps}}}")
     return out
 
 
@@ -409,8 +398,9 @@ def grid_scores(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
 
 def best_decodings(runs: list[dict]) -> dict[str, tuple[str, float]]:
     """Per mechanism, the grid decoding with the best mean dev strict IOU-F1 over the runs (x100),
-    among those every run scored; ties as DecodingGrid.best (fewer gaps filled, then the threshold
-    nearest 0.5, then the lower one)."""
+    among those every run scored; ties as DecodingGrid.best (RationaleDecoding.preference)."""
+    from empathy.decoding import RationaleDecoding
+
     out = {}
     for m, tags in grid_scores(runs).items():
         runs_of_m = max(len(v) for v in tags.values())
@@ -419,15 +409,9 @@ def best_decodings(runs: list[dict]) -> dict[str, tuple[str, float]]:
         if not means:
             continue
 
-        tag = min(means, key=lambda t, means=means: (-means[t], *decoding_preference(t)))
+        tag = min(means, key=lambda t, means=means: (-means[t], *RationaleDecoding.from_tag(t).preference))
         out[m] = (tag, 100 * means[tag])
     return out
-
-
-def decoding_preference(tag: str) -> tuple:
-    """Among equal scores: fewer gaps filled, then the threshold nearest 0.5, then the lower one."""
-    threshold, gaps = parse_tag(tag)
-    return (gaps, round(abs(threshold - 0.5), 9), threshold)
 
 
 def lacks_grid(runs: list[dict], tags: list[str]) -> bool:
@@ -547,7 +531,7 @@ def split_floors(max_len: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def decoding_stage_lines(runs: list[dict], cv: dict[str, dict]) -> list[str]:
+def decoding_stage_lines(runs: list[dict]) -> list[str]:
     """The `decoding` stage's section of the report: per lever that ran it, its folds' CV scores
     and each mechanism's chosen decoding against the one its CV jobs' smaller grid chose."""
     lines = []
@@ -642,7 +626,7 @@ def report(args: argparse.Namespace) -> None:
             + "".join(f"{r[f'cv_best_decoding_{m}'] or ''} ({fmt(r[f'cv_best_decoding_iou_f1_{m}'])}) | " for m in MECHANISMS)
             + f"{fmt(r['minutes_per_job'], 2)} |"
         )
-    lines += decoding_stage_lines(runs, cv)
+    lines += decoding_stage_lines(runs)
     tested = [r for r in rows if r["test_macro_f1_ER_n"] or r["test_macro_f1_IP_n"]]
     if tested:
         lines += ["", "## Test (final configurations only)", "",

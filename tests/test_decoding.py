@@ -258,6 +258,17 @@ def test_rationale_decoding_from_config():
         RationaleDecoding.from_config({"fill_gaps": -2})
 
 
+def test_rationale_decoding_tags_round_trip_and_rank_ties():
+    for decoding in (RationaleDecoding(0.4, 1), RationaleDecoding(0.05, 32), RationaleDecoding(0.3, 2, 3)):
+        assert RationaleDecoding.from_tag(decoding.tag) == decoding
+    for bad in ("0.4g1", "t0.4", "tg1", "t0.4gx", "t1.5g0"):
+        with pytest.raises(ValueError):
+            RationaleDecoding.from_tag(bad)
+    tied = [RationaleDecoding(0.3, 2), RationaleDecoding(0.7, 0), RationaleDecoding(0.3, 0), RationaleDecoding(0.5, 1)]
+    assert sorted(tied, key=lambda d: d.preference) == [
+        RationaleDecoding(0.3, 0), RationaleDecoding(0.7, 0), RationaleDecoding(0.5, 1), RationaleDecoding(0.3, 2)]
+
+
 def test_rationale_decoding_per_mechanism():
     cfg = OmegaConf.create({"threshold": 0.2, "fill_gaps": 2, "min_span": 1, "IP": {"fill_gaps": 8},
                             "ER": {}, "EX": None})
