@@ -22,6 +22,7 @@ from empathy.data.joint import (
 )
 from empathy.data.processing import FEATURES
 from empathy.data.synthetic import FILES, write_synthetic_epitome
+from empathy.decoding import RationaleDecoding
 from empathy.evaluate import evaluate
 from empathy.models.biencoder import BiEncoder, BiEncoderOutput, multitask_loss
 from empathy.models.encoders import load_tokenizer
@@ -292,8 +293,8 @@ def test_evaluate_scores_the_decoding_grid_of_a_trained_joint_model(joint_run, j
     with open_dict(eval_cfg):
         eval_cfg.paths.cache_dir = cfg.paths.cache_dir
     metrics = evaluate(eval_cfg, tmp_path)
-    own = "t{threshold:g}g{fill_gaps}".format(**cfg.model.rationale_decoding)
     for m in MECHANISMS:
+        own = RationaleDecoding.from_config(cfg.model.rationale_decoding, m).tag  # each head's own
         grid = {k for k in metrics if k.startswith(f"dev/{m}/rationale_iou_f1@")}
         assert len(grid) == 63 and f"dev/{m}/rationale_iou_f1@t0.05g32" in grid
         # the model's own decoding, scored by the grid, is its plain strict IOU-F1
