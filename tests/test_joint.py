@@ -304,9 +304,14 @@ def test_evaluate_scores_the_decoding_grid_of_a_trained_joint_model(joint_run, j
 
 # ------------------------------------------------------------------------------------- export, predict
 def test_export_and_predict_give_every_mechanism_with_one_response_pass(joint_run, joint_data, tmp_path):
-    _, result = joint_run
+    trained, result = joint_run
     folder = export_model(result["best_checkpoint"], tmp_path / "joint")
-    assert json.loads((folder / "config.json").read_text())["mechanisms"] == list(MECHANISMS)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["mechanisms"] == list(MECHANISMS)
+    # each head's own decoding (the joint default's) travels with the export
+    decodings = {m: RationaleDecoding.from_config(config["rationale_decoding"], m) for m in MECHANISMS}
+    assert decodings == {m: RationaleDecoding.from_config(trained.model.rationale_decoding, m) for m in MECHANISMS}
+    assert len(set(decodings.values())) == 3
     with (joint_data[0] / FILES["ER"]).open(encoding="utf-8", newline="") as f:
         pairs = [(r["seeker_post"], r["response_post"]) for r in csv.DictReader(f)][:20]
     source = tmp_path / "pairs.csv"
