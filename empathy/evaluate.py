@@ -69,7 +69,7 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     if cfg.split not in ("train", "dev", "test"):
         raise ValueError(f"split must be train, dev or test, not {cfg.split!r}")
     if cfg.get("rationale_decoding") is not None:
-        module.set_rationale_decoding(OmegaConf.to_container(cfg.rationale_decoding))
+        module.set_rationale_decoding(cfg.rationale_decoding)
     datamodule = checkpoint_datamodule(cfg, module)
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
     loader = datamodule.split_dataloader(cfg.split)

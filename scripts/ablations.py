@@ -127,12 +127,17 @@ class Runner:
             self.record(job, "skipped (budget)", 0.0)
             return
         cmd = [sys.executable, "-m", "empathy.train", *self.common(), *job.overrides, f"hydra.run.dir={job.folder}"]
-        job.folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.monotonic()
-        with open(job.folder / "job.log", "w") as log:
-            rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        seconds = time.monotonic() - t0
+        rc, seconds = self.call(cmd, job.folder)
         self.record(job, "ok" if rc == 0 and job.done else f"failed rc={rc}", seconds)
+
+    @staticmethod
+    def call(cmd: list[str], folder: Path) -> tuple[int, float]:
+        """Run ``cmd`` from the repository root with its output in ``folder/job.log``: (rc, seconds)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        with open(folder / "job.log", "w") as log:
+            rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return rc, time.monotonic() - t0
 
     def record(self, job: Job, status: str, seconds: float) -> None:
         line = {"stage": job.stage, "lever": job.lever, "mechanism": job.mechanism, "fold": job.fold,
@@ -222,13 +227,10 @@ def rescore_jobs(runner: Runner, runs: list[dict]) -> None:
         cmd = [sys.executable, "-m", "empathy.evaluate", f"ckpt_path={r['best_checkpoint']}", "split=dev",
                "decoding_grid=true", f"trainer={runner.args.trainer}", "++trainer.enable_progress_bar=false",
                f"paths.cache_dir={runner.out / 'cache'}", f"hydra.run.dir={folder}"]
-        folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.monotonic()
-        with open(folder / "job.log", "w") as log:
-            rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        rc, seconds = runner.call(cmd, folder)
         ok = rc == 0 and (folder / "eval_dev.json").is_file()
         print(f"[{time.monotonic() - runner.started:6.0f}s] rescore {'ok' if ok else f'failed rc={rc}'} "
-              f"{time.monotonic() - t0:6.1f}s {folder.relative_to(runner.out)}", flush=True)
+              f"{seconds:6.1f}s {folder.relative_to(runner.out)}", flush=True)
 
     with ThreadPoolExecutor(runner.args.workers) as pool:
         list(pool.map(one, jobs))

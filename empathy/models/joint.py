@@ -75,8 +75,6 @@ class JointEmpathyModule(EmpathyModule):
         for m in mechanisms:
             w = None if weights is None else torch.tensor(weights[m], dtype=torch.float32)
             self.register_buffer(f"class_weights_{m}", w, persistent=False)
-        # a decoding per mechanism (rationale_decoding may hold values per mechanism)
-        self.decodings = {m: RationaleDecoding.from_config(self.hparams.rationale_decoding, m) for m in mechanisms}
         # the single model's grid scores one mechanism: one grid per mechanism here
         self.val_decoding_grid = None
         self.joint_grids = nn.ModuleDict({m: DecodingGrid() for m in mechanisms}) if self.hparams.decoding_grid else None
@@ -105,8 +103,9 @@ class JointEmpathyModule(EmpathyModule):
         self.hparams["decoding_grid"] = True
         self.joint_grids = nn.ModuleDict({m: DecodingGrid() for m in self.mechanisms})
 
-    def set_rationale_decoding(self, config: Mapping[str, Any] | None) -> None:
-        super().set_rationale_decoding(config)
+    def _load_decodings(self) -> None:
+        """Plus a decoding per head (``rationale_decoding`` may hold values per mechanism)."""
+        super()._load_decodings()
         self.decodings = {m: RationaleDecoding.from_config(self.hparams.rationale_decoding, m) for m in self.mechanisms}
 
     # ---------------------------------------------------------------- loss

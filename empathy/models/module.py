@@ -126,10 +126,10 @@ class EmpathyModule(pl.LightningModule):
                 "compile": bool(compile),
             }
         )
-        self.decoding = RationaleDecoding.from_config(self.hparams.rationale_decoding, mechanism)
         # Dev-set scores of several rationale decodings at once (choosing one by cross-validation).
         self.val_decoding_grid = DecodingGrid() if decoding_grid else None
         self.net = build_net(self.hparams.encoder, self.hparams.net)
+        self._load_decodings()
         weights = self.hparams.class_weights
         self.register_buffer(
             "class_weights", None if weights is None else torch.tensor(weights, dtype=torch.float32), persistent=False
@@ -257,6 +257,10 @@ class EmpathyModule(pl.LightningModule):
         """Decode rationales with ``config`` from now on (a trained model evaluated with another
         decoding: ``python -m empathy.evaluate rationale_decoding=...``); stored in hparams."""
         self.hparams["rationale_decoding"] = decoding_config(_plain(config), (self.hparams.mechanism,))
+        self._load_decodings()
+
+    def _load_decodings(self) -> None:
+        """``self.decoding`` from ``hparams.rationale_decoding`` (the model's mechanism's setting)."""
         self.decoding = RationaleDecoding.from_config(self.hparams.rationale_decoding, self.hparams.mechanism)
 
     def predictions(self, output: BiEncoderOutput, mask: Tensor, mechanism: str | None = None) -> tuple[Tensor, Tensor]:
