@@ -64,6 +64,7 @@ IGNORED_KEYS = (
     "trainer.log_every_n_steps",
     "callbacks.resumable",
     "callbacks.epoch_summary",
+    "callbacks.thread_share",
     "callbacks.model_checkpoint.dirpath",
 )
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from empathy import CONFIG_DIR, results, runner
 from empathy.io import write_json_atomic
+from empathy.models.callbacks import ThreadShare
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "summary": datamodule.prepared.summary,
         "hardware": results.hardware(),
     }
+    shares = [cb for cb in trainer.callbacks if isinstance(cb, ThreadShare) and cb.path is not None]
+    if shares:  # a job of a local pool (reproduce_table.py --jobs): its threads, [global step, count] at each change
+        result["thread_changes"] = [list(change) for change in shares[0].changes]
     if trainer.is_global_zero:
         write_json_atomic(output_dir / "metrics.json", result)
     for lg in loggers:

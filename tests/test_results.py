@@ -160,7 +160,7 @@ def test_multirun_command_and_the_cli(tmp_path):
     assert len(separate.stdout.splitlines()) == 1
     assert "-m empathy.train -m experiment=default mechanism=ER,IP,EX seed=1,2" in separate.stdout
     assert separate.stdout.rstrip().endswith("model=biencoder trainer=gpu")
-    joint = subprocess.run([sys.executable, str(script), "--dry-run", "--joint", "--seeds", "1,2"], capture_output=True, text=True, check=True)
+    joint = subprocess.run([sys.executable, str(script), "--dry-run", "--jobs", "1", "--joint", "--seeds", "1,2"], capture_output=True, text=True, check=True)
     assert "-m empathy.train -m experiment=default seed=1,2 " in joint.stdout and "mechanism=" not in joint.stdout
     assert joint.stdout.rstrip().endswith("model=joint")
     write_job(tmp_path / "runs" / "0", seed=1, metrics=metrics_for(0.7, 0.6))
@@ -172,7 +172,7 @@ def test_reproduce_table_runs_joint_and_separate_experiments_as_two_multiruns(tm
     script = REPO_ROOT / "scripts" / "reproduce_table.py"
     sweep = tmp_path / "sweep"
     dry = subprocess.run(
-        [sys.executable, str(script), "--dry-run", "--experiments", "default,paper", "--seeds", "1,2", "--sweep-dir", str(sweep)],
+        [sys.executable, str(script), "--dry-run", "--jobs", "1", "--experiments", "default,paper", "--seeds", "1,2", "--sweep-dir", str(sweep)],
         capture_output=True, text=True, check=True,
     )
     lines = dry.stdout.splitlines()

@@ -135,3 +135,54 @@ class EpochSummary(pl.Callback):
         values = " ".join(f"{k}={float(metrics[k]):.4f}" for k in self.KEYS if k in metrics)
         seconds = time.perf_counter() - getattr(self, "_started", time.perf_counter())
         log.info("epoch %d/%d  %s  (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, values, seconds)
+
+
+class ThreadShare(pl.Callback):
+    """This job's share of the machine's CPU cores, re-read from ``path`` while it runs.
+
+    ``scripts/reproduce_table.py --jobs N`` (``empathy.local_pool``) runs N training jobs at once on
+    one machine and writes each one's thread count to a file: 2 jobs of 1 thread each train about
+    1.26x faster in all than one job of 2 threads on the 2-core CPU (``scripts/bench_threads.py``),
+    and when one job finishes the pool gives its cores to those still running. The file holds one
+    integer; it is checked (one ``stat``) before every training, validation and test batch and
+    applied with ``torch.set_num_threads``. With no path, or no such file, the callback does nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path) if path else None
+        self._stamp: int | None = None
+        self.changes: list[tuple[int, int]] = []  # (global step, threads) at each change
+
+    def refresh(self, step: int = 0) -> None:
+        if self.path is None:
+            return
+        try:
+            stamp = self.path.stat().st_mtime_ns
+            if stamp == self._stamp:
+                return
+            text = self.path.read_text().strip()
+        except FileNotFoundError:
+            return
+        self._stamp = stamp
+        try:
+            threads = int(text)
+        except ValueError:
+            raise ValueError(f"{self.path}: expected a thread count (one integer), got {text!r}") from None
+        if threads < 1:
+            raise ValueError(f"{self.path}: expected a thread count >= 1, got {threads}")
+        if threads != torch.get_num_threads():
+            log.info("threads: %d -> %d at step %d (%s)", torch.get_num_threads(), threads, step, self.path)
+            torch.set_num_threads(threads)
+            self.changes.append((step, threads))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.refresh(trainer.global_step)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.refresh(trainer.global_step)
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.refresh(trainer.global_step)
+
+    def on_test_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.refresh(trainer.global_step)
