@@ -262,3 +262,39 @@ def test_resumable_checkpoint_saves_mid_epoch_by_minutes_or_steps(tmp_path, monk
     assert (tmp_path / "last.ckpt").read_bytes() == b"ckpt"
     with pytest.raises(ValueError, match="every_n_minutes"):
         callbacks.ResumableCheckpoint(tmp_path, every_n_minutes=-1)
+
+
+def test_the_seeker_cache_is_stored_and_loaded_by_a_run_with_the_same_encoder_and_posts(synthetic_dir, tmp_path):
+    cfg = train_cfg(synthetic_dir, tmp_path / "run", "model=biencoder", "mechanism=ER")
+    datamodule = runner.build_datamodule(cfg)
+    datamodule.setup()
+    store = tmp_path / "store"
+    first = runner.build_module(cfg, datamodule)
+    first.build_seeker_cache(datamodule.seeker_dataloader(), store=store)
+    (saved,) = store.iterdir()
+    assert saved.suffix == ".pt" and not [p for p in store.iterdir() if p.name.startswith(".")]
+
+    def must_not_encode(*args, **kwargs):
+        raise AssertionError("the stored states should have been loaded")
+
+    second = runner.build_module(cfg, datamodule)
+    second.load_state_dict(first.state_dict())
+    second.net.encode_seeker = must_not_encode
+    second.build_seeker_cache(datamodule.seeker_dataloader(), store=store)
+    assert second._seeker_cache.keys() == first._seeker_cache.keys()
+    assert all(torch.equal(second._seeker_cache[k], first._seeker_cache[k]) for k in first._seeker_cache)
+
+    # other seeker weights: another key, the states are computed (and stored) again
+    third = runner.build_module(cfg, datamodule)
+    third.load_state_dict(first.state_dict())
+    with torch.no_grad():
+        next(third.net.seeker_encoder.parameters()).add_(1.0)
+    third.build_seeker_cache(datamodule.seeker_dataloader(), store=store)
+    assert len(list(store.iterdir())) == 2
+    assert not all(torch.equal(third._seeker_cache[k], first._seeker_cache[k]) for k in first._seeker_cache)
+
+
+def test_a_training_run_keeps_the_seeker_cache_in_the_data_cache(synthetic_dir, tmp_path):
+    cfg = train_cfg(synthetic_dir, tmp_path / "run", "debug=fast", "model=biencoder", "mechanism=EX")
+    train(cfg, Path(cfg.paths.output_dir))
+    assert len(list((Path(cfg.paths.cache_dir) / "seeker_states").glob("*.pt"))) == 1

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -16,11 +19,20 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.optim.lr_scheduler import LambdaLR
 
 from empathy import JOINT
-from empathy.decoding import DecodingGrid, RationaleDecoding, decoding_config, rationale_probs
+from empathy.decoding import (
+    EXTENDED_GRID,
+    DecodingGrid,
+    RationaleDecoding,
+    decoding_config,
+    rationale_probs,
+)
+from empathy.io import atomic_output
 from empathy.metrics import RationaleMetrics, level_metrics
 from empathy.models.biencoder import BiEncoderOutput, build_net, multitask_loss
 
 STAGE_PREFIX = {"val": "dev", "test": "test"}
+# The seeker cache's files (EmpathyModule.build_seeker_cache) live in <data cache_dir>/seeker_states.
+SEEKER_STATES = "seeker_states"
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.0) -> LambdaLR:
@@ -33,6 +45,11 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_r
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return LambdaLR(optimizer, factor)
+
+
+def new_grid(extended: bool = False) -> DecodingGrid:
+    """The decoding grid scored in validation: the default one, or :data:`EXTENDED_GRID`."""
+    return DecodingGrid(**EXTENDED_GRID) if extended else DecodingGrid()
 
 
 def _plain(value: Any) -> Any:
@@ -164,15 +181,29 @@ class EmpathyModule(pl.LightningModule):
         return bool(self.hparams.cache_seeker and net.use_attention and net.freeze_seeker)
 
     @torch.no_grad()
-    def build_seeker_cache(self, loader) -> None:
+    def build_seeker_cache(self, loader, store: str | os.PathLike | None = None) -> None:
         """Encode every seeker post once, in a fixed order and batching, so that cached states are
-        the same in every run (and after a resume) whatever the training batches are."""
+        the same in every run (and after a resume) whatever the training batches are.
+
+        With ``store`` (a folder: the data cache's ``seeker_states/``), the states are also saved
+        there under a key of everything they depend on: the seeker encoder's weights, the posts'
+        ids and token ids, the device type and the precision. A later run with the same key
+        (another seed, a resumed run, an evaluation) loads them instead of encoding the posts
+        again: 30 s of each joint run on the 2-core CPU. A file under that key is only written
+        whole (temporary file, then rename)."""
+        batches = list(loader)
+        context = self.trainer.precision_plugin.forward_context() if self._trainer is not None else torch.no_grad()
+        path = None
+        if store is not None:
+            path = Path(store) / f"{self._seeker_cache_key(batches, context)}.pt"
+            if path.is_file():
+                self._seeker_cache = torch.load(path, map_location=self.device, weights_only=True)
+                return
         was_training = self.net.training
         self.net.eval()
         cache: dict[int, Tensor] = {}
-        context = self.trainer.precision_plugin.forward_context() if self._trainer is not None else torch.no_grad()
         with context:
-            for batch in loader:
+            for batch in batches:
                 ids = batch["seeker_input_ids"].to(self.device)
                 mask = batch["seeker_attention_mask"].to(self.device)
                 states = self.net.encode_seeker(ids, mask)
@@ -180,13 +211,29 @@ class EmpathyModule(pl.LightningModule):
                     cache[seeker_id] = states[row, : int(mask[row].sum())].clone()
         self._seeker_cache = cache
         self.net.train(was_training)
+        if path is not None:
+            with atomic_output(path) as tmp:
+                torch.save(cache, tmp)
+
+    def _seeker_cache_key(self, batches: list, context: object) -> str:
+        digest = hashlib.sha256()
+        digest.update(f"{self.device.type}|{type(context).__name__}|{getattr(context, 'fast_dtype', None)}".encode())
+        for name, tensor in self.net.seeker_encoder.state_dict().items():
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        for batch in batches:
+            for key in ("seeker_id", "seeker_input_ids", "seeker_attention_mask"):
+                digest.update(batch[key].cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:32]
 
     def _ensure_seeker_cache(self) -> None:
         if not self.caches_seeker or self._seeker_cache is not None:
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "seeker_dataloader"):
-            self.build_seeker_cache(datamodule.seeker_dataloader())
+            cache_dir = getattr(datamodule, "cache_dir", None)
+            store = Path(cache_dir) / SEEKER_STATES if cache_dir else None
+            self.build_seeker_cache(datamodule.seeker_dataloader(), store=store)
 
     def configure_model(self) -> None:
         """``compile``: torch.compile the response encoder (its forward and backward are most of a
@@ -247,11 +294,12 @@ class EmpathyModule(pl.LightningModule):
         self.log("train/rationale_loss", losses["rationale_loss"], batch_size=size)
         return losses["loss"]
 
-    def enable_decoding_grid(self) -> None:
+    def enable_decoding_grid(self, extended: bool = False) -> None:
         """Score the decoding grid on every validation from now on (a trained model's dev grid:
-        ``python -m empathy.evaluate split=dev decoding_grid=true``)."""
+        ``python -m empathy.evaluate split=dev decoding_grid=true``); ``extended``: the grid of
+        :data:`~empathy.decoding.EXTENDED_GRID` instead (``decoding_grid=extended``)."""
         self.hparams["decoding_grid"] = True
-        self.val_decoding_grid = DecodingGrid()
+        self.val_decoding_grid = new_grid(extended)
 
     def set_rationale_decoding(self, config: Mapping[str, Any] | None) -> None:
         """Decode rationales with ``config`` from now on (a trained model evaluated with another
@@ -268,7 +316,7 @@ class EmpathyModule(pl.LightningModule):
         with ``mechanism``'s rationale decoding (a joint model's head) or the model's own."""
         level = output.level_logits.argmax(-1)
         decoding = self.decodings[mechanism] if mechanism is not None else self.decoding
-        rationale = decoding.decode(rationale_probs(output.rationale_logits), mask)
+        rationale = decoding.decode(rationale_probs(output.rationale_logits), mask, level)
         return level, rationale
 
     def _eval_step(self, batch: Mapping[str, Tensor], stage: str) -> None:
@@ -291,7 +339,7 @@ class EmpathyModule(pl.LightningModule):
         self.log(f"{STAGE_PREFIX[stage]}/loss", losses["loss"], batch_size=level.shape[0], sync_dist=True)
         if stage == "val" and self.val_decoding_grid is not None:
             self.val_decoding_grid.update(
-                rationale_probs(output.rationale_logits), batch["rationale_strict"], mask, batch["level"]
+                rationale_probs(output.rationale_logits), batch["rationale_strict"], mask, batch["level"], level
             )
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
