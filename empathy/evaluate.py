@@ -5,6 +5,7 @@
     python -m empathy.evaluate ckpt_path=<joint run>/checkpoints/best-epoch03.ckpt  # model=joint: <split>/<M>/... per mechanism
     python -m empathy.evaluate ckpt_path=... 'rationale_decoding={threshold:0.2,fill_gaps:4,IP:{fill_gaps:8}}'  # another decoding
     python -m empathy.evaluate ckpt_path=... split=dev decoding_grid=true  # + the strict IOU-F1 of every grid decoding
+    python -m empathy.evaluate ckpt_path=... split=dev decoding_grid=extended  # ... of the extended grid (min_span, fallback)
 
 Writes ``eval_<split>.json`` into the run folder and prints the metrics.
 """
@@ -73,8 +74,11 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     datamodule = checkpoint_datamodule(cfg, module)
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
     loader = datamodule.split_dataloader(cfg.split)
-    if cfg.get("decoding_grid"):  # the grid is scored in validation: validate instead of test
-        module.enable_decoding_grid()
+    grid = cfg.get("decoding_grid")
+    if grid not in (None, False, True, "extended"):
+        raise ValueError(f"decoding_grid must be false, true or extended, not {grid!r}")
+    if grid:  # the grid is scored in validation: validate instead of test
+        module.enable_decoding_grid(extended=grid == "extended")
         results, stage = trainer.validate(module, dataloaders=loader, weights_only=True)[0], "dev/"
     else:
         results, stage = trainer.test(module, dataloaders=loader, weights_only=True)[0], "test/"

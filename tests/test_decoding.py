@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from empathy.decoding import (
+    EXTENDED_GRID,
     DecodingGrid,
     RationaleDecoding,
     decode_rationales,
@@ -423,3 +424,64 @@ def test_grid_rejects_bad_grids_and_inputs():
         grid.update(GRID_PROBS, GRID_GOLD, GRID_MASK, GRID_LEVEL[:2])
     with pytest.raises(ValueError, match="target_strict must have the shape"):
         grid.update(GRID_PROBS, GRID_GOLD[:, :3], GRID_MASK, GRID_LEVEL)
+
+
+# ------------------------------------------------------------------------------- fallback
+def test_fallback_gives_every_mask_token_to_a_row_with_a_level_but_no_token():
+    probs = torch.tensor([[0.1, 0.2, 0.1, 0.0], [0.1, 0.2, 0.1, 0.0], [0.9, 0.2, 0.1, 0.0], [0.1, 0.1, 0.1, 0.1]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    level = torch.tensor([1, 0, 2, 2])
+    out = decode_rationales(probs, mask, threshold=0.5, fallback=True, level=level)
+    assert out.tolist() == [
+        [1, 1, 1, 0],  # level 1, nothing decoded: the whole (masked) response, never the padding
+        [0, 0, 0, 0],  # level 0: stays empty
+        [1, 0, 0, 0],  # something decoded: left as it is
+        [1, 1, 1, 1],
+    ]
+    # without levels every row counts as having one; without the fallback nothing changes
+    assert decode_rationales(probs, mask, threshold=0.5, fallback=True)[1].tolist() == [1, 1, 1, 0]
+    assert decode_rationales(probs, mask, threshold=0.5, level=level).sum() == 1
+    # the fallback comes after min_span: a run too short to keep leaves the row empty, then full
+    short = decode_rationales(torch.tensor([[0.9, 0.1, 0.1]]), torch.ones(1, 3, dtype=torch.bool), min_span=2,
+                              fallback=True, level=torch.tensor([1]))
+    assert short.tolist() == [[1, 1, 1]]
+    with pytest.raises(ValueError, match="one predicted level per row"):
+        decode_rationales(probs, mask, fallback=True, level=torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="fallback must be true or false"):
+        decode_rationales(probs, mask, fallback=1)
+
+
+def test_fallback_in_the_setting_its_tag_and_its_config():
+    decoding = RationaleDecoding(threshold=0.4, fill_gaps=16, min_span=5, fallback=True)
+    assert decoding.tag == "t0.4g16m5f" and RationaleDecoding.from_tag("t0.4g16m5f") == decoding
+    assert RationaleDecoding.from_tag("t0.3g2f") == RationaleDecoding(0.3, 2, 1, True)
+    assert decoding.to_dict() == {"threshold": 0.4, "fill_gaps": 16, "min_span": 5, "fallback": True}
+    assert "fallback" not in RationaleDecoding(0.3, 2).to_dict()  # off: configs from before read the same
+    assert RationaleDecoding.from_config({"threshold": 0.3, "IP": {"fallback": True}}, "IP").fallback
+    assert not RationaleDecoding.from_config({"threshold": 0.3, "IP": {"fallback": True}}, "ER").fallback
+    # among equal scores the plainer decoding is preferred
+    assert RationaleDecoding(0.3, 2).preference < RationaleDecoding(0.3, 2, 2).preference < decoding.preference
+    with pytest.raises(ValueError, match="fallback must be true or false"):
+        RationaleDecoding(fallback="yes")
+    probs, mask = torch.tensor([[0.1, 0.2]]), torch.ones(1, 2, dtype=torch.bool)
+    assert decoding.decode(probs, mask, torch.tensor([0])).tolist() == [[0, 0]]
+    assert decoding.decode(probs, mask, torch.tensor([1])).tolist() == [[1, 1]]
+
+
+def test_the_extended_grid_scores_the_fallback_with_the_predicted_levels():
+    grid = DecodingGrid(**EXTENDED_GRID)
+    assert len(grid.decodings) == 200 and "t0.3g8m3f" in [d.tag for d in grid.decodings]
+    small = DecodingGrid(thresholds=(0.5,), fill_gaps=(0,), fallbacks=(False, True))
+    probs = torch.tensor([[0.1, 0.2, 0.1], [0.9, 0.9, 0.1]])
+    gold = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    small.update(probs, gold, mask, level=torch.tensor([2, 1]), pred_level=torch.tensor([1, 1]))
+    scores = small.compute()
+    # row 0: nothing decoded (IOU-F1 0) unless the fallback gives it the whole response (1)
+    assert scores["rationale_iou_f1@t0.5g0"] == pytest.approx(0.5)
+    assert scores["rationale_iou_f1@t0.5g0f"] == pytest.approx(1.0)
+    predicted_none = DecodingGrid(thresholds=(0.5,), fill_gaps=(0,), fallbacks=(True,))
+    predicted_none.update(probs, gold, mask, level=torch.tensor([2, 1]), pred_level=torch.tensor([0, 1]))
+    assert predicted_none.compute()["rationale_iou_f1@t0.5g0f"] == pytest.approx(0.5)  # level 0 predicted: no fallback
+    with pytest.raises(ValueError, match="must be non-empty"):
+        DecodingGrid(fallbacks=())

@@ -302,6 +302,29 @@ def test_evaluate_scores_the_decoding_grid_of_a_trained_joint_model(joint_run, j
         assert metrics[f"dev/{m}/macro_f1"] == pytest.approx(result["metrics"][f"dev/{m}/macro_f1"], abs=1e-6)
 
 
+def test_evaluate_scores_the_extended_grid_and_a_fallback_decoding_alike(joint_run, joint_data, tmp_path):
+    cfg, result = joint_run
+    eval_cfg = runner.compose_config(
+        "evaluate", [f"ckpt_path={result['best_checkpoint']}", "split=dev", "decoding_grid=extended",
+                     "rationale_decoding={threshold:0.3,fill_gaps:8,min_span:2,fallback:true}",
+                     "++trainer.enable_progress_bar=false"],
+        data_dir=joint_data[0], output_dir=tmp_path,
+    )
+    with open_dict(eval_cfg):
+        eval_cfg.paths.cache_dir = cfg.paths.cache_dir
+    metrics = evaluate(eval_cfg, tmp_path)
+    assert json.loads((tmp_path / "eval_dev.json").read_text())["rationale_decoding"]["fallback"] is True
+    for m in MECHANISMS:
+        grid = {k for k in metrics if k.startswith(f"dev/{m}/rationale_iou_f1@")}
+        assert len(grid) == 200 and f"dev/{m}/rationale_iou_f1@t0.1g2m5f" in grid
+        # the evaluated decoding (with the predicted levels for its fallback) is the grid's entry
+        assert metrics[f"dev/{m}/rationale_iou_f1@t0.3g8m2f"] == pytest.approx(metrics[f"dev/{m}/rationale_iou_f1"], abs=1e-9)
+    with open_dict(eval_cfg):
+        eval_cfg.decoding_grid = "all"
+    with pytest.raises(ValueError, match="decoding_grid must be false, true or extended"):
+        evaluate(eval_cfg, tmp_path)
+
+
 # ------------------------------------------------------------------------------------- export, predict
 def test_export_and_predict_give_every_mechanism_with_one_response_pass(joint_run, joint_data, tmp_path):
     trained, result = joint_run

@@ -28,7 +28,7 @@ from empathy.data.joint import IGNORE_INDEX, level_column, rationale_column
 from empathy.decoding import DecodingGrid, RationaleDecoding, rationale_probs
 from empathy.metrics import RationaleMetrics, level_metrics
 from empathy.models.biencoder import BiEncoderOutput, multitask_loss
-from empathy.models.module import STAGE_PREFIX, EmpathyModule, to_paper_predictions
+from empathy.models.module import STAGE_PREFIX, EmpathyModule, new_grid, to_paper_predictions
 
 # The keywords of multitask_loss a loss config may set (lambda_EI, lambda_RE and any later one);
 # class_weights is per mechanism here.
@@ -99,9 +99,9 @@ class JointEmpathyModule(EmpathyModule):
     def mechanisms(self) -> tuple[str, ...]:
         return self.net.mechanisms
 
-    def enable_decoding_grid(self) -> None:
+    def enable_decoding_grid(self, extended: bool = False) -> None:
         self.hparams["decoding_grid"] = True
-        self.joint_grids = nn.ModuleDict({m: DecodingGrid() for m in self.mechanisms})
+        self.joint_grids = nn.ModuleDict({m: new_grid(extended) for m in self.mechanisms})
 
     def _load_decodings(self) -> None:
         """Plus a decoding per head (``rationale_decoding`` may hold values per mechanism)."""
@@ -164,7 +164,7 @@ class JointEmpathyModule(EmpathyModule):
             if stage == "val" and self.joint_grids is not None:
                 self.joint_grids[m].update(
                     rationale_probs(outputs[m].rationale_logits[keep]),
-                    batch[rationale_column(m, "strict")][keep], mask, gold,
+                    batch[rationale_column(m, "strict")][keep], mask, gold, level,
                 )
             self.joint_metrics[f"{stage}_{m}_level"].update(level, gold)
             self.joint_metrics[f"{stage}_{m}_rationale"].update(

@@ -643,7 +643,7 @@ class EmpathyPredictor:
                 real[k, : len(enc.response_real[i])] = enc.response_real[i]
             decoding = RationaleDecoding.from_config(self.models[self._model_of[m]].rationale_decoding, m)
             probs_r = rationale_probs(out.rationale_logits)
-            token = decoding.decode(probs_r, torch.from_numpy(real).to(probs_r.device)).cpu().numpy()
+            token = decoding.decode(probs_r, torch.from_numpy(real).to(probs_r.device), logits.argmax(-1)).cpu().numpy()
             for k, runs in enumerate(token_runs((token == 1) & real)):
                 if not runs:
                     continue
