@@ -45,8 +45,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from empathy.local_pool import usable_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 RESCORE = "rescore"  # a job's subfolder with its best checkpoint's dev grid scored again
+RESCORE_EXTENDED = "rescore_extended"  # ... with the extended grid (min_span, fallback): reported, not chosen
 MECHANISMS = ("ER", "IP", "EX")
 PAPER = {"ER": 74.46, "IP": 62.6, "EX": 72.58}
 
@@ -130,13 +133,16 @@ class Runner:
         rc, seconds = self.call(cmd, job.folder)
         self.record(job, "ok" if rc == 0 and job.done else f"failed rc={rc}", seconds)
 
-    @staticmethod
-    def call(cmd: list[str], folder: Path) -> tuple[int, float]:
-        """Run ``cmd`` from the repository root with its output in ``folder/job.log``: (rc, seconds)."""
+    def call(self, cmd: list[str], folder: Path) -> tuple[int, float]:
+        """Run ``cmd`` from the repository root with its output in ``folder/job.log``: (rc, seconds).
+        The job's CPU threads are this machine's cores shared among ``--workers`` (torch would
+        otherwise give every one of them all the cores)."""
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
+        threads = max(1, usable_cores() // self.args.workers)
         with open(folder / "job.log", "w") as log:
-            rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         return rc, time.monotonic() - t0
 
     def record(self, job: Job, status: str, seconds: float) -> None:
@@ -214,19 +220,23 @@ def load_runs(out: Path) -> list[dict]:
     return runs
 
 
-def rescore_jobs(runner: Runner, runs: list[dict]) -> None:
+def rescore_jobs(runner: Runner, runs: list[dict], extended: bool = False) -> None:
     """Score today's decoding grid on the dev fold of each run's best checkpoint (``empathy.evaluate
     split=dev decoding_grid=true``, into ``<job>/rescore``): no training again. Runs already
-    scored with every decoding of the grid, and runs whose checkpoint is gone, are left as they are."""
+    scored with every decoding of the grid, and runs whose checkpoint is gone, are left as they are.
+    ``extended``: the extended grid (``decoding_grid=extended``: min_span and the fallback) into
+    ``<job>/rescore_extended``, for the runs not yet scored with it; :func:`load_runs` leaves it
+    out (the chosen decodings stay those of the default grid), :func:`extended_runs` reads it."""
     tags = grid_tags()
+    sub = RESCORE_EXTENDED if extended else RESCORE
     jobs = [r for r in runs if r.get("best_checkpoint") and Path(r["best_checkpoint"]).is_file()
-            and run_lacks_grid(r, tags)]
+            and (not (r["folder"] / sub / "eval_dev.json").is_file() if extended else run_lacks_grid(r, tags))]
 
     def one(r: dict) -> None:
-        folder = r["folder"] / RESCORE
+        folder = r["folder"] / sub
         cmd = [sys.executable, "-m", "empathy.evaluate", f"ckpt_path={r['best_checkpoint']}", "split=dev",
-               "decoding_grid=true", f"trainer={runner.args.trainer}", "++trainer.enable_progress_bar=false",
-               f"paths.cache_dir={runner.out / 'cache'}", f"hydra.run.dir={folder}"]
+               f"decoding_grid={'extended' if extended else 'true'}", f"trainer={runner.args.trainer}",
+               "++trainer.enable_progress_bar=false", f"paths.cache_dir={runner.out / 'cache'}", f"hydra.run.dir={folder}"]
         rc, seconds = runner.call(cmd, folder)
         ok = rc == 0 and (folder / "eval_dev.json").is_file()
         print(f"[{time.monotonic() - runner.started:6.0f}s] rescore {'ok' if ok else f'failed rc={rc}'} "
@@ -234,6 +244,17 @@ def rescore_jobs(runner: Runner, runs: list[dict]) -> None:
 
     with ThreadPoolExecutor(runner.args.workers) as pool:
         list(pool.map(one, jobs))
+
+
+def extended_runs(runs: list[dict]) -> list[dict]:
+    """The runs scored with the extended grid (``<job>/rescore_extended``), its scores as metrics."""
+    out = []
+    for r in runs:
+        path = r["folder"] / RESCORE_EXTENDED / "eval_dev.json" if r.get("folder") else None
+        if path is not None and path.is_file():
+            metrics = {k: v for k, v in json.loads(path.read_text())["metrics"].items() if "@" in k}
+            out.append({**r, "metrics": metrics})
+    return out
 
 
 def config_mismatches(cfg, base: str, overrides: list[str]) -> list[str]:
@@ -499,6 +520,8 @@ def run(args: argparse.Namespace) -> None:
             if lacks_grid(decoding_runs(load_runs(out), name), tags):
                 base_kind, overrides = lever_overrides(out, name)
                 runner.run_all(cv_jobs(out, "decoding", name, base_kind, overrides, args.folds))
+    if args.extended_grid:
+        rescore_jobs(runner, decoding_runs(load_runs(out), best), extended=True)
     runs = load_runs(out)
     decodings = {name: {m: tag for m, (tag, _) in best_decodings(decoding_runs(runs, name)).items()} for name in finals}
     (out / "chosen.json").write_text(json.dumps(
@@ -554,6 +577,43 @@ def decoding_stage_lines(runs: list[dict]) -> list[str]:
             + " / ".join(f"{before[m][0]} ({fmt(before[m][1])})" if m in before else "-" for m in MECHANISMS)
             + f" | {fmt(again['minutes_per_job'], 2)} |"
         )
+    return lines
+
+
+def extended_grid_lines(runs: list[dict]) -> list[str]:
+    """The extended grid's section: per lever whose kept checkpoints were scored with it, each
+    mechanism's best decoding of the default grid, the best without the fallback, and the best."""
+    from empathy.decoding import RationaleDecoding
+
+    lines = []
+    for lever in sorted({r["lever"] for r in extended_runs(runs)}):
+        own = extended_runs(decoding_runs(runs, lever))
+        plain = best_decodings(decoding_runs(runs, lever))
+        scores = grid_scores(own)
+        subsets = {
+            "no fallback": [{**r, "metrics": {k: v for k, v in r["metrics"].items()
+                                              if not RationaleDecoding.from_tag(k.partition("@")[2]).fallback}} for r in own],
+            "any": own,
+        }
+        best = {name: best_decodings(sub) for name, sub in subsets.items()}
+        if not lines:
+            lines += ["", "## Extended decoding grid: the chosen configuration's kept checkpoints, scored again (not chosen yet)", "",
+                      "`ablations.py run --extended-grid`: `python -m empathy.evaluate split=dev decoding_grid=extended` on each "
+                      "fold's best checkpoint (thresholds 0.1-0.5 x gaps 2-32 x min_span 1, 2, 3, 5 x fallback off / on: "
+                      "a response with a predicted level > 0 and no rationale token gets every token). CV strict IOU-F1, "
+                      "mean over the folds. The default configuration still decodes with the chosen decodings above: "
+                      "these would change its test runs, to be run again.", "",
+                      "| lever | mechanism | folds | chosen decoding (default grid) | best without fallback | best | gain |",
+                      "| --- | --- | ---: | --- | --- | --- | ---: |"]
+        for m in MECHANISMS:
+            if m not in best["any"]:
+                continue
+            folds = max(len(v) for v in scores[m].values())
+            chosen = plain.get(m)
+            cells = [f"{t} ({fmt(v)})" for t, v in (best["no fallback"].get(m, ("", None)), best["any"][m])]
+            gain = best["any"][m][1] - chosen[1] if chosen else None
+            lines.append(f"| {lever} | {m} | {folds} | " + (f"{chosen[0]} ({fmt(chosen[1])})" if chosen else "")
+                         + f" | {cells[0]} | {cells[1]} | {fmt(gain)} |")
     return lines
 
 
@@ -629,6 +689,7 @@ def report(args: argparse.Namespace) -> None:
             + f"{fmt(r['minutes_per_job'], 2)} |"
         )
     lines += decoding_stage_lines(runs)
+    lines += extended_grid_lines(runs)
     tested = [r for r in rows if r["test_macro_f1_ER_n"] or r["test_macro_f1_IP_n"]]
     if tested:
         lines += ["", "## Test (final configurations only)", "",
@@ -671,6 +732,9 @@ def main() -> None:
     r.add_argument("--no-combine", dest="combine", action="store_false")
     r.add_argument("--no-decoding", dest="decoding", action="store_false",
                    help="no decoding stage: the decodings come from the CV jobs' grid, whatever its size")
+    r.add_argument("--extended-grid", action="store_true",
+                   help="also score the chosen configuration's kept checkpoints with the extended decoding grid "
+                        "(min_span, fallback; reported beside the chosen decodings, not chosen)")
     r.add_argument("--only", nargs="*", help="run only these levers")
     r.add_argument("--skip", nargs="*", default=[], help="do not run these levers")
     r.add_argument("--tolerance", type=float, default=0.5,

@@ -345,3 +345,32 @@ def test_load_runs_takes_the_grid_of_a_rescored_checkpoint_and_nothing_else(tmp_
     assert run["metrics"] == {"dev/ER/macro_f1": 0.7, "dev/ER/rationale_iou_f1@t0.2g2": 0.4,
                               "dev/ER/rationale_iou_f1@t0.05g32": 0.5}
     assert run["best_checkpoint"].endswith("best.ckpt") and run["folder"] == job
+
+
+def test_runner_jobs_share_the_cores_among_the_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(ablations, "usable_cores", lambda: 4)
+    for workers, threads in ((2, "2"), (3, "1"), (8, "1")):
+        run = ablations.Runner(argparse.Namespace(out=str(tmp_path), budget_s=60, workers=workers))
+        rc, _ = run.call([sys.executable, "-c", "import os; print(os.environ['OMP_NUM_THREADS'])"], tmp_path / str(workers))
+        assert rc == 0 and (tmp_path / str(workers) / "job.log").read_text().strip() == threads
+
+
+def test_the_extended_grid_is_reported_beside_the_chosen_decodings_and_never_chosen(tmp_path):
+    for fold, (plain, short, fallback) in enumerate(((0.40, 0.42, 0.50), (0.44, 0.45, 0.52))):
+        job = tmp_path / "decoding" / "joint_lr2e-4" / f"joint-fold{fold}"
+        (job / ablations.RESCORE_EXTENDED).mkdir(parents=True)
+        (job / "metrics.json").write_text(json.dumps({"metrics": {
+            "dev/ER/macro_f1": 0.7, "dev/ER/rationale_iou_f1@t0.2g2": plain, "dev/ER/rationale_iou_f1@t0.3g2": plain - 0.01}}))
+        (job / ablations.RESCORE_EXTENDED / "eval_dev.json").write_text(json.dumps({"metrics": {
+            "dev/ER/macro_f1": 0.1, "dev/ER/rationale_iou_f1@t0.2g2": plain, "dev/ER/rationale_iou_f1@t0.2g2m3": short,
+            "dev/ER/rationale_iou_f1@t0.2g2m3f": fallback}}))
+    runs = ablations.load_runs(tmp_path)
+    # the chosen decodings come from the default grid only
+    assert ablations.best_decodings(ablations.decoding_runs(runs, "joint_lr2e-4"))["ER"][0] == "t0.2g2"
+    assert [r["job"] for r in ablations.extended_runs(runs)] == ["joint-fold0", "joint-fold1"]
+    lines = ablations.extended_grid_lines(runs)
+    row = next(line for line in lines if line.startswith("| joint_lr2e-4 | ER |"))
+    assert row == "| joint_lr2e-4 | ER | 2 | t0.2g2 (42.0) | t0.2g2m3 (43.5) | t0.2g2m3f (51.0) | 9.0 |"
+    assert ablations.extended_grid_lines([]) == []
+    # test runs read from another command's folder (report --test-runs) have no job folder
+    assert ablations.extended_grid_lines([*runs, {"stage": "test", "lever": "joint_lr2e-4", "metrics": {}}]) == lines
