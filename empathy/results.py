@@ -68,6 +68,9 @@ IGNORED_KEYS = (
     "callbacks.model_checkpoint.dirpath",
 )
 
+# What reproduce_table.py --jobs writes in its folder: jobs at once, cores, wall minutes.
+POOL_FILE = "pool.json"
+
 # The paper's figures and the floors of /work/shared/reference/paper-results.md (x100).
 # Each: (label, labelling policy, mechanism -> {metric: value}).
 REFERENCE_ROWS: tuple[tuple[str, str, dict[str, dict[str, float]]], ...] = (
@@ -456,8 +459,10 @@ def to_markdown(
     skipped: Sequence[Job] = (),
     generated: datetime | None = None,
     floors: Mapping[str, Mapping[str, float]] | None = None,
+    pools: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """The table (x100, mean ± std over seeds) with the paper's figures and the floors beside it."""
+    """The table (x100, mean ± std over seeds) with the paper's figures and the floors beside it;
+    ``pools``: {source: its pool.json} for sources whose jobs ran at once (reproduce_table.py --jobs)."""
     generated = generated or datetime.now(timezone.utc)
     # a joint run is one job per mechanism in the cells, but one run of the machine
     jobs = list({str(j.path): j for c in cells for j in c.jobs}.values())
@@ -477,6 +482,12 @@ def to_markdown(
         "Reference rows are copied from the paper and from the floors measured on this data "
         "(seeded 75/5/20 split, seed 12).",
     ]
+    for source, pool in (pools or {}).items():
+        lines.append(
+            f"`{source}`: {pool['count']} jobs, {pool['jobs']} at a time sharing {pool['cores']} cores "
+            f"(`reproduce_table.py --jobs`), {pool['wall_minutes']:.1f} minutes of wall time from the first "
+            "start to the last end; min/run is each job's own training time while it shared the cores."
+        )
     if skipped:
         lines += ["", f"Skipped {len(skipped)} unfinished job(s): " + ", ".join(f"`{j.path}`" for j in skipped) + "."]
     header = "| row | labelling | n | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " | min/run |"
@@ -535,7 +546,8 @@ def aggregate(
                 floor_values[cell.mechanism] = floors(job.path, mechanism=cell.mechanism) if job.joint else floors(job.path)
             except Exception as error:  # the data or the config may be gone: the table still stands
                 warnings.warn(f"no floors for {cell.mechanism} ({cell.jobs[0].path}): {error}", stacklevel=2)
-    write_text_atomic(markdown, to_markdown(rows, cells, [str(r) for r in roots], skipped, floors=floor_values))
+    pools = {str(r): json.loads((Path(r) / POOL_FILE).read_text()) for r in roots if (Path(r) / POOL_FILE).is_file()}
+    write_text_atomic(markdown, to_markdown(rows, cells, [str(r) for r in roots], skipped, floors=floor_values, pools=pools))
     write_text_atomic(csv_path, to_csv(rows))
     return {"rows": rows, "cells": cells, "skipped": skipped, "markdown": markdown, "csv": csv_path}
 

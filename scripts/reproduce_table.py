@@ -29,10 +29,12 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
 from empathy import results
+from empathy.io import write_json_atomic
 
 
 def comma_list(text: str) -> list[str]:
@@ -97,7 +99,15 @@ def run_pool(jobs, n: int, folder: Path, dry_run: bool) -> int:
     if dry_run:
         return 0
     folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
     pool.run(jobs, folder / ".threads")
+    write_json_atomic(folder / results.POOL_FILE, {
+        "jobs": n, "cores": pool.cores, "count": len(jobs), "wall_minutes": round((time.time() - started) / 60, 2),
+        "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        "finished": datetime.now().isoformat(timespec="seconds"),
+        "runs": [{"folder": str(job.folder), "returncode": job.returncode, "minutes": job.minutes and round(job.minutes, 2),
+                  "threads": job.threads} for job in jobs],
+    })
     return next((job.returncode for job in jobs if job.returncode), 0)
 
 

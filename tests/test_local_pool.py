@@ -130,12 +130,15 @@ def test_reproduce_table_runs_seeds_as_parallel_jobs_that_share_the_cores(tmp_pa
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "3 job(s), 2 at a time on" in done.stdout
-    folders = sorted(p for p in sweep.iterdir() if not p.name.startswith("."))
+    folders = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [p.name for p in folders] == ["0", "1", "2"]
     assert [json.loads((p / "metrics.json").read_text())["seed"] for p in folders] == [1, 2, 3]
     assert all((p / "job.log").is_file() and (p / ".hydra" / "overrides.yaml").is_file() for p in folders)
     # each job read its share from the pool's file: metrics.json lists the changes (none at start)
     assert all(isinstance(json.loads((p / "metrics.json").read_text())["thread_changes"], list) for p in folders)
     table = (tmp_path / "results" / "paper_table.md").read_text()
+    pool = json.loads((sweep / "pool.json").read_text())
+    assert (pool["jobs"], pool["count"]) == (2, 3) and [r["returncode"] for r in pool["runs"]] == [0, 0, 0]
+    assert "3 jobs, 2 at a time sharing" in table and "minutes of wall time" in table
     # one cell of the three seeds: the jobs' threads files do not split them
     assert "| joint | strict | 3 |" in table and "thread_share" not in table
