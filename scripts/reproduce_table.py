@@ -17,7 +17,7 @@ docs/experiments.md); re-running with --aggregate-only regenerates it from the r
 
 Training on the CPU, ``--jobs`` (default 2 there) runs that many jobs at once, each a plain
 ``empathy.train`` run into ``<sweep-dir>/<n>``, sharing the cores (``empathy/local_pool.py``: two
-jobs of one thread train ~1.26x faster in all than one of two threads on a 2-core machine, and a
+jobs of one thread train ~1.2x faster in all than one of two threads on a 2-core machine, and a
 job gets the cores of those that finished). On a GPU, or with a launcher (``cluster=...``), the
 default is 1: one Hydra multirun, one job after another (or the launcher's).
 """

@@ -142,7 +142,7 @@ class ThreadShare(pl.Callback):
 
     ``scripts/reproduce_table.py --jobs N`` (``empathy.local_pool``) runs N training jobs at once on
     one machine and writes each one's thread count to a file: 2 jobs of 1 thread each train about
-    1.26x faster in all than one job of 2 threads on the 2-core CPU (``scripts/bench_threads.py``),
+    1.2x faster in all than one job of 2 threads on the 2-core CPU (``scripts/bench_threads.py``),
     and when one job finishes the pool gives its cores to those still running. The file holds one
     integer; it is checked (one ``stat``) before every training, validation and test batch and
     applied with ``torch.set_num_threads``. With no path, or no such file, the callback does nothing.
