@@ -73,7 +73,7 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
     ("joint_epochs4", "joint", ["trainer.max_epochs=4"], "4 epochs"),
     ("joint_epochs5", "joint", ["trainer.max_epochs=5"], "5 epochs"),
     ("joint_lr2e-4_epochs5", "joint", ["model.optimizer.lr=2e-4", "trainer.max_epochs=5"],
-     "lr 2e-4 at 5 epochs: 5 seeds of lr 2e-4 at 6 epochs take about 70 minutes on the 2-core CPU (target 60)"),
+     "lr 2e-4 at 5 epochs: 5 seeds of lr 2e-4 at 6 epochs took 65.0-65.5 minutes on the 2-core CPU (target 60)"),
     ("joint_warmup0", "joint", ["model.scheduler.warmup_ratio=0"], "no warm-up (the paper; default 0.1)"),
     ("joint_focal2", "joint", ["loss.focal_gamma=2"], "focal level loss, gamma 2"),
     ("joint_unweighted", "joint", ["loss.class_weights=null"], "no class weights in the level loss"),
