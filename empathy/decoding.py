@@ -83,6 +83,12 @@ def _check_int(value: object, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def _check_probs_and_mask(probs: Tensor, mask: Tensor) -> None:
     if not isinstance(probs, Tensor) or not isinstance(mask, Tensor):
         raise ValueError(
@@ -186,6 +192,7 @@ def decode_rationales(
     threshold = _check_threshold(threshold)
     fill_gaps = _check_int(fill_gaps, "fill_gaps", 0)
     min_span = _check_int(min_span, "min_span", 1)
+    fallback = _check_bool(fallback, "fallback")
     _check_probs_and_mask(probs, mask)
     mask = mask.to(device=probs.device, dtype=torch.bool)
     on = (probs >= threshold) & mask
@@ -193,8 +200,6 @@ def decode_rationales(
         on = _fill_gaps(on, mask, fill_gaps)
     if min_span > 1 and on.shape[1] > 0:
         on = _drop_short_runs(on, min_span)
-    if not isinstance(fallback, bool):
-        raise ValueError(f"fallback must be true or false, got {fallback!r}")
     if fallback:
         empty = ~on.any(dim=1)
         if level is not None:
@@ -228,8 +233,7 @@ class RationaleDecoding:
         object.__setattr__(self, "threshold", _check_threshold(self.threshold))
         _check_int(self.fill_gaps, "fill_gaps", 0)
         _check_int(self.min_span, "min_span", 1)
-        if not isinstance(self.fallback, bool):
-            raise ValueError(f"fallback must be true or false, got {self.fallback!r}")
+        _check_bool(self.fallback, "fallback")
 
     @classmethod
     def from_config(cls, config: Mapping[str, object] | None, mechanism: str | None = None) -> RationaleDecoding:

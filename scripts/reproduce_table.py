@@ -56,11 +56,16 @@ def group_experiments(experiments: list[str], overrides: list[str]) -> dict[bool
 LAUNCHER_KEYS = ("cluster", "hydra/launcher", "hydra.launcher", "hparams_search", "hydra/sweeper", "hydra.sweeper")
 
 
+def uses_launcher(overrides: list[str]) -> bool:
+    """Whether the overrides choose a Hydra launcher or sweeper (cluster=..., hparams_search=...)."""
+    return any(o.lstrip("+~").startswith(LAUNCHER_KEYS) for o in overrides)
+
+
 def default_jobs(overrides: list[str]) -> int:
     """2 when the jobs train on this machine's CPU (and it has 2 cores or more), else 1."""
     from empathy import local_pool, runner
 
-    if any(o.lstrip("+~").startswith(LAUNCHER_KEYS) for o in overrides):
+    if uses_launcher(overrides):
         return 1
     accelerator = str(runner.compose_config("train", overrides).trainer.get("accelerator", "auto"))
     if accelerator == "auto":
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = ["model=joint", *args.overrides] if args.joint else list(args.overrides)
         groups = group_experiments(args.experiments, overrides)
         jobs = args.jobs or default_jobs(overrides)
-        if jobs > 1 and any(o.lstrip("+~").startswith(LAUNCHER_KEYS) for o in overrides):
+        if jobs > 1 and uses_launcher(overrides):
             parser.error("--jobs runs the jobs on this machine; with a launcher or sweeper (cluster=..., hparams_search=...) use --jobs 1")
         roots = []
         for joint, experiments in groups.items():
