@@ -1,5 +1,6 @@
-"""The levers of the ablation study: focal level loss, layer-wise learning-rate decay, rationale
-decoding settings and the dev decoding grid, cross-validation runs through the entry point."""
+"""The levers of the ablation study: focal level loss, layer-wise learning-rate decay, frozen
+response-encoder layers, rationale decoding settings and the dev decoding grid, cross-validation
+runs through the entry point."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from empathy.data.synthetic import write_synthetic_epitome
-from empathy.models.biencoder import BiEncoder, BiEncoderOutput, multitask_loss
+from empathy.models.biencoder import BiEncoder, BiEncoderOutput, JointBiEncoder, multitask_loss
 from empathy.models.module import layerwise_param_groups
 from empathy.train import train
 from tests.test_biencoder import TINY
@@ -61,6 +62,53 @@ def test_layerwise_lr_decay_groups():
     assert by_id[id(net.level_head[1].weight)] == pytest.approx(1e-3)
 
 
+def _step(net: BiEncoder, optimizer: torch.optim.Optimizer) -> None:
+    ids = torch.randint(5, 100, (4, 7))
+    outputs = net(ids, torch.ones_like(ids), ids[:, :5], torch.ones(4, 5, dtype=torch.long))
+    outputs = outputs.values() if isinstance(outputs, dict) else [outputs]
+    sum(o.level_logits.sum() + o.rationale_logits.sum() for o in outputs).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_frozen_response_layers_keep_their_weights_and_get_no_gradient(joint):
+    torch.manual_seed(0)
+    kwargs = {"mechanisms": ("ER", "IP", "EX")} if joint else {}
+    net = (JointBiEncoder if joint else BiEncoder)(TINY, freeze_response_layers=1, **kwargs)  # 2 layers
+    enc = net.response_encoder
+    frozen = [*enc.embeddings.parameters(), *enc.encoder.layer[0].parameters()]
+    trained = [*enc.encoder.layer[1].parameters(), *net.attention.parameters()]
+    assert not any(p.requires_grad for p in frozen) and all(p.requires_grad for p in trained)
+    # the optimiser gets only what trains, as the module gives it (layer-wise groups included)
+    params = [p for g in layerwise_param_groups(net, 1e-2, 0.8) for p in g["params"]]
+    assert {id(p) for p in params} == {id(p) for p in net.parameters() if p.requires_grad}
+    assert not {id(p) for p in frozen} & {id(p) for p in params}
+    before = [p.detach().clone() for p in (*frozen, *trained)]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    _step(net, optimizer)
+    assert all(p.grad is None for p in frozen)
+    after = [p.detach() for p in (*frozen, *trained)]
+    assert all(torch.equal(b, a) for b, a in zip(before[: len(frozen)], after[: len(frozen)], strict=True))
+    assert not all(torch.equal(b, a) for b, a in zip(before[len(frozen):], after[len(frozen):], strict=True))
+    # dropout still runs in the frozen layers while training (their outputs vary from call to call)
+    net.train()
+    ids = torch.randint(5, 100, (2, 6))
+    assert not torch.equal(enc(input_ids=ids).last_hidden_state, enc(input_ids=ids).last_hidden_state)
+
+
+def test_freezing_zero_layers_trains_everything_and_too_many_is_an_error():
+    net = BiEncoder(TINY, freeze_response_layers=0)
+    assert all(p.requires_grad for p in net.response_encoder.parameters())
+    every = BiEncoder(TINY, freeze_response_layers=2)  # the whole encoder: only attention and heads train
+    assert not any(p.requires_grad for p in every.response_encoder.parameters())
+    assert all(p.requires_grad for p in every.level_head.parameters())
+    with pytest.raises(ValueError, match="freeze_response_layers=3, but the response encoder has 2 numbered layers"):
+        BiEncoder(TINY, freeze_response_layers=3)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        BiEncoder(TINY, freeze_response_layers=-1)
+
+
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory) -> Path:
     return write_synthetic_epitome(tmp_path_factory.mktemp("epitome"), n_rows=80, seed=0)
@@ -90,10 +138,18 @@ def test_joint_model_scores_the_decoding_grid_per_mechanism(synthetic_dir, tmp_p
     cfg = train_cfg(
         synthetic_dir, tmp_path / "run", "model=joint", "trainer.max_epochs=1", "test=false",
         "model.decoding_grid=true", "loss.focal_gamma=1", "data.cv_folds=3", "data.cv_fold=0",
+        "model.net.freeze_response_layers=1",
     )
     metrics = train(cfg, Path(cfg.paths.output_dir))["metrics"]
     for m in ("ER", "IP", "EX"):
         assert len([k for k in metrics if k.startswith(f"dev/{m}/rationale_iou_f1@")]) == 63
+    # the frozen layer is the checkpoint's too, and the model it loads into freezes it again
+    ckpt = next((tmp_path / "run" / "checkpoints").glob("best*.ckpt"))
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["net"]["freeze_response_layers"] == 1
+    from empathy.models.module import EmpathyModule
+
+    loaded = EmpathyModule.from_checkpoint(str(ckpt))
+    assert not any(p.requires_grad for p in loaded.net.response_encoder.encoder.layer[0].parameters())
 
 
 

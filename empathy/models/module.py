@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from empathy.decoding import (
 )
 from empathy.io import atomic_output
 from empathy.metrics import RationaleMetrics, level_metrics
-from empathy.models.biencoder import BiEncoderOutput, build_net, multitask_loss
+from empathy.models.biencoder import LAYER_INDEX, BiEncoderOutput, build_net, multitask_loss
 
 STAGE_PREFIX = {"val": "dev", "test": "test"}
 # The seeker cache's files (EmpathyModule.build_seeker_cache) live in <data cache_dir>/seeker_states.
@@ -65,9 +64,6 @@ def to_paper_predictions(preds: Tensor, pred_level: Tensor, mask: Tensor) -> Ten
     return torch.where((pred_level == 0).unsqueeze(1), mask.to(preds.dtype), preds)
 
 
-_LAYER = re.compile(r"(?:^|\.)(?:layer|layers)\.(\d+)\.")
-
-
 def layerwise_param_groups(net: torch.nn.Module, lr: float, decay: float = 1.0) -> list[dict[str, Any]]:
     """Trainable parameters in optimiser groups with layer-wise learning-rate decay (LLRD): the
     response encoder's layer i of L gets ``lr * decay ** (L - i)``, its embeddings
@@ -75,13 +71,13 @@ def layerwise_param_groups(net: torch.nn.Module, lr: float, decay: float = 1.0) 
     named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     if decay == 1.0:
         return [{"params": [p for _, p in named]}]
-    depths = [int(m.group(1)) for n, _ in named if (m := _LAYER.search(n)) and n.startswith("response_encoder.")]
+    depths = [int(m.group(1)) for n, _ in named if (m := LAYER_INDEX.search(n)) and n.startswith("response_encoder.")]
     layers = max(depths) + 1 if depths else 0
     groups: dict[int, list[torch.nn.Parameter]] = {}
     for name, param in named:
         if not name.startswith("response_encoder."):
             below = 0
-        elif m := _LAYER.search(name):
+        elif m := LAYER_INDEX.search(name):
             below = layers - int(m.group(1))
         else:  # embeddings (and anything before the first layer)
             below = layers + 1
