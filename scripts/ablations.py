@@ -19,7 +19,12 @@ Stages of `run` (each job is `python -m empathy.train <overrides>`, with its own
    checkpoints are gone, the configuration is trained on the same folds again; each mechanism then gets
    the decoding with its best mean dev strict IOU-F1 over the folds (`chosen.json`: decodings).
    Chosen: the fastest to train (CV minutes for all three mechanisms) of the configurations whose
-   cross-validated macro-F1 (mean over ER, IP, EX) is within `--tolerance` points (0.5) of the best.
+   cross-validated macro-F1 (mean over ER, IP, EX) is within `--tolerance` points (0.5) of the best;
+   then the fastest of its cheaper variants (CHEAPER: fewer epochs, frozen layers) within the same
+   tolerance of it on the machine and folds they ran on (`chosen.json`: cheaper_variants).
+   `--extended-grid`: the chosen configuration's kept checkpoints are scored with the extended grid
+   too (`decoding_grid=extended`: min_span, fallback, into `<job>/rescore_extended`), and its
+   decodings are chosen from it (`chosen.json`: decoding_grid).
 4. `test`: the chosen configuration with those decodings, and the separate-model default with its
    own, each on the standard split with `--seeds` seeds: the only runs that see test.
 Jobs that have a metrics.json are not run again (a stopped run continues). `--budget-s` stops
@@ -49,7 +54,7 @@ from empathy.local_pool import usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 RESCORE = "rescore"  # a job's subfolder with its best checkpoint's dev grid scored again
-RESCORE_EXTENDED = "rescore_extended"  # ... with the extended grid (min_span, fallback): reported, not chosen
+RESCORE_EXTENDED = "rescore_extended"  # ... with the extended grid (min_span, fallback): `run --extended-grid`
 MECHANISMS = ("ER", "IP", "EX")
 PAPER = {"ER": 74.46, "IP": 62.6, "EX": 72.58}
 
@@ -74,6 +79,8 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
     ("joint_epochs5", "joint", ["trainer.max_epochs=5"], "5 epochs"),
     ("joint_lr2e-4_epochs5", "joint", ["model.optimizer.lr=2e-4", "trainer.max_epochs=5"],
      "lr 2e-4 at 5 epochs: 5 seeds of lr 2e-4 at 6 epochs took 65.0-65.5 minutes on the 2-core CPU (target 60)"),
+    ("joint_lr2e-4_freeze2", "joint", ["model.optimizer.lr=2e-4", "model.net.freeze_response_layers=2"],
+     "lr 2e-4 with the response encoder's embeddings and first 2 of 6 layers frozen: 1.33x faster a training step"),
     ("joint_warmup0", "joint", ["model.scheduler.warmup_ratio=0"], "no warm-up (the paper; default 0.1)"),
     ("joint_focal2", "joint", ["loss.focal_gamma=2"], "focal level loss, gamma 2"),
     ("joint_unweighted", "joint", ["loss.class_weights=null"], "no class weights in the level loss"),
@@ -86,7 +93,12 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
 ]
 BY_NAME: dict[str, tuple[str, list[str]]] = {name: (base, overrides) for name, base, overrides, _ in LEVERS}
 # cheaper variants (compared, never stacked) and levers that are already a combination
-NOT_COMBINED = {"joint_epochs4", "joint_epochs5", "joint_lr2e-4_epochs5", "joint_len64", "joint_no_attention"}
+# Cheaper variants of a configuration: its training with less work (fewer epochs, frozen layers).
+# They ran on the 2-core CPU, where their configuration was trained again on the same folds (its
+# `decoding` stage), and are compared with those runs (same machine, same folds), not with its
+# cross-validation on another machine: see `cheaper_variants`.
+CHEAPER: dict[str, tuple[str, ...]] = {"joint_lr2e-4": ("joint_lr2e-4_epochs5", "joint_lr2e-4_freeze2")}
+NOT_COMBINED = {"joint_epochs4", "joint_epochs5", "joint_lr2e-4_epochs5", "joint_lr2e-4_freeze2", "joint_len64", "joint_no_attention"}
 
 
 @dataclass
@@ -198,6 +210,13 @@ def test_jobs(out: Path, lever: str, base: str, overrides: list[str], seeds: int
 
 
 # ------------------------------------------------------------------------------------- reading results
+def machine(hardware: dict | None) -> str:
+    """A run's machine in words, from its metrics.json ``hardware``: the GPU, else the CPU and its cores."""
+    if not hardware:
+        return "unknown"
+    return hardware.get("gpu") or f"{hardware.get('cpu')} ({hardware.get('cores')} cores)"
+
+
 def load_runs(out: Path) -> list[dict]:
     runs = []
     seconds = {}
@@ -215,7 +234,7 @@ def load_runs(out: Path) -> list[dict]:
             metrics.update({k: v for k, v in json.loads(rescored.read_text())["metrics"].items() if "@" in k})
         runs.append({"stage": stage, "lever": lever, "job": job, "metrics": metrics,
                      "seconds": seconds.get(f"{stage}/{lever}/{job}") or 60 * (data.get("fit_minutes") or 0) or None,
-                     "fit_minutes": data.get("fit_minutes"), "folder": path.parent,
+                     "fit_minutes": data.get("fit_minutes"), "folder": path.parent, "machine": machine(data.get("hardware")),
                      "best_checkpoint": data.get("best_checkpoint")})
     return runs
 
@@ -226,7 +245,8 @@ def rescore_jobs(runner: Runner, runs: list[dict], extended: bool = False) -> No
     scored with every decoding of the grid, and runs whose checkpoint is gone, are left as they are.
     ``extended``: the extended grid (``decoding_grid=extended``: min_span and the fallback) into
     ``<job>/rescore_extended``, for the runs not yet scored with it; :func:`load_runs` leaves it
-    out (the chosen decodings stay those of the default grid), :func:`extended_runs` reads it."""
+    out, :func:`extended_runs` reads it (and :func:`lever_decodings` when ``run --extended-grid``
+    chose from it)."""
     tags = grid_tags()
     sub = RESCORE_EXTENDED if extended else RESCORE
     jobs = [r for r in runs if r.get("best_checkpoint") and Path(r["best_checkpoint"]).is_file()
@@ -257,13 +277,68 @@ def extended_runs(runs: list[dict]) -> list[dict]:
     return out
 
 
+def lever_decodings(runs: list[dict], lever: str, extended: bool = False) -> dict[str, tuple[str, float]]:
+    """A lever's decoding per mechanism (tag, CV strict IOU-F1): the best of the default grid over
+    its :func:`decoding_runs`, or with ``extended``, the best of the extended grid when every one
+    of those runs was scored with it."""
+    own = decoding_runs(runs, lever)
+    scored = extended_runs(own)
+    if extended and scored and len(scored) == len(own):
+        return best_decodings(scored)
+    return best_decodings(own)
+
+
+def cheaper_variants(best: str, runs: list[dict], tolerance: float) -> list[dict]:
+    """Each cheaper variant of ``best`` (:data:`CHEAPER`) whose CV ran on one machine, against
+    ``best``'s runs on that machine and the same folds (its `decoding` stage, else its `cv`):
+    the mean CV macro-F1 of both, and whether the variant is within ``tolerance`` points (the
+    rule of :func:`choose`, on like with like). A variant without such runs of ``best`` is left out."""
+    out = []
+    for variant in CHEAPER.get(best, ()):
+        own = [r for r in runs if r["lever"] == variant and r["stage"] == "cv"]
+        machines = {r.get("machine") for r in own}
+        if len(machines) != 1:
+            continue
+        (where,) = machines
+        reference = {}
+        for stage in ("cv", "decoding"):  # the decoding stage's run of a fold replaces the cv stage's
+            reference |= {r["job"]: r for r in runs
+                          if r["lever"] == best and r["stage"] == stage and r.get("machine") == where}
+        if not {r["job"] for r in own} <= set(reference):
+            continue
+        mine = summarise_cv([{**r, "stage": "cv"} for r in own])[variant]
+        theirs = summarise_cv([{**reference[r["job"]], "stage": "cv"} for r in own])[best]
+        if mine["mean_macro_f1"] is None or theirs["mean_macro_f1"] is None:
+            continue
+        out.append({
+            "variant": variant, "of": best, "machine": where, "folds": mine["folds"],
+            "macro_f1": mine["macro_f1"], "mean_macro_f1": mine["mean_macro_f1"],
+            "reference_macro_f1": theirs["macro_f1"], "reference_mean_macro_f1": theirs["mean_macro_f1"],
+            "minutes_per_job": mine["minutes_per_job"],
+            "within": mine["mean_macro_f1"] >= theirs["mean_macro_f1"] - tolerance,
+        })
+    return out
+
+
+def choose_cheaper(best: str, runs: list[dict], tolerance: float) -> tuple[str, list[dict]]:
+    """``best``, or the fastest of its cheaper variants within tolerance on the same machine
+    (:func:`cheaper_variants`, all of them returned too)."""
+    variants = cheaper_variants(best, runs, tolerance)
+    within = [v for v in variants if v["within"]]
+    if not within:
+        return best, variants
+    return min(within, key=lambda v: (v["minutes_per_job"] or math.inf, -v["mean_macro_f1"]))["variant"], variants
+
+
 def config_mismatches(cfg, base: str, overrides: list[str]) -> list[str]:
     """What in a run's resolved config differs from a lever's base and ``key=value`` overrides
     (values parsed by Hydra's own override grammar; config group choices other than model= are not
-    checked: the resolved config has no names)."""
+    checked: the resolved config has no names). A mechanism's rationale decoding is compared as the
+    decoding it makes (a run from before min_span and the fallback, without them, is one without)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from empathy import runner
+    from empathy.decoding import RationaleDecoding
 
     wrong = [] if runner.is_joint(cfg) == (base == "joint") else [f"model: expected the {base} model"]
     for override, parsed in zip(overrides, OverridesParser.create().parse_overrides(overrides), strict=True):
@@ -271,26 +346,31 @@ def config_mismatches(cfg, base: str, overrides: list[str]) -> list[str]:
         if "." not in key:
             continue
         got = OmegaConf.select(cfg, key)
-        if got != parsed.value():
+        prefix, _, mechanism = key.rpartition(".")
+        if prefix == "model.rationale_decoding" and mechanism in MECHANISMS and isinstance(parsed.value(), dict):
+            same = RationaleDecoding.from_config(cfg.model.rationale_decoding, mechanism) == RationaleDecoding(**parsed.value())
+        else:
+            same = got == parsed.value()
+        if not same:
             wrong.append(f"{key}={got} (expected {value})")
     return wrong
 
 
-def external_test_runs(spec: str, runs: list[dict]) -> list[dict]:
+def external_test_runs(spec: str, runs: list[dict], extended: bool = False) -> list[dict]:
     """``LEVER=DIR``: the test runs of a lever that another command trained (e.g. the 5 seeds of
     ``scripts/reproduce_table.py`` once the lever is the default), one ``empathy.train`` job per
     subfolder of DIR. Each job's resolved config must hold the lever's overrides and its
-    cross-validated decoding per mechanism (``best_decodings`` of ``decoding_runs``), or the
-    report stops."""
+    cross-validated decoding per mechanism (:func:`lever_decodings`, from the extended grid with
+    ``extended``), or the report stops."""
     lever, _, folder = spec.partition("=")
     entry = BY_NAME.get(lever)
     if entry is None or not folder:
         raise SystemExit(f"--test-runs {spec}: expected LEVER=DIR with a lever of LEVERS")
     base, overrides = entry
-    decodings = {m: tag for m, (tag, _) in best_decodings(decoding_runs(runs, lever)).items()}
+    decodings = {m: tag for m, (tag, _) in lever_decodings(runs, lever, extended).items()}
     overrides = merge_overrides(BASES[base], overrides, mechanism_decoding_overrides(decodings))
     if set(decodings) == set(MECHANISMS):  # the shared setting then decodes nothing: not checked
-        shared = {f"model.rationale_decoding.{k}" for k in ("threshold", "fill_gaps", "min_span")}
+        shared = {f"model.rationale_decoding.{k}" for k in ("threshold", "fill_gaps", "min_span", "fallback")}
         overrides = [o for o in overrides if o.partition("=")[0] not in shared]
     paths = sorted(Path(folder).glob("*/metrics.json"))
     if not paths:
@@ -392,13 +472,15 @@ def choose(complete: dict[str, dict], tolerance: float) -> str:
 
 
 def mechanism_decoding_overrides(decodings: dict[str, str]) -> list[str]:
-    """``{mechanism: tag}`` -> one override per mechanism (its values replace the shared ones)."""
+    """``{mechanism: tag}`` -> one override per mechanism with every value of the decoding (they
+    replace the shared ones and any the config had for that mechanism)."""
     from empathy.decoding import RationaleDecoding
 
     out = []
     for m, tag in sorted(decodings.items(), key=lambda item: MECHANISMS.index(item[0])):
         d = RationaleDecoding.from_tag(tag)
-        out.append(f"model.rationale_decoding.{m}={{threshold:{d.threshold:g},fill_gaps:{d.fill_gaps}}}")
+        out.append(f"model.rationale_decoding.{m}={{threshold:{d.threshold:g},fill_gaps:{d.fill_gaps},"
+                   f"min_span:{d.min_span},fallback:{str(d.fallback).lower()}}}")
     return out
 
 
@@ -510,7 +592,7 @@ def run(args: argparse.Namespace) -> None:
     if not complete:
         print("no complete cross-validated configuration: no decoding or test stage", flush=True)
         return
-    best = choose(complete, args.tolerance)
+    best, variants = choose_cheaper(choose(complete, args.tolerance), load_runs(out), args.tolerance)
     finals = [best] + (["separate"] if "separate" in complete and best != "separate" else [])
     if args.decoding:
         tags = grid_tags()
@@ -523,9 +605,11 @@ def run(args: argparse.Namespace) -> None:
     if args.extended_grid:
         rescore_jobs(runner, decoding_runs(load_runs(out), best), extended=True)
     runs = load_runs(out)
-    decodings = {name: {m: tag for m, (tag, _) in best_decodings(decoding_runs(runs, name)).items()} for name in finals}
+    decodings = {name: {m: tag for m, (tag, _) in lever_decodings(runs, name, args.extended_grid and name == best).items()}
+                 for name in finals}
     (out / "chosen.json").write_text(json.dumps(
-        {"lever": best, "tolerance": args.tolerance, **complete[best], "decodings": decodings[best]}, indent=2))
+        {"lever": best, "tolerance": args.tolerance, **complete[best], "decodings": decodings[best],
+         "decoding_grid": "extended" if args.extended_grid else "default", "cheaper_variants": variants}, indent=2))
     if args.seeds:
         tests = []
         for name in finals:
@@ -580,9 +664,35 @@ def decoding_stage_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
-def extended_grid_lines(runs: list[dict]) -> list[str]:
+def cheaper_variant_lines(runs: list[dict], tolerance: float) -> list[str]:
+    """The section on cheaper variants (:data:`CHEAPER`): each one's CV macro-F1 against its
+    configuration's runs on the same machine and folds (:func:`cheaper_variants`)."""
+    variants = [v for best in CHEAPER for v in cheaper_variants(best, runs, tolerance)]
+    if not variants:
+        return []
+    lines = ["", "## Cheaper variants: against their configuration on the same machine and folds", "",
+             "A variant trains its configuration with less work. Its cross-validation ran on another machine than "
+             "most of the table, so it is compared with its configuration trained again on the same folds and "
+             f"machine; within {tolerance:g} points of it, the fastest variant is chosen in its place (the rule of the "
+             "main table, on like with like).", "",
+             "| variant | of | machine | folds | CV macro-F1 ER | IP | EX | mean | its configuration there: ER | IP | EX "
+             "| mean | difference | within |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for v in variants:
+        lines.append(
+            f"| {v['variant']} | {v['of']} | {v['machine']} | {v['folds']} | "
+            + " | ".join(fmt(v["macro_f1"].get(m)) for m in MECHANISMS) + f" | {fmt(v['mean_macro_f1'])} | "
+            + " | ".join(fmt(v["reference_macro_f1"].get(m)) for m in MECHANISMS)
+            + f" | {fmt(v['reference_mean_macro_f1'])} | {v['mean_macro_f1'] - v['reference_mean_macro_f1']:+.1f} | "
+            + ("yes" if v["within"] else "no") + " |"
+        )
+    return lines
+
+
+def extended_grid_lines(runs: list[dict], chosen: str | None = None) -> list[str]:
     """The extended grid's section: per lever whose kept checkpoints were scored with it, each
-    mechanism's best decoding of the default grid, the best without the fallback, and the best."""
+    mechanism's best decoding of the default grid, the best without the fallback, and the best
+    (the decoding of ``chosen``, the lever whose decodings `run --extended-grid` chose from it)."""
     from empathy.decoding import RationaleDecoding
 
     lines = []
@@ -597,22 +707,22 @@ def extended_grid_lines(runs: list[dict]) -> list[str]:
         }
         best = {name: best_decodings(sub) for name, sub in subsets.items()}
         if not lines:
-            lines += ["", "## Extended decoding grid: the chosen configuration's kept checkpoints, scored again (not chosen yet)", "",
+            lines += ["", "## Extended decoding grid: kept checkpoints scored again", "",
                       "`ablations.py run --extended-grid`: `python -m empathy.evaluate split=dev decoding_grid=extended` on each "
-                      "fold's best checkpoint (thresholds 0.1-0.5 x gaps 2-32 x min_span 1, 2, 3, 5 x fallback off / on: "
-                      "a response with a predicted level > 0 and no rationale token gets every token). CV strict IOU-F1, "
-                      "mean over the folds. The default configuration still decodes with the chosen decodings above: "
-                      "these would change its test runs, to be run again.", "",
-                      "| lever | mechanism | folds | chosen decoding (default grid) | best without fallback | best | gain |",
+                      "fold's best checkpoint of the chosen configuration (thresholds 0.1-0.5 x gaps 2-32 x min_span 1, 2, 3, 5 "
+                      "x fallback off / on: a response with a predicted level > 0 and no rationale token gets every token). "
+                      "CV strict IOU-F1, mean over the folds. The chosen configuration decodes with the best of this grid "
+                      f"({chosen or 'none yet'}); a lever scored earlier keeps the decodings of the default grid.", "",
+                      "| lever | mechanism | folds | best of the default grid | best without fallback | best | gain |",
                       "| --- | --- | ---: | --- | --- | --- | ---: |"]
         for m in MECHANISMS:
             if m not in best["any"]:
                 continue
             folds = max(len(v) for v in scores[m].values())
-            chosen = plain.get(m)
+            plain_m = plain.get(m)
             cells = [f"{t} ({fmt(v)})" for t, v in (best["no fallback"].get(m, ("", None)), best["any"][m])]
-            gain = best["any"][m][1] - chosen[1] if chosen else None
-            lines.append(f"| {lever} | {m} | {folds} | " + (f"{chosen[0]} ({fmt(chosen[1])})" if chosen else "")
+            gain = best["any"][m][1] - plain_m[1] if plain_m else None
+            lines.append(f"| {lever} | {m} | {folds} | " + (f"{plain_m[0]} ({fmt(plain_m[1])})" if plain_m else "")
                          + f" | {cells[0]} | {cells[1]} | {fmt(gain)} |")
     return lines
 
@@ -621,13 +731,16 @@ def report(args: argparse.Namespace) -> None:
     out = Path(args.out).resolve()
     runs = load_runs(out)
     cv = summarise_cv(runs)
-    runs += [run for spec in args.test_runs for run in external_test_runs(spec, runs)]
+    choice = json.loads((out / "chosen.json").read_text()) if (out / "chosen.json").is_file() else {}
+    chosen = choice.get("lever")
+    extended = choice.get("decoding_grid") == "extended"  # the chosen lever's decodings came from it
+    runs += [run for spec in args.test_runs
+             for run in external_test_runs(spec, runs, extended and spec.partition("=")[0] == chosen)]
     test = summarise_test(runs)
     descriptions = {n: (b, o, d) for n, b, o, d in LEVERS}
     if (out / "combined.json").is_file():
         combined = json.loads((out / "combined.json").read_text())
         descriptions["joint_combined"] = ("joint", combined["overrides"], "together: " + ", ".join(combined["levers"]))
-    chosen = json.loads((out / "chosen.json").read_text())["lever"] if (out / "chosen.json").is_file() else None
     rows = []
     for name in [n for n in descriptions if n in cv] + [n for n in cv if n not in descriptions]:
         s = cv[name]
@@ -688,8 +801,9 @@ def report(args: argparse.Namespace) -> None:
             + "".join(f"{r[f'cv_best_decoding_{m}'] or ''} ({fmt(r[f'cv_best_decoding_iou_f1_{m}'])}) | " for m in MECHANISMS)
             + f"{fmt(r['minutes_per_job'], 2)} |"
         )
+    lines += cheaper_variant_lines(runs, choice.get("tolerance", 0.5))
     lines += decoding_stage_lines(runs)
-    lines += extended_grid_lines(runs)
+    lines += extended_grid_lines(runs, chosen if extended else None)
     tested = [r for r in rows if r["test_macro_f1_ER_n"] or r["test_macro_f1_IP_n"]]
     if tested:
         lines += ["", "## Test (final configurations only)", "",
@@ -733,8 +847,8 @@ def main() -> None:
     r.add_argument("--no-decoding", dest="decoding", action="store_false",
                    help="no decoding stage: the decodings come from the CV jobs' grid, whatever its size")
     r.add_argument("--extended-grid", action="store_true",
-                   help="also score the chosen configuration's kept checkpoints with the extended decoding grid "
-                        "(min_span, fallback; reported beside the chosen decodings, not chosen)")
+                   help="score the chosen configuration's kept checkpoints with the extended decoding grid "
+                        "(min_span, fallback) and choose its decodings from it")
     r.add_argument("--only", nargs="*", help="run only these levers")
     r.add_argument("--skip", nargs="*", default=[], help="do not run these levers")
     r.add_argument("--tolerance", type=float, default=0.5,

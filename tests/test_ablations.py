@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from empathy import CONFIG_DIR, runner
 
@@ -267,9 +267,9 @@ def test_best_decodings_per_mechanism_mean_over_folds_ties_and_missing_folds():
     runs[0]["metrics"]["dev/ER/rationale_iou_f1@t0.6g0"] = 0.99
     assert ablations.best_decodings(runs)["ER"][0] == "t0.1g4"
     assert ablations.mechanism_decoding_overrides({m: t for m, (t, _) in best.items()}) == [
-        "model.rationale_decoding.ER={threshold:0.1,fill_gaps:4}",
-        "model.rationale_decoding.IP={threshold:0.5,fill_gaps:0}",
-        "model.rationale_decoding.EX={threshold:0.2,fill_gaps:2}",
+        "model.rationale_decoding.ER={threshold:0.1,fill_gaps:4,min_span:1,fallback:false}",
+        "model.rationale_decoding.IP={threshold:0.5,fill_gaps:0,min_span:1,fallback:false}",
+        "model.rationale_decoding.EX={threshold:0.2,fill_gaps:2,min_span:1,fallback:false}",
     ]
 
 
@@ -308,7 +308,7 @@ def test_external_test_runs_accept_runs_of_the_lever_and_refuse_any_other(tmp_pa
 
     # the lever's cross-validated decoding per mechanism is part of the check
     other = _grid_runs("joint_lr2e-4", {"ER": {"t0.2g2": [0.5]}, "IP": {"t0.1g4": [0.7]}, "EX": {"t0.3g2": [0.6]}})
-    with pytest.raises(SystemExit, match=re.escape("model.rationale_decoding.IP={'threshold': 0.1, 'fill_gaps': 8}")):
+    with pytest.raises(SystemExit, match=re.escape("model.rationale_decoding.IP={'threshold': 0.1, 'fill_gaps': 8, 'min_span': 1, 'fallback': False} (expected {threshold:0.1,fill_gaps:4,")):
         ablations.external_test_runs(f"joint_lr2e-4={sweep}", other)
     # one run of another configuration stops the report, naming the folder and the key
     _test_run(sweep / "2", ["model.optimizer.lr=1e-4", *chosen], 3)
@@ -355,7 +355,7 @@ def test_runner_jobs_share_the_cores_among_the_workers(tmp_path, monkeypatch):
         assert rc == 0 and (tmp_path / str(workers) / "job.log").read_text().strip() == threads
 
 
-def test_the_extended_grid_is_reported_beside_the_chosen_decodings_and_never_chosen(tmp_path):
+def test_the_extended_grid_is_reported_and_chosen_only_when_asked(tmp_path):
     for fold, (plain, short, fallback) in enumerate(((0.40, 0.42, 0.50), (0.44, 0.45, 0.52))):
         job = tmp_path / "decoding" / "joint_lr2e-4" / f"joint-fold{fold}"
         (job / ablations.RESCORE_EXTENDED).mkdir(parents=True)
@@ -365,12 +365,92 @@ def test_the_extended_grid_is_reported_beside_the_chosen_decodings_and_never_cho
             "dev/ER/macro_f1": 0.1, "dev/ER/rationale_iou_f1@t0.2g2": plain, "dev/ER/rationale_iou_f1@t0.2g2m3": short,
             "dev/ER/rationale_iou_f1@t0.2g2m3f": fallback}}))
     runs = ablations.load_runs(tmp_path)
-    # the chosen decodings come from the default grid only
+    # the runs' own metrics keep the default grid: its decodings unless the extended grid is asked for
     assert ablations.best_decodings(ablations.decoding_runs(runs, "joint_lr2e-4"))["ER"][0] == "t0.2g2"
+    assert ablations.lever_decodings(runs, "joint_lr2e-4")["ER"][0] == "t0.2g2"
+    assert ablations.lever_decodings(runs, "joint_lr2e-4", extended=True)["ER"] == ("t0.2g2m3f", pytest.approx(51.0))
     assert [r["job"] for r in ablations.extended_runs(runs)] == ["joint-fold0", "joint-fold1"]
-    lines = ablations.extended_grid_lines(runs)
+    lines = ablations.extended_grid_lines(runs, "joint_lr2e-4")
     row = next(line for line in lines if line.startswith("| joint_lr2e-4 | ER |"))
     assert row == "| joint_lr2e-4 | ER | 2 | t0.2g2 (42.0) | t0.2g2m3 (43.5) | t0.2g2m3f (51.0) | 9.0 |"
+    assert any("decodes with the best of this grid (joint_lr2e-4)" in line for line in lines)
+    # one fold not scored with the extended grid: the default grid's decodings for all
+    (tmp_path / "decoding" / "joint_lr2e-4" / "joint-fold1" / ablations.RESCORE_EXTENDED / "eval_dev.json").unlink()
+    fewer = ablations.load_runs(tmp_path)
+    assert ablations.lever_decodings(fewer, "joint_lr2e-4", extended=True)["ER"][0] == "t0.2g2"
+    (tmp_path / "decoding" / "joint_lr2e-4" / "joint-fold1" / ablations.RESCORE_EXTENDED / "eval_dev.json").write_text(
+        json.dumps({"metrics": {"dev/ER/rationale_iou_f1@t0.2g2": 0.44, "dev/ER/rationale_iou_f1@t0.2g2m3": 0.45,
+                                "dev/ER/rationale_iou_f1@t0.2g2m3f": 0.52}}))
+    runs = ablations.load_runs(tmp_path)
+    # the report checks the chosen lever's test runs against the decodings it chose
+    sweep = tmp_path / "reproduce"
+    _test_run(sweep / "0", ["model.optimizer.lr=2e-4", "model.rationale_decoding.threshold=0.3",
+                            "model.rationale_decoding.ER={threshold:0.2,fill_gaps:2,min_span:3,fallback:true}"], 1)
+    assert len(ablations.external_test_runs(f"joint_lr2e-4={sweep}", runs, extended=True)) == 1
+    with pytest.raises(SystemExit, match="model.rationale_decoding.ER="):
+        ablations.external_test_runs(f"joint_lr2e-4={sweep}", runs)
     assert ablations.extended_grid_lines([]) == []
     # test runs read from another command's folder (report --test-runs) have no job folder
-    assert ablations.extended_grid_lines([*runs, {"stage": "test", "lever": "joint_lr2e-4", "metrics": {}}]) == lines
+    assert ablations.extended_grid_lines([*runs, {"stage": "test", "lever": "joint_lr2e-4", "metrics": {}}], "joint_lr2e-4") == lines
+
+
+def test_extended_decodings_become_overrides_with_min_span_and_fallback():
+    assert ablations.mechanism_decoding_overrides({"EX": "t0.2g4m2f", "ER": "t0.3g8m3", "IP": "t0.3g16"}) == [
+        "model.rationale_decoding.ER={threshold:0.3,fill_gaps:8,min_span:3,fallback:false}",
+        "model.rationale_decoding.IP={threshold:0.3,fill_gaps:16,min_span:1,fallback:false}",
+        "model.rationale_decoding.EX={threshold:0.2,fill_gaps:4,min_span:2,fallback:true}",
+    ]
+    # a run written before min_span and the fallback (two values per mechanism) is the decoding without them
+    old = runner.compose_config("train", ["model.rationale_decoding.IP={threshold:0.3,fill_gaps:16}"], output_dir=Path("."))
+    with open_dict(old):
+        old.model.rationale_decoding.IP = {"threshold": 0.3, "fill_gaps": 16}
+    assert ablations.config_mismatches(old, "joint", ["model.rationale_decoding.IP={threshold:0.3,fill_gaps:16,min_span:1,fallback:false}"]) == []
+    assert ablations.config_mismatches(old, "joint", ["model.rationale_decoding.IP={threshold:0.3,fill_gaps:16,min_span:2,fallback:false}"])
+    # they compose, and a run of them passes the report's check
+    overrides = ablations.mechanism_decoding_overrides({"ER": "t0.3g8m3f"})
+    cfg = runner.compose_config("train", overrides, output_dir=Path("."))
+    assert OmegaConf.to_container(cfg.model.rationale_decoding.ER) == {"threshold": 0.3, "fill_gaps": 8, "min_span": 3, "fallback": True}
+    assert ablations.config_mismatches(cfg, "joint", overrides) == []
+
+
+def _machine_runs(lever: str, f1: list[float], machine: str, stage: str = "cv", seconds: float = 60.0) -> list[dict]:
+    return [{"stage": stage, "lever": lever, "job": f"joint-fold{k}", "seconds": seconds, "machine": machine,
+             "metrics": {f"dev/{m}/macro_f1": v for m in ablations.MECHANISMS}} for k, v in enumerate(f1)]
+
+
+def test_cheaper_variants_are_compared_with_their_configuration_on_the_same_machine_and_folds():
+    best, (epochs5, freeze2) = "joint_lr2e-4", ablations.CHEAPER["joint_lr2e-4"]
+    gpu = _machine_runs(best, [0.72, 0.71, 0.71], "H100")  # its CV on another machine scores higher
+    cpu = _machine_runs(best, [0.70, 0.71, 0.70], "CPU", stage="decoding")  # again on the CPU: mean 70.33
+    variants = [*_machine_runs(epochs5, [0.69, 0.70, 0.69], "CPU", seconds=1800.0),  # 69.33: 1.0 below
+                *_machine_runs(freeze2, [0.70, 0.70, 0.70], "CPU", seconds=1500.0)]  # 70.0: 0.33 below
+    runs = [*gpu, *cpu, *variants]
+    found = {v["variant"]: v for v in ablations.cheaper_variants(best, runs, 0.5)}
+    assert found[freeze2]["reference_mean_macro_f1"] == pytest.approx(70.333, abs=1e-3)  # the CPU runs, not the H100's
+    assert found[freeze2]["within"] and not found[epochs5]["within"]
+    assert found[freeze2]["machine"] == "CPU" and found[freeze2]["folds"] == 3
+    assert ablations.choose_cheaper(best, runs, 0.5)[0] == freeze2
+    # both within: the faster (CV minutes on that machine); none within: the configuration stays
+    assert ablations.choose_cheaper(best, runs, 1.5)[0] == freeze2
+    assert ablations.choose_cheaper(best, runs, 0.2)[0] == best
+    # without its configuration's runs on the variant's machine and folds, a variant is not compared
+    assert ablations.cheaper_variants(best, [*gpu, *variants], 0.5) == []
+    assert ablations.cheaper_variants(best, [*gpu, *cpu[:2], *variants], 0.5) == []
+    # a variant whose folds ran on two machines is not compared either
+    mixed = [*cpu, *_machine_runs(freeze2, [0.70, 0.70], "CPU"), *_machine_runs(freeze2, [0.7, 0.7, 0.7], "H100")[2:]]
+    assert ablations.cheaper_variants(best, mixed, 0.5) == []
+    assert ablations.choose_cheaper("joint", runs, 0.5) == ("joint", [])  # no variants declared
+    lines = ablations.cheaper_variant_lines(runs, 0.5)
+    assert any(line.startswith(f"| {freeze2} | {best} | CPU | 3 | 70.0 | 70.0 | 70.0 | 70.0 | 70.3 |") and line.endswith("| -0.3 | yes |")
+               for line in lines)
+    assert ablations.cheaper_variant_lines(gpu, 0.5) == []
+
+
+def test_load_runs_names_each_runs_machine(tmp_path):
+    for name, hardware in (("gpu", {"gpu": "NVIDIA H100 80GB HBM3", "cpu": "Xeon", "cores": 16}),
+                           ("cpu", {"gpu": None, "cpu": "AMD EPYC", "cores": 2}), ("old", None)):
+        job = tmp_path / "cv" / name / "joint-fold0"
+        job.mkdir(parents=True)
+        (job / "metrics.json").write_text(json.dumps({"metrics": {}, "hardware": hardware}))
+    machines = {r["lever"]: r["machine"] for r in ablations.load_runs(tmp_path)}
+    assert machines == {"gpu": "NVIDIA H100 80GB HBM3", "cpu": "AMD EPYC (2 cores)", "old": "unknown"}
