@@ -294,8 +294,7 @@ def test_the_decoding_stage_replaces_the_cv_grid_and_runs_only_when_the_grid_gre
 
 def test_external_test_runs_accept_runs_of_the_lever_and_refuse_any_other(tmp_path):
     cv = _grid_runs("joint_lr2e-4", {"ER": {"t0.2g2": [0.5]}, "IP": {"t0.1g8": [0.7]}, "EX": {"t0.3g2": [0.6]}})
-    chosen = ["model.rationale_decoding.ER={threshold:0.2,fill_gaps:2}", "model.rationale_decoding.IP={threshold:0.1,fill_gaps:8}",
-              "model.rationale_decoding.EX={threshold:0.3,fill_gaps:2}"]
+    chosen = ablations.mechanism_decoding_overrides({"ER": "t0.2g2", "IP": "t0.1g8", "EX": "t0.3g2"})
     sweep = tmp_path / "reproduce"
     for seed in (1, 2):  # the default model with the lever's cross-validated decodings
         _test_run(sweep / str(seed - 1), chosen, seed)
@@ -419,7 +418,8 @@ def _machine_runs(lever: str, f1: list[float], machine: str, stage: str = "cv", 
 
 
 def test_cheaper_variants_are_compared_with_their_configuration_on_the_same_machine_and_folds():
-    best, (epochs5, freeze2) = "joint_lr2e-4", ablations.CHEAPER["joint_lr2e-4"]
+    best, epochs5, freeze2 = "joint_lr2e-4", "joint_lr2e-4_epochs5", "joint_lr2e-4_freeze2"
+    assert {epochs5, freeze2} <= set(ablations.CHEAPER[best])
     gpu = _machine_runs(best, [0.72, 0.71, 0.71], "H100")  # its CV on another machine scores higher
     cpu = _machine_runs(best, [0.70, 0.71, 0.70], "CPU", stage="decoding")  # again on the CPU: mean 70.33
     variants = [*_machine_runs(epochs5, [0.69, 0.70, 0.69], "CPU", seconds=1800.0),  # 69.33: 1.0 below
