@@ -30,8 +30,8 @@ def freeze_bottom_layers(encoder: nn.Module, layers: int) -> None:
     """Freeze an encoder's embeddings and its first ``layers`` transformer layers (0: nothing).
 
     Nothing below the first trained layer needs a gradient, so autograd skips their backward pass
-    (input and weight gradients alike): each frozen layer of 6 saves about a ninth of a training
-    step. Their dropout still runs, as in the rest of the encoder."""
+    (input and weight gradients alike; ``scripts/bench_step.py`` times the step). Their dropout
+    still runs, as in the rest of the encoder."""
     if layers < 0:
         raise ValueError(f"freeze_response_layers must be >= 0, not {layers}")
     if layers == 0:
