@@ -19,10 +19,13 @@ import os
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 
-def seconds_per_step(overrides: list[str], steps: int, folder: Path) -> float:
+def training_steps(overrides: list[str], steps: int, folder: Path) -> tuple[Callable[[dict], None], list[dict]]:
+    """The real training step of a train config (forward, loss, backward, clipping, optimiser) and
+    its first ``steps + 1`` training batches. Also used by ``scripts/bench_threads.py``."""
     import hydra
     import torch
     from omegaconf import open_dict
@@ -50,6 +53,11 @@ def seconds_per_step(overrides: list[str], steps: int, folder: Path) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step, batches
+
+
+def seconds_per_step(overrides: list[str], steps: int, folder: Path) -> float:
+    step, batches = training_steps(overrides, steps, folder)
     step(batches[0])  # warm-up
     start = time.perf_counter()
     for batch in batches[1:]:

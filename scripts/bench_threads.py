@@ -26,35 +26,15 @@ from pathlib import Path
 def worker(args: argparse.Namespace) -> None:
     import warnings
 
-    import hydra
     import torch
-    from omegaconf import open_dict
+    from bench_step import training_steps  # scripts/ is this script's folder, first on sys.path
 
     from empathy import runner
-    from empathy.models.module import SEEKER_STATES
 
     warnings.filterwarnings("ignore", message=".*self.log.*")  # the step logs without a Trainer
 
     runner.quiet_libraries()
-    torch.manual_seed(0)
-    cfg = runner.compose_config("train", args.overrides, output_dir=Path(args.folder) / "run")
-    with open_dict(cfg):  # the processed data of the usual cache, not a fresh one per job
-        cfg.paths.cache_dir = os.environ.get("EMPATHY_CACHE_DIR", ".cache/empathy")
-    datamodule = runner.build_datamodule(cfg)
-    datamodule.setup()
-    module = runner.build_module(cfg, datamodule)
-    module.build_seeker_cache(datamodule.seeker_dataloader(), store=Path(cfg.paths.cache_dir) / SEEKER_STATES)
-    batches = [b for _, b in zip(range(args.steps + 1), datamodule.train_dataloader(), strict=False)]
-    optimizer = hydra.utils.instantiate(cfg.model.optimizer)([p for p in module.parameters() if p.requires_grad])
-    module.train()
-
-    def step(batch) -> None:
-        loss = module.training_step(batch, 0)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step, batches = training_steps(args.overrides, args.steps, Path(args.folder) / "run")
     step(batches[0])  # warm-up
     Path(args.folder, f"ready{args.index}").touch()
     while not Path(args.folder, "go").exists():
