@@ -1,6 +1,7 @@
 """Atomic file output, shared by every command that writes results: a temporary file in the
 target's folder, renamed into place only when the writing succeeded (no half-written files), and
-never replacing an existing file unless asked to."""
+never replacing an existing file unless asked to. And :func:`file_lock`, so that processes sharing
+a cache build each entry once."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, each process builds its own cache entry
+    fcntl = None
 
 
 @contextmanager
@@ -43,6 +49,24 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[P
                 os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing, left in place) for the
+    block: the processes of one machine that share a cache (a pool's jobs, DDP ranks) build an entry
+    one at a time, and the later ones find it built. Where ``fcntl`` is missing, no lock is taken."""
+    if fcntl is None:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = True) -> Path:

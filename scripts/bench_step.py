@@ -10,6 +10,10 @@ same seed), then times ``--steps`` steps (forward, loss, backward, gradient clip
 after one warm-up step. The configurations take turns for ``--rounds`` rounds, so that a slow
 spell of this noisy machine falls on all of them. Prints seconds per step of every round, the mean,
 and each configuration's speed relative to the first. Needs the EPITOME CSVs (EMPATHY_DATA_DIR).
+
+``--json FILE`` also writes ``{"threads": N, "seconds_per_step": {configuration: mean}}`` (replaced
+whole: the figures of one run). ``scripts/ablations.py`` reads ``<out>/step_seconds.json`` to rank
+cheaper variants by their training step on this machine.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: every core)")
+    parser.add_argument("--json", type=Path, help="also write the mean seconds per step of each configuration here")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*self.log.*")  # the step logs without a Trainer
@@ -95,6 +100,11 @@ def main() -> None:
         mean = statistics.mean(values)
         print(f"{c or '(default)'}: {mean:.3f} s/step (rounds: {', '.join(f'{v:.3f}' for v in values)}), "
               f"{first / mean:.2f}x the first", flush=True)
+    if args.json:
+        from empathy.io import write_json_atomic
+
+        write_json_atomic(args.json, {"threads": torch.get_num_threads(), "steps": args.steps, "rounds": args.rounds,
+                                      "seconds_per_step": {c: statistics.mean(v) for c, v in times.items()}})
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ def test_test_jobs_see_test_on_the_standard_split(tmp_path):
         assert not any(o.startswith("data.cv_") for o in job.overrides)
         assert f"seed={job.seed}" in job.overrides
         assert job.folder == tmp_path / "test" / job.lever / f"{job.mechanism}-seed{job.seed}"
-    assert all(j.overrides[:4] == ["model=joint", *ablations.BASES["joint"], "trainer.max_epochs=4"] for j in joint)
+    assert all(j.overrides[:6] == ["model=joint", *ablations.BASES["joint"], "trainer.max_epochs=4"] for j in joint)
     assert all(j.overrides[:2] == ["model=biencoder", f"mechanism={j.mechanism}"] for j in separate)
 
 
@@ -441,8 +441,8 @@ def test_cheaper_variants_are_compared_with_their_configuration_on_the_same_mach
     assert ablations.cheaper_variants(best, mixed, 0.5) == []
     assert ablations.choose_cheaper("joint", runs, 0.5) == ("joint", [])  # no variants declared
     lines = ablations.cheaper_variant_lines(runs, 0.5)
-    assert any(line.startswith(f"| {freeze2} | {best} | CPU | 3 | 70.0 | 70.0 | 70.0 | 70.0 | 70.3 |") and line.endswith("| -0.3 | yes |")
-               for line in lines)
+    assert any(line.startswith(f"| {freeze2} | {best} | CPU | 3 | 70.0 | 70.0 | 70.0 | 70.0 | 70.3 |")
+               and line.endswith("| 1 | -0.3 | yes |  |") for line in lines)
     assert ablations.cheaper_variant_lines(gpu, 0.5) == []
 
 
@@ -454,3 +454,100 @@ def test_load_runs_names_each_runs_machine(tmp_path):
         (job / "metrics.json").write_text(json.dumps({"metrics": {}, "hardware": hardware}))
     machines = {r["lever"]: r["machine"] for r in ablations.load_runs(tmp_path)}
     assert machines == {"gpu": "NVIDIA H100 80GB HBM3", "cpu": "AMD EPYC (2 cores)", "old": "unknown"}
+
+
+def test_a_cheaper_variant_is_compared_with_the_mean_over_its_configurations_seeds_on_its_machine():
+    best, dropout0 = "joint_lr2e-4", "joint_lr2e-4_dropout0"
+    assert ablations.REPEATS["joint_lr2e-4_seed13"] == best and ablations.REPEATS["joint_lr2e-4_seed14"] == best
+    lucky = _machine_runs(best, [0.72, 0.72, 0.72], "H100")  # seed 12: 72.0
+    again = [*_machine_runs("joint_lr2e-4_seed13", [0.70, 0.70, 0.70], "H100"),  # 70.0
+             *_machine_runs("joint_lr2e-4_seed14", [0.71, 0.71, 0.71], "H100"),  # 71.0: the mean of the three is 71.0
+             *_machine_runs("joint_lr2e-4_seed14", [0.60, 0.60, 0.60], "CPU", stage="decoding")]  # another machine: not used
+    variant = _machine_runs(dropout0, [0.706, 0.706, 0.706], "H100")  # 70.6: 1.4 below seed 12, 0.4 below the mean
+    (found,) = ablations.cheaper_variants(best, [*lucky, *variant], 0.5)
+    assert found["reference_seeds"] == 1 and not found["within"]
+    (found,) = ablations.cheaper_variants(best, [*lucky, *again, *variant], 0.5)
+    assert found["reference_seeds"] == 3 and found["reference_mean_macro_f1"] == pytest.approx(71.0)
+    assert found["within"] and found["reference_macro_f1"]["IP"] == pytest.approx(71.0)
+    # a repeat that misses a fold of the variant is left out of the mean
+    (found,) = ablations.cheaper_variants(best, [*lucky, *again[:2], *again[3:], *variant], 0.5)
+    assert found["reference_seeds"] == 2 and found["reference_mean_macro_f1"] == pytest.approx(71.5)
+
+
+def test_cheaper_variants_are_ranked_by_the_measured_cpu_step_when_there_is_one():
+    best, dropout0, attn0 = "joint_lr2e-4", "joint_lr2e-4_dropout0", "joint_lr2e-4_attndrop0"
+    runs = [*_machine_runs(best, [0.70] * 3, "H100"), *_machine_runs(dropout0, [0.70] * 3, "H100", seconds=200.0),
+            *_machine_runs(attn0, [0.70] * 3, "H100", seconds=100.0)]
+    assert ablations.choose_cheaper(best, runs, 0.5)[0] == attn0  # fewer CV minutes a job on the GPU
+    drop_key = " ".join(ablations.variant_overrides(dropout0, best))
+    attn_key = " ".join(ablations.variant_overrides(attn0, best))
+    assert drop_key == "model.net.encoder_dropout=0 model.net.encoder_attention_dropout=0"
+    assert attn_key == "model.net.encoder_attention_dropout=0"
+    chosen, variants = ablations.choose_cheaper(best, runs, 0.5, {"": 1.70, drop_key: 1.60, attn_key: 1.69})
+    assert chosen == dropout0 and {v["variant"]: v["step_seconds"] for v in variants}[dropout0] == 1.60
+    # a variant must train faster than its configuration, and one without a measured step is not chosen
+    assert ablations.choose_cheaper(best, runs, 0.5, {"": 1.50, drop_key: 1.60, attn_key: 1.69})[0] == best
+    assert ablations.choose_cheaper(best, runs, 0.5, {"": 1.70, attn_key: 1.71})[0] == best
+    lines = ablations.cheaper_variant_lines(runs, 0.5, {"": 1.70, drop_key: 1.60})
+    assert any(line.startswith(f"| {dropout0} |") and line.endswith("| yes | 1.60 (1.70) |") for line in lines)
+
+
+def test_choose_scores_a_repeated_configuration_by_its_seed_mean_and_never_picks_a_repeat():
+    complete = {
+        "joint": {"mean_macro_f1": 70.0, "minutes_per_job": 3.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 70.0)},
+        "joint_lr2e-4": {"mean_macro_f1": 72.0, "minutes_per_job": 4.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 72.0)},
+        "joint_lr2e-4_seed13": {"mean_macro_f1": 70.0, "minutes_per_job": 4.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 70.0)},
+        "joint_lr2e-4_seed14": {"mean_macro_f1": 70.3, "minutes_per_job": 4.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 70.3)},
+    }
+    assert ablations.choose(complete, 2.5) == "joint"  # without the mean: joint_lr2e-4's lucky 72.0 sets the bar
+    scored = ablations.seed_averaged(complete)
+    assert set(scored) == {"joint", "joint_lr2e-4"}
+    assert scored["joint_lr2e-4"]["mean_macro_f1"] == pytest.approx(70.7667, abs=1e-4)
+    assert scored["joint_lr2e-4"]["seeds"] == 3 and scored["joint_lr2e-4"]["seed_scores"] == [72.0, 70.0, 70.3]
+    assert scored["joint"]["seeds"] == 1 and scored["joint"]["mean_macro_f1"] == 70.0
+    assert ablations.choose(scored, 0.5) == "joint_lr2e-4"  # 70.77: the best; joint's 70.0 is 0.77 below
+    assert ablations.choose(scored, 1.0) == "joint"  # within 1.0 of it, and faster
+    lines = ablations.seed_noise_lines({k: {**v, "folds": 3} for k, v in complete.items()})
+    assert "| joint_lr2e-4 | 3 | 72.0 / 70.0 / 70.3 | 70.8 | 1.1 | 70.8 | 70.8 | 70.8 |" in lines
+
+
+def test_levers_setting_the_same_key_are_not_combined_only_the_best_of_them():
+    summary = {"joint_lr2e-4": {"mean_macro_f1": 71.0}, "joint_lr3e-4": {"mean_macro_f1": 71.5},
+               "joint_epochs10": {"mean_macro_f1": 70.5}, "joint_focal2": {"mean_macro_f1": 70.1}}
+    assert ablations.combinable(["joint_lr2e-4", "joint_epochs10", "joint_lr3e-4", "joint_focal2"], summary) == [
+        "joint_epochs10", "joint_lr3e-4", "joint_focal2"]
+    assert ablations.combinable(["joint_lr2e-4", "joint_epochs10"], summary) == ["joint_lr2e-4", "joint_epochs10"]
+    assert set(ablations.REPEATS) <= ablations.NOT_COMBINED
+    assert set(ablations.CHEAPER["joint_lr2e-4"]) <= ablations.NOT_COMBINED
+
+
+def test_a_cheaper_variant_decodes_as_its_configuration(tmp_path):
+    for lever, tag in (("joint_lr2e-4", "t0.3g8"), ("joint_lr2e-4_dropout0", "t0.2g2")):
+        for fold in range(2):
+            job = tmp_path / "cv" / lever / f"joint-fold{fold}"
+            job.mkdir(parents=True)
+            (job / "metrics.json").write_text(json.dumps({"metrics": {
+                "dev/ER/macro_f1": 0.7, f"dev/ER/rationale_iou_f1@{tag}": 0.5, "dev/ER/rationale_iou_f1@t0.4g0": 0.1}}))
+    runs = ablations.load_runs(tmp_path)
+    assert ablations.configuration_of("joint_lr2e-4_dropout0") == "joint_lr2e-4"
+    assert ablations.configuration_of("joint_focal2") == "joint_focal2"
+    assert ablations.lever_decodings(runs, "joint_lr2e-4_dropout0")["ER"][0] == "t0.3g8"
+    assert ablations.best_decodings(ablations.decoding_runs(runs, "joint_lr2e-4_dropout0"))["ER"][0] == "t0.2g2"
+
+
+def test_a_cheaper_variant_is_never_chosen_on_its_own_score_only_against_its_configuration():
+    best, attn0, dropout0 = "joint_lr2e-4", "joint_lr2e-4_attndrop0", "joint_lr2e-4_dropout0"
+    runs = [*_machine_runs(best, [0.70] * 3, "H100", seconds=300.0),
+            *_machine_runs(attn0, [0.705] * 3, "H100", seconds=200.0),  # above its configuration, and faster on the GPU
+            *_machine_runs(dropout0, [0.699] * 3, "H100", seconds=250.0),
+            *_machine_runs("joint", [0.69] * 3, "H100", seconds=300.0)]
+    complete = {k: v for k, v in ablations.summarise_cv(runs).items() if v["mean_macro_f1"] is not None}
+    steps = {"": 2.0, "model.net.encoder_attention_dropout=0": 1.9,
+             "model.net.encoder_dropout=0 model.net.encoder_attention_dropout=0": 1.5}
+    chosen, variants, scored = ablations.choose_configuration(complete, runs, 0.5, steps)
+    assert chosen == dropout0 and {v["variant"] for v in variants} == {attn0, dropout0}
+    assert scored[dropout0]["mean_macro_f1"] == pytest.approx(69.9)
+    # without the CPU steps the fewest GPU minutes decide among the variants, never the main rule
+    assert ablations.choose_configuration(complete, runs, 0.5)[0] == attn0
+    assert ablations.choose_configuration(complete, runs, 0.05)[0] == attn0  # 70.5 is within 0.05 of 70.0
+    assert ablations.choose_configuration(complete, runs, 0.0, {"": 2.0})[0] == best

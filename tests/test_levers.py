@@ -109,6 +109,41 @@ def test_freezing_zero_layers_trains_everything_and_too_many_is_an_error():
         BiEncoder(TINY, freeze_response_layers=-1)
 
 
+def test_encoder_dropout_replaces_the_response_encoders_own_and_leaves_the_seekers():
+    ids = torch.randint(5, 100, (2, 6))
+    default = BiEncoder(TINY)
+    hidden, attention = default.response_encoder.config.hidden_dropout_prob, default.response_encoder.config.attention_probs_dropout_prob
+    assert hidden > 0 and attention > 0
+    default.train()
+    assert not torch.equal(default.response_encoder(input_ids=ids).last_hidden_state,
+                           default.response_encoder(input_ids=ids).last_hidden_state)
+    off = JointBiEncoder(TINY, mechanisms=("ER", "IP", "EX"), encoder_dropout=0, encoder_attention_dropout=0)
+    assert off.response_encoder.config.hidden_dropout_prob == 0.0
+    assert off.response_encoder.config.attention_probs_dropout_prob == 0.0
+    assert off.seeker_encoder.config.hidden_dropout_prob == hidden  # frozen: always in eval mode anyway
+    off.train()  # no dropout left in the encoder: training-mode outputs repeat exactly
+    assert torch.equal(off.response_encoder(input_ids=ids).last_hidden_state, off.response_encoder(input_ids=ids).last_hidden_state)
+    only_attention = BiEncoder(TINY, encoder_attention_dropout=0.0)
+    assert only_attention.response_encoder.config.hidden_dropout_prob == hidden
+    assert only_attention.response_encoder.config.attention_probs_dropout_prob == 0.0
+
+
+def test_encoder_dropout_errors_name_the_setting():
+    from types import SimpleNamespace
+
+    from empathy.models.encoders import set_dropout
+
+    with pytest.raises(ValueError, match=r"the hidden dropout of encoder 'tiny' must be in \[0, 1\), not 1.5"):
+        BiEncoder(TINY, encoder_dropout=1.5)
+    config = SimpleNamespace(model_type="toy", dropout=0.1)  # DistilBERT-like names
+    set_dropout(config, {"hidden": 0.0, "attention": None}, "toy")
+    assert config.dropout == 0.0
+    with pytest.raises(ValueError, match="encoder 'toy' \\(toy\\) has no attention dropout setting"):
+        set_dropout(config, {"attention": 0.0}, "toy")
+    with pytest.raises(ValueError, match="unknown dropout 'heads'"):
+        set_dropout(config, {"heads": 0.0}, "toy")
+
+
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory) -> Path:
     return write_synthetic_epitome(tmp_path_factory.mktemp("epitome"), n_rows=80, seed=0)
@@ -118,6 +153,7 @@ def test_levers_train_through_the_entry_point_with_a_cv_fold(synthetic_dir, tmp_
     cfg = train_cfg(
         synthetic_dir, tmp_path / "run", "model=biencoder", "mechanism=EX", "trainer.max_epochs=1", "test=false",
         "loss.focal_gamma=2", "model.layerwise_lr_decay=0.8", "model.decoding_grid=true",
+        "model.net.encoder_dropout=0", "model.net.encoder_attention_dropout=0.05",
         "model.rationale_decoding.threshold=0.3", "model.rationale_decoding.fill_gaps=1",
         "data.cv_folds=3", "data.cv_fold=1",
     )
@@ -131,6 +167,7 @@ def test_levers_train_through_the_entry_point_with_a_cv_fold(synthetic_dir, tmp_
     hparams = torch.load(next((tmp_path / "run" / "checkpoints").glob("best*.ckpt")), weights_only=True)["hyper_parameters"]
     assert hparams["rationale_decoding"] == {"threshold": 0.3, "fill_gaps": 1, "min_span": 1}
     assert hparams["data_config"]["cv_folds"] == 3 and hparams["loss"]["focal_gamma"] == 2
+    assert hparams["net"]["encoder_dropout"] == 0 and hparams["net"]["encoder_attention_dropout"] == 0.05
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"] == pytest.approx(metrics)
 
 

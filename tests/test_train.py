@@ -271,8 +271,9 @@ def test_the_seeker_cache_is_stored_and_loaded_by_a_run_with_the_same_encoder_an
     store = tmp_path / "store"
     first = runner.build_module(cfg, datamodule)
     first.build_seeker_cache(datamodule.seeker_dataloader(), store=store)
-    (saved,) = store.iterdir()
-    assert saved.suffix == ".pt" and not [p for p in store.iterdir() if p.name.startswith(".")]
+    (saved,) = store.glob("*.pt")
+    assert saved.with_suffix(".lock").is_file()  # the lock that makes one process build it at a time
+    assert not [p for p in store.iterdir() if p.name.startswith(".")]
 
     def must_not_encode(*args, **kwargs):
         raise AssertionError("the stored states should have been loaded")
@@ -290,8 +291,48 @@ def test_the_seeker_cache_is_stored_and_loaded_by_a_run_with_the_same_encoder_an
     with torch.no_grad():
         next(third.net.seeker_encoder.parameters()).add_(1.0)
     third.build_seeker_cache(datamodule.seeker_dataloader(), store=store)
-    assert len(list(store.iterdir())) == 2
+    assert len(list(store.glob("*.pt"))) == 2
     assert not all(torch.equal(third._seeker_cache[k], first._seeker_cache[k]) for k in first._seeker_cache)
+
+
+def test_file_lock_makes_another_process_wait(tmp_path):
+    import fcntl
+    import subprocess
+    import sys
+
+    lock = tmp_path / "cache" / "entry.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from empathy.io import file_lock\n"
+         f"with file_lock({str(lock)!r}):\n    print('held', flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with open(lock) as handle:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            assert holder.wait(timeout=30) == 0
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: taken at once
+    finally:
+        holder.kill()
+
+
+def test_prepare_data_reads_nothing_once_the_datamodule_is_set_up(synthetic_dir, tmp_path, monkeypatch):
+    cfg = train_cfg(synthetic_dir, tmp_path / "run")
+    datamodule = runner.build_datamodule(cfg)
+    datamodule.setup()
+
+    def must_not_prepare():
+        raise AssertionError("prepared again")
+
+    monkeypatch.setattr(datamodule, "_prepare", must_not_prepare)
+    datamodule.prepare_data()  # what Lightning calls at each fit / validate / test
+    fresh = runner.build_datamodule(cfg)
+    monkeypatch.setattr(fresh, "_prepare", must_not_prepare)
+    with pytest.raises(AssertionError, match="prepared again"):
+        fresh.prepare_data()
 
 
 def test_a_training_run_keeps_the_seeker_cache_in_the_data_cache(synthetic_dir, tmp_path):

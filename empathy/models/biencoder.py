@@ -81,11 +81,17 @@ class BiEncoder(nn.Module):
         use_attention: bool = True,
         freeze_seeker: bool = True,
         freeze_response_layers: int = 0,
+        encoder_dropout: float | None = None,
+        encoder_attention_dropout: float | None = None,
         dropout: float = 0.1,
         num_levels: int = NUM_LEVELS,
     ) -> None:
         super().__init__()
-        self.response_encoder = load_encoder(encoder)
+        # The response encoder's own dropout (None: its pretrained config's). The seeker encoder's
+        # does not matter while it is frozen (always in eval mode); fine-tuned, it keeps its own.
+        self.response_encoder = load_encoder(
+            encoder, dropout={"hidden": encoder_dropout, "attention": encoder_attention_dropout}
+        )
         freeze_bottom_layers(self.response_encoder, int(freeze_response_layers))
         self.use_attention = use_attention
         self.freeze_seeker = freeze_seeker

@@ -7,6 +7,8 @@ An encoder config (``conf/encoder/*.yaml``) has:
   model with random weights (the ``tiny`` encoder of the tests);
 - ``tokenizer`` (optional): where the tokenizer comes from when it is not ``path``;
 - ``config`` (optional): keyword arguments of ``AutoConfig.for_model`` for a random-weight model.
+
+:func:`load_encoder` can replace an encoder's dropout probabilities (:data:`DROPOUT_KEYS`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ if TYPE_CHECKING:  # the model classes import torch: keep `empathy.prepare` ligh
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PACKAGED_PREFIX = "packaged:"
+# An encoder's dropout probabilities by their config names in the architectures we know, first
+# match wins: BERT / RoBERTa / ELECTRA / DeBERTa (hidden_dropout_prob, attention_probs_dropout_prob),
+# DistilBERT (dropout, attention_dropout), others (hidden_dropout, attention_dropout).
+DROPOUT_KEYS: dict[str, tuple[str, ...]] = {
+    "hidden": ("hidden_dropout_prob", "dropout", "hidden_dropout"),
+    "attention": ("attention_probs_dropout_prob", "attention_dropout"),
+}
 
 
 def resolve_path(path: str) -> str:
@@ -56,26 +65,53 @@ def load_tokenizer(cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_encoder(cfg: Mapping[str, Any]) -> PreTrainedModel:
-    """A fresh encoder: pretrained weights from ``path``, or random weights from ``config``."""
+def set_dropout(model_config: Any, dropout: Mapping[str, float | None], name: str) -> None:
+    """Replace the dropout probabilities of an encoder's config in place: ``dropout`` maps ``hidden``
+    and/or ``attention`` (:data:`DROPOUT_KEYS`) to a probability; ``None`` keeps the config's own."""
+    for kind, p in dropout.items():
+        if p is None:
+            continue
+        if kind not in DROPOUT_KEYS:
+            raise ValueError(f"unknown dropout {kind!r}: expected one of {sorted(DROPOUT_KEYS)}")
+        if not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"the {kind} dropout of encoder {name!r} must be in [0, 1), not {p}")
+        key = next((k for k in DROPOUT_KEYS[kind] if hasattr(model_config, k)), None)
+        if key is None:
+            raise ValueError(
+                f"encoder {name!r} ({model_config.model_type}) has no {kind} dropout setting "
+                f"(looked for {', '.join(DROPOUT_KEYS[kind])})"
+            )
+        setattr(model_config, key, float(p))
+
+
+def load_encoder(cfg: Mapping[str, Any], dropout: Mapping[str, float | None] | None = None) -> PreTrainedModel:
+    """A fresh encoder: pretrained weights from ``path``, or random weights from ``config``;
+    ``dropout`` replaces its dropout probabilities (:func:`set_dropout`)."""
     from transformers import AutoConfig, AutoModel
 
     path = _get(cfg, "path")
     config = _get(cfg, "config")
+    name = _get(cfg, "name")
     if path:
         try:
-            return AutoModel.from_pretrained(resolve_path(path), add_pooling_layer=False)
-        except TypeError:
-            return AutoModel.from_pretrained(resolve_path(path))
+            kwargs = {}
+            if dropout and any(p is not None for p in dropout.values()):
+                kwargs["config"] = AutoConfig.from_pretrained(resolve_path(path))
+                set_dropout(kwargs["config"], dropout, name)
+            try:
+                return AutoModel.from_pretrained(resolve_path(path), add_pooling_layer=False, **kwargs)
+            except TypeError:
+                return AutoModel.from_pretrained(resolve_path(path), **kwargs)
         except OSError as err:
             raise OSError(
-                f"could not load encoder {_get(cfg, 'name')!r} from {path!r}: give a local folder "
+                f"could not load encoder {name!r} from {path!r}: give a local folder "
                 f"(encoder=local encoder.path=...) or a hub name on a machine with hub access ({err})"
             ) from err
     if config:
         kwargs = dict(config)
         model_type = kwargs.pop("model_type")
         model_config = AutoConfig.for_model(model_type, **kwargs)
+        set_dropout(model_config, dropout or {}, name)
         try:
             return AutoModel.from_config(model_config, add_pooling_layer=False)
         except TypeError:

@@ -25,7 +25,7 @@ from empathy.decoding import (
     decoding_config,
     rationale_probs,
 )
-from empathy.io import atomic_output
+from empathy.io import atomic_output, file_lock
 from empathy.metrics import RationaleMetrics, level_metrics
 from empathy.models.biencoder import LAYER_INDEX, BiEncoderOutput, build_net, multitask_loss
 
@@ -186,15 +186,24 @@ class EmpathyModule(pl.LightningModule):
         ids and token ids, the device type and the precision. A later run with the same key
         (another seed, a resumed run, an evaluation) loads them instead of encoding the posts
         again: 30 s of each joint run on the 2-core CPU. A file under that key is only written
-        whole (temporary file, then rename)."""
+        whole (temporary file, then rename), and built by one process at a time (:func:`file_lock`
+        on ``<key>.lock``): jobs that start together (a pool's first jobs, DDP ranks) encode the
+        posts once, and the others load the file."""
         batches = list(loader)
         context = self.trainer.precision_plugin.forward_context() if self._trainer is not None else torch.no_grad()
-        path = None
-        if store is not None:
-            path = Path(store) / f"{self._seeker_cache_key(batches, context)}.pt"
+        if store is None:
+            self._encode_seekers(batches, context)
+            return
+        path = Path(store) / f"{self._seeker_cache_key(batches, context)}.pt"
+        with file_lock(path.with_suffix(".lock")):
             if path.is_file():
                 self._seeker_cache = torch.load(path, map_location=self.device, weights_only=True)
                 return
+            self._encode_seekers(batches, context)
+            with atomic_output(path) as tmp:
+                torch.save(self._seeker_cache, tmp)
+
+    def _encode_seekers(self, batches: list, context: Any) -> None:
         was_training = self.net.training
         self.net.eval()
         cache: dict[int, Tensor] = {}
@@ -207,9 +216,6 @@ class EmpathyModule(pl.LightningModule):
                     cache[seeker_id] = states[row, : int(mask[row].sum())].clone()
         self._seeker_cache = cache
         self.net.train(was_training)
-        if path is not None:
-            with atomic_output(path) as tmp:
-                torch.save(cache, tmp)
 
     def _seeker_cache_key(self, batches: list, context: object) -> str:
         digest = hashlib.sha256()
