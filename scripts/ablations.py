@@ -19,12 +19,13 @@ Stages of `run` (each job is `python -m empathy.train <overrides>`, with its own
    checkpoints are gone, the configuration is trained on the same folds again; each mechanism then gets
    the decoding with its best mean dev strict IOU-F1 over the folds (`chosen.json`: decodings).
    Chosen: the fastest to train (CV minutes for all three mechanisms) of the configurations whose
-   cross-validated macro-F1 (mean over ER, IP, EX; over its seeds for a configuration with seed
-   repeats, REPEATS) is within `--tolerance` points (0.5) of the best; then the fastest of its
-   cheaper variants (CHEAPER: fewer epochs, frozen layers, less dropout, shorter inputs) within the
-   same tolerance of it on the machine and folds they ran on (over its seed repeats there), fastest
-   by the CPU training step in `<out>/step_seconds.json` (`scripts/bench_step.py --json`) where that
-   file exists (`chosen.json`: cheaper_variants). A chosen variant decodes as its configuration.
+   cross-validated macro-F1 (mean over ER, IP, EX; default training seed) is within `--tolerance`
+   points (0.5) of the best; then the fastest of its cheaper variants (CHEAPER: fewer epochs, frozen
+   layers, no encoder dropout, shorter inputs) within the same tolerance of it on the machine, folds
+   and training seeds they ran on (a variant's seed repeats, REPEATS, paired with the
+   configuration's), fastest by the CPU training step in `<out>/step_seconds.json`
+   (`scripts/bench_step.py --json`) where that file exists (`chosen.json`: cheaper_variants). A
+   chosen variant decodes as its configuration.
    `--extended-grid`: the chosen configuration's kept checkpoints are scored with the extended grid
    too (`decoding_grid=extended`: min_span, fallback, into `<job>/rescore_extended`), and its
    decodings are chosen from it (`chosen.json`: decoding_grid).
@@ -101,6 +102,12 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
     ("joint_lr2e-4_seed13", "joint", ["model.optimizer.lr=2e-4", "seed=13"],
      "lr 2e-4 again with training seed 13: the CV's seed noise"),
     ("joint_lr2e-4_seed14", "joint", ["model.optimizer.lr=2e-4", "seed=14"], "lr 2e-4 again with training seed 14"),
+    ("joint_lr2e-4_dropout0_seed13", "joint",
+     ["model.optimizer.lr=2e-4", "model.net.encoder_dropout=0", "model.net.encoder_attention_dropout=0", "seed=13"],
+     "lr 2e-4 without encoder dropout again with training seed 13"),
+    ("joint_lr2e-4_dropout0_seed14", "joint",
+     ["model.optimizer.lr=2e-4", "model.net.encoder_dropout=0", "model.net.encoder_attention_dropout=0", "seed=14"],
+     "lr 2e-4 without encoder dropout again with training seed 14"),
     ("joint_warmup0", "joint", ["model.scheduler.warmup_ratio=0"], "no warm-up (the paper; default 0.1)"),
     ("joint_focal2", "joint", ["loss.focal_gamma=2"], "focal level loss, gamma 2"),
     ("joint_unweighted", "joint", ["loss.class_weights=null"], "no class weights in the level loss"),
@@ -120,16 +127,18 @@ CHEAPER: dict[str, tuple[str, ...]] = {
     "joint_lr2e-4": ("joint_lr2e-4_epochs5", "joint_lr2e-4_freeze2", "joint_lr2e-4_freeze1",
                      "joint_lr2e-4_dropout0", "joint_lr2e-4_attndrop0", "joint_lr2e-4_len96"),
 }
-# Seed repeats: a configuration trained again on the same folds with another training seed. One
-# seed's 3-fold CV score moved by 1.2 points between seeds (joint_lr2e-4: 71.3, 70.0, 70.0 on the
-# H100), more than the tolerance, and the configuration chosen as the best of many scores is likely
-# to have drawn a lucky seed. A configuration with repeats is therefore scored by the mean over its
-# seeds, in `choose` (the repeats are never candidates themselves) and as the reference of its
-# cheaper variants (`cheaper_variants`, on the machine of the variant).
+# Seed repeats: a configuration (or a cheaper variant) trained again on the same folds with another
+# training seed. One seed's 3-fold CV score moved by up to 1.3 points between seeds (joint_lr2e-4:
+# 71.3, 70.0, 70.0 on the H100), more than the tolerance: a cheaper variant is therefore compared
+# with its configuration over the seeds both ran, seed by seed (`cheaper_variants`); the report's
+# "Seed noise" section shows each one's spread. `choose` compares every candidate on the default
+# seed (DEFAULT_SEED), the seed they all have.
 REPEATS: dict[str, str] = {
     "joint_seed13": "joint", "joint_seed14": "joint",
     "joint_lr2e-4_seed13": "joint_lr2e-4", "joint_lr2e-4_seed14": "joint_lr2e-4",
+    "joint_lr2e-4_dropout0_seed13": "joint_lr2e-4_dropout0", "joint_lr2e-4_dropout0_seed14": "joint_lr2e-4_dropout0",
 }
+DEFAULT_SEED = 12  # conf/train.yaml's seed: that of every CV run without a seed= override
 # Where `bench_step.py --json` wrote the training step's seconds of each configuration (see CHEAPER).
 STEP_SECONDS = "step_seconds.json"
 # cheaper variants (compared, never stacked), seed repeats and levers that are already a combination
@@ -336,12 +345,23 @@ def variant_overrides(variant: str, of: str) -> list[str]:
     return [o for o in BY_NAME[variant][1] if o not in BY_NAME[of][1]]
 
 
+def lever_seed(lever: str) -> int:
+    """The training seed of a lever's CV runs: its ``seed=`` override, else the default's."""
+    overrides = BY_NAME[lever][1] if lever in BY_NAME else []
+    return next((int(o.partition("=")[2]) for o in overrides if o.startswith("seed=")), DEFAULT_SEED)
+
+
+def seed_levers(lever: str) -> dict[int, str]:
+    """Training seed -> the lever that ran it: ``lever`` and its seed repeats (:data:`REPEATS`)."""
+    return {lever_seed(name): name for name in (lever, *[r for r, of in REPEATS.items() if of == lever])}
+
+
 def cheaper_variants(best: str, runs: list[dict], tolerance: float) -> list[dict]:
     """Each cheaper variant of ``best`` (:data:`CHEAPER`) whose CV ran on one machine, against
-    ``best``'s runs on that machine and the same folds (its `decoding` stage, else its `cv`), and
-    those of its seed repeats (:data:`REPEATS`) that ran there: the mean CV macro-F1 of both (the
-    reference's over its seeds), and whether the variant is within ``tolerance`` points (the rule
-    of :func:`choose`, on like with like). A variant without such runs of ``best`` is left out."""
+    ``best``'s runs on that machine, folds and training seeds (its `decoding` stage, else its `cv`):
+    like with like. Both are averaged over the seeds that both ran there (the variant and its seed
+    repeats, :data:`REPEATS`, each paired with ``best``'s run of the same seed); within
+    ``tolerance`` points is the rule of :func:`choose`. A variant without such runs is left out."""
     out = []
     for variant in CHEAPER.get(best, ()):
         own = [r for r in runs if r["lever"] == variant and r["stage"] == "cv"]
@@ -349,27 +369,36 @@ def cheaper_variants(best: str, runs: list[dict], tolerance: float) -> list[dict
         if len(machines) != 1:
             continue
         (where,) = machines
-        seeds = []
-        for ref in (best, *[r for r, of in REPEATS.items() if of == best]):
+        jobs = sorted({r["job"] for r in own})
+        references = seed_levers(best)
+        seeds, mine, theirs = [], [], []
+        for seed, name in sorted(seed_levers(variant).items()):
+            ran = {r["job"]: r for r in runs if r["lever"] == name and r["stage"] == "cv" and r.get("machine") == where}
             reference = {}
             for stage in ("cv", "decoding"):  # the decoding stage's run of a fold replaces the cv stage's
-                reference |= {r["job"]: r for r in runs
-                              if r["lever"] == ref and r["stage"] == stage and r.get("machine") == where}
-            if {r["job"] for r in own} <= set(reference):
-                seeds.append(summarise_cv([{**reference[r["job"]], "stage": "cv"} for r in own])[ref])
+                reference |= {r["job"]: r for r in runs if r["lever"] == references.get(seed)
+                              and r["stage"] == stage and r.get("machine") == where}
+            if not (set(jobs) <= set(ran) and set(jobs) <= set(reference)):
+                continue
+            a = summarise_cv([{**ran[j], "stage": "cv"} for j in jobs])[name]
+            b = summarise_cv([{**reference[j], "stage": "cv"} for j in jobs])[references[seed]]
+            if a["mean_macro_f1"] is not None and b["mean_macro_f1"] is not None:
+                seeds.append(seed)
+                mine.append(a)
+                theirs.append(b)
         if not seeds:
             continue
-        mine = summarise_cv([{**r, "stage": "cv"} for r in own])[variant]
-        if mine["mean_macro_f1"] is None or any(s["mean_macro_f1"] is None for s in seeds):
-            continue
-        reference_mean = statistics.mean(s["mean_macro_f1"] for s in seeds)
+        mean = statistics.mean(s["mean_macro_f1"] for s in mine)
+        reference_mean = statistics.mean(s["mean_macro_f1"] for s in theirs)
+        minutes = [s["minutes_per_job"] for s in mine if s["minutes_per_job"]]
         out.append({
-            "variant": variant, "of": best, "machine": where, "folds": mine["folds"],
-            "macro_f1": mine["macro_f1"], "mean_macro_f1": mine["mean_macro_f1"],
-            "reference_macro_f1": {m: statistics.mean(s["macro_f1"][m] for s in seeds) for m in MECHANISMS},
-            "reference_mean_macro_f1": reference_mean, "reference_seeds": len(seeds),
-            "minutes_per_job": mine["minutes_per_job"],
-            "within": mine["mean_macro_f1"] >= reference_mean - tolerance,
+            "variant": variant, "of": best, "machine": where, "folds": len(jobs), "seeds": seeds,
+            "macro_f1": {m: statistics.mean(s["macro_f1"][m] for s in mine) for m in MECHANISMS},
+            "mean_macro_f1": mean,
+            "reference_macro_f1": {m: statistics.mean(s["macro_f1"][m] for s in theirs) for m in MECHANISMS},
+            "reference_mean_macro_f1": reference_mean,
+            "minutes_per_job": statistics.mean(minutes) if minutes else None,
+            "within": mean >= reference_mean - tolerance,
         })
     return out
 
@@ -404,14 +433,13 @@ def choose_cheaper(best: str, runs: list[dict], tolerance: float,
 
 
 def choose_configuration(complete: dict[str, dict], runs: list[dict], tolerance: float,
-                         step_seconds: dict[str, float] | None = None) -> tuple[str, list[dict], dict[str, dict]]:
-    """The configuration to test: :func:`choose` among the configurations (their seed means; seed
-    repeats and cheaper variants are no candidates), then :func:`choose_cheaper` among its cheaper
-    variants. Returns it, its variants and the seed-averaged summaries."""
-    scored = seed_averaged(complete)
-    configurations = {k: v for k, v in scored.items() if configuration_of(k) == k}
-    best, variants = choose_cheaper(choose(configurations, tolerance), runs, tolerance, step_seconds)
-    return best, variants, scored
+                         step_seconds: dict[str, float] | None = None) -> tuple[str, list[dict]]:
+    """The configuration to test: :func:`choose` among the configurations' CV with the default
+    training seed (seed repeats and cheaper variants are no candidates: every candidate then has
+    the same seed), then :func:`choose_cheaper` among its cheaper variants. Returns it and its
+    variants."""
+    configurations = {k: v for k, v in complete.items() if k not in REPEATS and configuration_of(k) == k}
+    return choose_cheaper(choose(configurations, tolerance), runs, tolerance, step_seconds)
 
 
 def seed_averaged(complete: dict[str, dict]) -> dict[str, dict]:
@@ -705,7 +733,7 @@ def run(args: argparse.Namespace) -> None:
     if not complete:
         print("no complete cross-validated configuration: no decoding or test stage", flush=True)
         return
-    best, variants, scored = choose_configuration(complete, load_runs(out), args.tolerance, read_step_seconds(out))
+    best, variants = choose_configuration(complete, load_runs(out), args.tolerance, read_step_seconds(out))
     finals = [best] + (["separate"] if "separate" in complete and best != "separate" else [])
     if args.decoding:
         tags = grid_tags()
@@ -722,7 +750,7 @@ def run(args: argparse.Namespace) -> None:
     decodings = {name: {m: tag for m, (tag, _) in lever_decodings(runs, name, args.extended_grid and name == best).items()}
                  for name in finals}
     (out / "chosen.json").write_text(json.dumps(
-        {"lever": best, "tolerance": args.tolerance, **scored[best], "decodings": decodings[best],
+        {"lever": best, "tolerance": args.tolerance, **complete[best], "decodings": decodings[best],
          "decoding_grid": "extended" if args.extended_grid else "default", "cheaper_variants": variants}, indent=2))
     if args.seeds:
         tests = []
@@ -786,9 +814,9 @@ def cheaper_variant_lines(runs: list[dict], tolerance: float, step_seconds: dict
     if not variants:
         return []
     lines = ["", "## Cheaper variants: against their configuration on the same machine and folds", "",
-             "A variant trains its configuration with less work. Its cross-validation ran on another machine than "
-             "most of the table, so it is compared with its configuration on the same folds and machine (over the "
-             "configuration's seed repeats there: `seeds`); within "
+             "A variant trains its configuration with less work. It is compared with its configuration on the same "
+             "machine, folds and training seeds (`seeds`: each seed of the variant paired with the configuration's "
+             "run of that seed; both columns are the mean over them); within "
              f"{tolerance:g} points of it, the fastest variant is chosen in its place (the rule of the main table, on "
              "like with like). Fastest: the shortest training step on the 2-core CPU "
              f"(`{STEP_SECONDS}` in the run folder, written by `scripts/bench_step.py --json`), which must beat the "
@@ -803,7 +831,7 @@ def cheaper_variant_lines(runs: list[dict], tolerance: float, step_seconds: dict
             f"| {v['variant']} | {v['of']} | {v['machine']} | {v['folds']} | "
             + " | ".join(fmt(v["macro_f1"].get(m)) for m in MECHANISMS) + f" | {fmt(v['mean_macro_f1'])} | "
             + " | ".join(fmt(v["reference_macro_f1"].get(m)) for m in MECHANISMS)
-            + f" | {fmt(v['reference_mean_macro_f1'])} | {v['reference_seeds']} | "
+            + f" | {fmt(v['reference_mean_macro_f1'])} | {', '.join(map(str, v['seeds']))} | "
             + f"{v['mean_macro_f1'] - v['reference_mean_macro_f1']:+.1f} | "
             + ("yes" if v["within"] else "no") + f" | {step} |"
         )
@@ -818,9 +846,9 @@ def seed_noise_lines(cv: dict[str, dict]) -> list[str]:
     if not averaged:
         return []
     lines = ["", "## Seed noise: configurations trained again with other training seeds", "",
-             "The same folds, another training seed (`seed=`; the folds depend on `data.split_seed` only). A configuration "
-             "with repeats is scored by the mean over its seeds when the configuration to test is chosen, and is the "
-             "reference of its cheaper variants on that machine.", "",
+             "The same folds, another training seed (`seed=`; the folds depend on `data.split_seed` only): how far one "
+             "seed's CV score moves. The main table's rows all have the default seed; a cheaper variant is compared "
+             "with its configuration seed by seed (above).", "",
              "| configuration | seeds | CV macro-F1 of each seed | mean | std | ER | IP | EX |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, s in averaged.items():

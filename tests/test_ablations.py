@@ -442,7 +442,7 @@ def test_cheaper_variants_are_compared_with_their_configuration_on_the_same_mach
     assert ablations.choose_cheaper("joint", runs, 0.5) == ("joint", [])  # no variants declared
     lines = ablations.cheaper_variant_lines(runs, 0.5)
     assert any(line.startswith(f"| {freeze2} | {best} | CPU | 3 | 70.0 | 70.0 | 70.0 | 70.0 | 70.3 |")
-               and line.endswith("| 1 | -0.3 | yes |  |") for line in lines)
+               and line.endswith("| 12 | -0.3 | yes |  |") for line in lines)
     assert ablations.cheaper_variant_lines(gpu, 0.5) == []
 
 
@@ -456,22 +456,30 @@ def test_load_runs_names_each_runs_machine(tmp_path):
     assert machines == {"gpu": "NVIDIA H100 80GB HBM3", "cpu": "AMD EPYC (2 cores)", "old": "unknown"}
 
 
-def test_a_cheaper_variant_is_compared_with_the_mean_over_its_configurations_seeds_on_its_machine():
+def test_a_cheaper_variant_is_compared_with_its_configuration_seed_by_seed_on_its_machine():
     best, dropout0 = "joint_lr2e-4", "joint_lr2e-4_dropout0"
-    assert ablations.REPEATS["joint_lr2e-4_seed13"] == best and ablations.REPEATS["joint_lr2e-4_seed14"] == best
-    lucky = _machine_runs(best, [0.72, 0.72, 0.72], "H100")  # seed 12: 72.0
-    again = [*_machine_runs("joint_lr2e-4_seed13", [0.70, 0.70, 0.70], "H100"),  # 70.0
-             *_machine_runs("joint_lr2e-4_seed14", [0.71, 0.71, 0.71], "H100"),  # 71.0: the mean of the three is 71.0
-             *_machine_runs("joint_lr2e-4_seed14", [0.60, 0.60, 0.60], "CPU", stage="decoding")]  # another machine: not used
-    variant = _machine_runs(dropout0, [0.706, 0.706, 0.706], "H100")  # 70.6: 1.4 below seed 12, 0.4 below the mean
-    (found,) = ablations.cheaper_variants(best, [*lucky, *variant], 0.5)
-    assert found["reference_seeds"] == 1 and not found["within"]
-    (found,) = ablations.cheaper_variants(best, [*lucky, *again, *variant], 0.5)
-    assert found["reference_seeds"] == 3 and found["reference_mean_macro_f1"] == pytest.approx(71.0)
-    assert found["within"] and found["reference_macro_f1"]["IP"] == pytest.approx(71.0)
-    # a repeat that misses a fold of the variant is left out of the mean
-    (found,) = ablations.cheaper_variants(best, [*lucky, *again[:2], *again[3:], *variant], 0.5)
-    assert found["reference_seeds"] == 2 and found["reference_mean_macro_f1"] == pytest.approx(71.5)
+    assert ablations.REPEATS["joint_lr2e-4_seed13"] == best and ablations.REPEATS["joint_lr2e-4_dropout0_seed14"] == dropout0
+    assert ablations.seed_levers(best) == {12: best, 13: "joint_lr2e-4_seed13", 14: "joint_lr2e-4_seed14"}
+    reference = [*_machine_runs(best, [0.72] * 3, "H100"),  # seed 12: 72.0, a lucky seed
+                 *_machine_runs("joint_lr2e-4_seed13", [0.70] * 3, "H100"),  # 70.0
+                 *_machine_runs("joint_lr2e-4_seed14", [0.71] * 3, "H100"),  # 71.0
+                 *_machine_runs("joint_lr2e-4_seed14", [0.60] * 3, "CPU", stage="decoding")]  # another machine
+    variant = _machine_runs(dropout0, [0.706] * 3, "H100")  # seed 12: 70.6
+    (found,) = ablations.cheaper_variants(best, [*reference, *variant], 0.5)
+    # only the seed both ran: 70.6 against 72.0, not the 71.0 of the configuration's three seeds
+    assert found["seeds"] == [12] and found["reference_mean_macro_f1"] == pytest.approx(72.0) and not found["within"]
+    repeats = [*_machine_runs("joint_lr2e-4_dropout0_seed13", [0.698] * 3, "H100"),  # 69.8 against 70.0
+               *_machine_runs("joint_lr2e-4_dropout0_seed14", [0.708] * 3, "H100")]  # 70.8 against 71.0
+    (found,) = ablations.cheaper_variants(best, [*reference, *variant, *repeats], 0.5)
+    assert found["seeds"] == [12, 13, 14] and found["mean_macro_f1"] == pytest.approx(70.4)
+    assert found["reference_mean_macro_f1"] == pytest.approx(71.0) and not found["within"]  # -0.6
+    assert ablations.cheaper_variants(best, [*reference, *variant, *repeats], 0.61)[0]["within"]
+    # a repeat of the variant without the configuration's run of that seed (or missing a fold) is left out
+    (found,) = ablations.cheaper_variants(best, [*reference[:3], *reference[6:], *variant, *repeats], 0.5)
+    assert found["seeds"] == [12, 14]
+    (found,) = ablations.cheaper_variants(best, [*reference, *variant, *repeats[:5]], 0.5)
+    assert found["seeds"] == [12, 13]
+    assert ablations.cheaper_variant_lines([*reference, *variant, *repeats], 0.61)[-1].endswith("| 12, 13, 14 | -0.6 | yes |  |")
 
 
 def test_cheaper_variants_are_ranked_by_the_measured_cpu_step_when_there_is_one():
@@ -492,23 +500,23 @@ def test_cheaper_variants_are_ranked_by_the_measured_cpu_step_when_there_is_one(
     assert any(line.startswith(f"| {dropout0} |") and line.endswith("| yes | 1.60 (1.70) |") for line in lines)
 
 
-def test_choose_scores_a_repeated_configuration_by_its_seed_mean_and_never_picks_a_repeat():
+def test_seed_repeats_are_averaged_for_the_report_and_are_never_candidates():
     complete = {
         "joint": {"mean_macro_f1": 70.0, "minutes_per_job": 3.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 70.0)},
-        "joint_lr2e-4": {"mean_macro_f1": 72.0, "minutes_per_job": 4.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 72.0)},
-        "joint_lr2e-4_seed13": {"mean_macro_f1": 70.0, "minutes_per_job": 4.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 70.0)},
+        "joint_lr2e-4": {"mean_macro_f1": 71.0, "minutes_per_job": 4.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 71.0)},
+        "joint_lr2e-4_seed13": {"mean_macro_f1": 72.0, "minutes_per_job": 2.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 72.0)},
         "joint_lr2e-4_seed14": {"mean_macro_f1": 70.3, "minutes_per_job": 4.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 70.3)},
     }
-    assert ablations.choose(complete, 2.5) == "joint"  # without the mean: joint_lr2e-4's lucky 72.0 sets the bar
+    assert ablations.choose(complete, 0.5) == "joint_lr2e-4_seed13"  # what the rule must never see
+    assert ablations.choose_configuration(complete, [], 0.5) == ("joint_lr2e-4", [])  # the default seed: 71.0
+    assert ablations.choose_configuration(complete, [], 1.0) == ("joint", [])  # within 1.0 and faster
     scored = ablations.seed_averaged(complete)
     assert set(scored) == {"joint", "joint_lr2e-4"}
-    assert scored["joint_lr2e-4"]["mean_macro_f1"] == pytest.approx(70.7667, abs=1e-4)
-    assert scored["joint_lr2e-4"]["seeds"] == 3 and scored["joint_lr2e-4"]["seed_scores"] == [72.0, 70.0, 70.3]
-    assert scored["joint"]["seeds"] == 1 and scored["joint"]["mean_macro_f1"] == 70.0
-    assert ablations.choose(scored, 0.5) == "joint_lr2e-4"  # 70.77: the best; joint's 70.0 is 0.77 below
-    assert ablations.choose(scored, 1.0) == "joint"  # within 1.0 of it, and faster
+    assert scored["joint_lr2e-4"]["mean_macro_f1"] == pytest.approx(71.1)
+    assert scored["joint_lr2e-4"]["seeds"] == 3 and scored["joint_lr2e-4"]["seed_scores"] == [71.0, 72.0, 70.3]
     lines = ablations.seed_noise_lines({k: {**v, "folds": 3} for k, v in complete.items()})
-    assert "| joint_lr2e-4 | 3 | 72.0 / 70.0 / 70.3 | 70.8 | 1.1 | 70.8 | 70.8 | 70.8 |" in lines
+    assert "| joint_lr2e-4 | 3 | 71.0 / 72.0 / 70.3 | 71.1 | 0.9 | 71.1 | 71.1 | 71.1 |" in lines
+    assert not any(line.startswith("| joint |") for line in lines)  # one seed: no spread to show
 
 
 def test_levers_setting_the_same_key_are_not_combined_only_the_best_of_them():
@@ -544,9 +552,8 @@ def test_a_cheaper_variant_is_never_chosen_on_its_own_score_only_against_its_con
     complete = {k: v for k, v in ablations.summarise_cv(runs).items() if v["mean_macro_f1"] is not None}
     steps = {"": 2.0, "model.net.encoder_attention_dropout=0": 1.9,
              "model.net.encoder_dropout=0 model.net.encoder_attention_dropout=0": 1.5}
-    chosen, variants, scored = ablations.choose_configuration(complete, runs, 0.5, steps)
+    chosen, variants = ablations.choose_configuration(complete, runs, 0.5, steps)
     assert chosen == dropout0 and {v["variant"] for v in variants} == {attn0, dropout0}
-    assert scored[dropout0]["mean_macro_f1"] == pytest.approx(69.9)
     # without the CPU steps the fewest GPU minutes decide among the variants, never the main rule
     assert ablations.choose_configuration(complete, runs, 0.5)[0] == attn0
     assert ablations.choose_configuration(complete, runs, 0.05)[0] == attn0  # 70.5 is within 0.05 of 70.0
