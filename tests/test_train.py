@@ -335,6 +335,21 @@ def test_prepare_data_reads_nothing_once_the_datamodule_is_set_up(synthetic_dir,
         fresh.prepare_data()
 
 
+def test_evaluation_batches_are_length_sorted_and_hold_every_row_once(synthetic_dir, tmp_path):
+    cfg = train_cfg(synthetic_dir, tmp_path / "run", "data.eval_batch_size=4")
+    datamodule = runner.build_datamodule(cfg)
+    datamodule.setup()
+    for split, loader in (("dev", datamodule.val_dataloader()), ("test", datamodule.test_dataloader()),
+                          ("train", datamodule.split_dataloader("train"))):
+        batches = list(loader)
+        seen = [int(i) for b in batches for i in b["index"]]
+        assert sorted(seen) == list(range(len(datamodule.dataset(split))))  # every row, once
+        lengths = [int(m.sum()) for b in batches for m in b["response_attention_mask"]]
+        assert lengths == sorted(lengths) and len(set(lengths)) > 1
+        # each batch is padded to its own longest row
+        assert all(b["response_input_ids"].shape[1] == int(b["response_attention_mask"].sum(1).max()) for b in batches)
+
+
 def test_a_training_run_keeps_the_seeker_cache_in_the_data_cache(synthetic_dir, tmp_path):
     cfg = train_cfg(synthetic_dir, tmp_path / "run", "debug=fast", "model=biencoder", "mechanism=EX")
     train(cfg, Path(cfg.paths.output_dir))

@@ -193,13 +193,21 @@ class EpitomeDataModule(pl.LightningDataModule):
         return self._loader("train", batch_size=self.batch_size, sampler=self.train_sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("dev", batch_size=self.eval_batch_size)
+        return self.split_dataloader("dev")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", batch_size=self.eval_batch_size)
+        return self.split_dataloader("test")
 
     def split_dataloader(self, split: str) -> DataLoader:
-        return self._loader(split, batch_size=self.eval_batch_size)
+        """A split for evaluation, its rows in order of response length (ties in dataset order), so
+        that each batch is padded to about its own rows' length: the test split is 34k padded tokens
+        instead of 77k in dataset order, and its evaluation 2.4x faster at one thread
+        (``scripts/bench_eval.py``). The metrics are sums over rows, which the order does not change;
+        the logged loss, a mean of per-batch means, moves a little with the batches."""
+        dataset = self.dataset(split)
+        lengths = [len(r) for r in dataset["response_input_ids"]]
+        order = sorted(range(len(dataset)), key=lengths.__getitem__)
+        return self._loader(split, batch_size=self.eval_batch_size, sampler=order)
 
     def seeker_dataloader(self) -> DataLoader:
         """Each distinct seeker post once (all splits), for the seeker cache: sorted by length, then
