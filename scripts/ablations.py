@@ -97,17 +97,6 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
     ("joint_lr2e-4_len96", "joint", ["model.optimizer.lr=2e-4", "data.max_len=96"],
      "lr 2e-4 at max_len 96 (keeps 92% of the response tokens; a faster training step)"),
     ("joint_lr3e-4", "joint", ["model.optimizer.lr=3e-4"], "learning rate 3e-4"),
-    ("joint_seed13", "joint", ["seed=13"], "the joint base again with training seed 13 (default 12): the CV's seed noise"),
-    ("joint_seed14", "joint", ["seed=14"], "the joint base again with training seed 14"),
-    ("joint_lr2e-4_seed13", "joint", ["model.optimizer.lr=2e-4", "seed=13"],
-     "lr 2e-4 again with training seed 13: the CV's seed noise"),
-    ("joint_lr2e-4_seed14", "joint", ["model.optimizer.lr=2e-4", "seed=14"], "lr 2e-4 again with training seed 14"),
-    ("joint_lr2e-4_dropout0_seed13", "joint",
-     ["model.optimizer.lr=2e-4", "model.net.encoder_dropout=0", "model.net.encoder_attention_dropout=0", "seed=13"],
-     "lr 2e-4 without encoder dropout again with training seed 13"),
-    ("joint_lr2e-4_dropout0_seed14", "joint",
-     ["model.optimizer.lr=2e-4", "model.net.encoder_dropout=0", "model.net.encoder_attention_dropout=0", "seed=14"],
-     "lr 2e-4 without encoder dropout again with training seed 14"),
     ("joint_warmup0", "joint", ["model.scheduler.warmup_ratio=0"], "no warm-up (the paper; default 0.1)"),
     ("joint_focal2", "joint", ["loss.focal_gamma=2"], "focal level loss, gamma 2"),
     ("joint_unweighted", "joint", ["loss.class_weights=null"], "no class weights in the level loss"),
@@ -118,27 +107,28 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
     ("joint_no_attention", "joint", ["model.net.use_attention=false"], "no seeker encoder / attention"),
     ("joint_dapt", "joint", ["encoder=local", "encoder.path={dapt}"], "encoder after domain-adaptive MLM"),
 ]
-BY_NAME: dict[str, tuple[str, list[str]]] = {name: (base, overrides) for name, base, overrides, _ in LEVERS}
-# Cheaper variants of a configuration: its training with less work (fewer epochs, frozen layers).
-# They ran on the 2-core CPU, where their configuration was trained again on the same folds (its
-# `decoding` stage), and are compared with those runs (same machine, same folds), not with its
-# cross-validation on another machine: see `cheaper_variants`.
-CHEAPER: dict[str, tuple[str, ...]] = {
-    "joint_lr2e-4": ("joint_lr2e-4_epochs5", "joint_lr2e-4_freeze2", "joint_lr2e-4_freeze1",
-                     "joint_lr2e-4_dropout0", "joint_lr2e-4_attndrop0", "joint_lr2e-4_len96"),
-}
 # Seed repeats: a configuration (or a cheaper variant) trained again on the same folds with another
 # training seed. One seed's 3-fold CV score moved by up to 1.3 points between seeds (joint_lr2e-4:
 # 71.3, 70.0, 70.0 on the H100), more than the tolerance: a cheaper variant is therefore compared
 # with its configuration over the seeds both ran, seed by seed (`cheaper_variants`); the report's
 # "Seed noise" section shows each one's spread. `choose` compares every candidate on the default
 # seed (DEFAULT_SEED), the seed they all have.
-REPEATS: dict[str, str] = {
-    "joint_seed13": "joint", "joint_seed14": "joint",
-    "joint_lr2e-4_seed13": "joint_lr2e-4", "joint_lr2e-4_seed14": "joint_lr2e-4",
-    "joint_lr2e-4_dropout0_seed13": "joint_lr2e-4_dropout0", "joint_lr2e-4_dropout0_seed14": "joint_lr2e-4_dropout0",
-}
 DEFAULT_SEED = 12  # conf/train.yaml's seed: that of every CV run without a seed= override
+REPEAT_SEEDS = (13, 14)
+REPEATED = ("joint", "joint_lr2e-4", "joint_lr2e-4_dropout0")
+REPEATS: dict[str, str] = {f"{name}_seed{seed}": name for name in REPEATED for seed in REPEAT_SEEDS}
+LEVERS += [(f"{lever}_seed{seed}", base, [*overrides, f"seed={seed}"],
+            f"{lever} again with training seed {seed} (default {DEFAULT_SEED}): the CV's seed noise")
+           for lever, base, overrides, _ in LEVERS if lever in REPEATED for seed in REPEAT_SEEDS]
+BY_NAME: dict[str, tuple[str, list[str]]] = {name: (base, overrides) for name, base, overrides, _ in LEVERS}
+# Cheaper variants of a configuration: its training with less work (fewer epochs, frozen layers, no
+# encoder dropout, shorter inputs). Each is compared with its configuration's runs on the machine,
+# folds and training seeds it ran on (on the 2-core CPU, the configuration's `decoding` stage), not
+# with its cross-validation on another machine: see `cheaper_variants`.
+CHEAPER: dict[str, tuple[str, ...]] = {
+    "joint_lr2e-4": ("joint_lr2e-4_epochs5", "joint_lr2e-4_freeze2", "joint_lr2e-4_freeze1",
+                     "joint_lr2e-4_dropout0", "joint_lr2e-4_attndrop0", "joint_lr2e-4_len96"),
+}
 # Where `bench_step.py --json` wrote the training step's seconds of each configuration (see CHEAPER).
 STEP_SECONDS = "step_seconds.json"
 # cheaper variants (compared, never stacked), seed repeats and levers that are already a combination
@@ -840,7 +830,7 @@ def cheaper_variant_lines(runs: list[dict], tolerance: float, step_seconds: dict
 
 def seed_noise_lines(cv: dict[str, dict]) -> list[str]:
     """The section on seed repeats (:data:`REPEATS`): each repeated configuration's CV score per
-    training seed, their mean and standard deviation (the score `choose` uses)."""
+    training seed, their mean and standard deviation."""
     averaged = {name: s for name, s in seed_averaged({k: v for k, v in cv.items() if v["mean_macro_f1"] is not None}).items()
                 if s["seeds"] > 1}
     if not averaged:
