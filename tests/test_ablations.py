@@ -233,6 +233,14 @@ def test_config_mismatches_checks_the_model_and_every_key_value_override(tmp_pat
     assert ablations.config_mismatches(joint, "separate", []) == ["model: expected the separate model"]
 
 
+def test_a_run_from_before_a_setting_existed_ran_with_its_old_value(tmp_path):
+    cfg = runner.compose_config("train", [], output_dir=tmp_path)
+    with open_dict(cfg):
+        del cfg.model.net["pooling"]  # a resolved config saved before model.net.pooling existed
+    assert ablations.config_mismatches(cfg, "joint", ["model.net.pooling=cls"]) == []
+    assert ablations.config_mismatches(cfg, "joint", ["model.net.pooling=mean"]) == ["model.net.pooling=cls (expected mean)"]
+
+
 def _test_run(folder: Path, overrides: list[str], seed: int, mechanism: str = "joint") -> Path:
     """A finished empathy.train job as a multirun leaves it: metrics.json and resolved_config.yaml."""
     folder.mkdir(parents=True)

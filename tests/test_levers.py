@@ -128,6 +128,36 @@ def test_encoder_dropout_replaces_the_response_encoders_own_and_leaves_the_seeke
     assert only_attention.response_encoder.config.attention_probs_dropout_prob == 0.0
 
 
+def test_pooling_reads_the_first_token_or_the_mean_of_the_real_tokens():
+    from empathy.models.biencoder import pool
+
+    states = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [9.0, 9.0]], [[2.0, 4.0], [4.0, 0.0], [0.0, 2.0]]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])  # the first row's last token is padding
+    assert torch.equal(pool(states, mask, "cls"), torch.tensor([[1.0, 0.0], [2.0, 4.0]]))
+    assert torch.equal(pool(states, mask, "mean"), torch.tensor([[2.0, 1.0], [2.0, 2.0]]))
+    with pytest.raises(ValueError, match="pooling must be one of \\('cls', 'mean'\\), not 'max'"):
+        BiEncoder(TINY, pooling="max")
+
+
+def test_mean_pooled_level_logits_ignore_response_padding_and_differ_from_cls():
+    torch.manual_seed(0)
+    seeker = torch.randint(5, 100, (2, 5))
+    response = torch.randint(5, 100, (2, 4))
+    padded = torch.cat([response, torch.zeros(2, 3, dtype=torch.long)], 1)
+    padded_mask = torch.cat([torch.ones(2, 4, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)], 1)
+    mean = JointBiEncoder(TINY, mechanisms=("ER", "IP"), pooling="mean").eval()
+    cls = JointBiEncoder(TINY, mechanisms=("ER", "IP"), pooling="cls").eval()
+    cls.load_state_dict(mean.state_dict())  # the same weights: only what the level heads read differs
+    with torch.no_grad():
+        a = mean(response, torch.ones_like(response), seeker, torch.ones_like(seeker))
+        b = mean(padded, padded_mask, seeker, torch.ones_like(seeker))
+        c = cls(response, torch.ones_like(response), seeker, torch.ones_like(seeker))
+    for m in ("ER", "IP"):
+        torch.testing.assert_close(a[m].level_logits, b[m].level_logits, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(a[m].level_logits, c[m].level_logits)
+        assert torch.equal(a[m].rationale_logits, c[m].rationale_logits)
+
+
 def test_encoder_dropout_errors_name_the_setting():
     from types import SimpleNamespace
 
@@ -175,18 +205,20 @@ def test_joint_model_scores_the_decoding_grid_per_mechanism(synthetic_dir, tmp_p
     cfg = train_cfg(
         synthetic_dir, tmp_path / "run", "model=joint", "trainer.max_epochs=1", "test=false",
         "model.decoding_grid=true", "loss.focal_gamma=1", "data.cv_folds=3", "data.cv_fold=0",
-        "model.net.freeze_response_layers=1",
+        "model.net.freeze_response_layers=1", "model.net.pooling=mean",
     )
     metrics = train(cfg, Path(cfg.paths.output_dir))["metrics"]
     for m in ("ER", "IP", "EX"):
         assert len([k for k in metrics if k.startswith(f"dev/{m}/rationale_iou_f1@")]) == 63
     # the frozen layer is the checkpoint's too, and the model it loads into freezes it again
     ckpt = next((tmp_path / "run" / "checkpoints").glob("best*.ckpt"))
-    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["net"]["freeze_response_layers"] == 1
+    net = torch.load(ckpt, weights_only=True)["hyper_parameters"]["net"]
+    assert net["freeze_response_layers"] == 1 and net["pooling"] == "mean"
     from empathy.models.module import EmpathyModule
 
     loaded = EmpathyModule.from_checkpoint(str(ckpt))
     assert not any(p.requires_grad for p in loaded.net.response_encoder.encoder.layer[0].parameters())
+    assert loaded.net.pooling == "mean"
 
 
 

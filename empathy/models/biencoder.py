@@ -2,8 +2,9 @@
 
 A seeker encoder (frozen by default) and a response encoder (fine-tuned) read the two posts
 separately; the response's token states attend over the seeker's (response-to-seeker attention,
-added residually); an empathy head on the response's first token predicts the level (0 / 1 / 2)
-and a per-token head marks the response tokens that justify it (rationales).
+added residually); an empathy head on the response's first token (or the mean of its tokens,
+``pooling``) predicts the level (0 / 1 / 2) and a per-token head marks the response tokens that
+justify it (rationales).
 """
 
 from __future__ import annotations
@@ -24,6 +25,21 @@ IGNORE_INDEX = -100
 # The transformer layer index in an encoder's parameter names (BERT / RoBERTa ``encoder.layer.3.``,
 # DistilBERT ``transformer.layer.3.``, others ``layers.3.``).
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers)\.(\d+)\.")
+# What the level head reads: the response's first token state (the paper's RoBERTa <s>, BERT's
+# [CLS]) or the mean of its real tokens' states (how sentence encoders such as all-MiniLM-L6-v2
+# were trained to summarise a text).
+POOLINGS = ("cls", "mean")
+
+
+def pool(states: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
+    """[batch, tokens, hidden] -> [batch, hidden]: the first token's state (``cls``) or the mean
+    over the tokens that ``attention_mask`` marks (``mean``; padding left out)."""
+    if pooling == "cls":
+        return states[:, 0]
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
 
 
 def freeze_bottom_layers(encoder: nn.Module, layers: int) -> None:
@@ -57,7 +73,7 @@ class BiEncoderOutput:
 
 
 def make_level_head(hidden: int, dropout: float, num_levels: int = NUM_LEVELS) -> nn.Sequential:
-    """The empathy head: an MLP on the response's first token state -> level logits."""
+    """The empathy head: an MLP on the response's pooled state (:func:`pool`) -> level logits."""
     return nn.Sequential(
         nn.Dropout(dropout),
         nn.Linear(hidden, hidden),
@@ -83,10 +99,14 @@ class BiEncoder(nn.Module):
         freeze_response_layers: int = 0,
         encoder_dropout: float | None = None,
         encoder_attention_dropout: float | None = None,
+        pooling: str = "cls",
         dropout: float = 0.1,
         num_levels: int = NUM_LEVELS,
     ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+        self.pooling = pooling
         # The response encoder's own dropout (None: its pretrained config's). The seeker encoder's
         # does not matter while it is frozen (always in eval mode); fine-tuned, it keeps its own.
         self.response_encoder = load_encoder(
@@ -144,7 +164,7 @@ class BiEncoder(nn.Module):
             response_input_ids, response_attention_mask, seeker_input_ids, seeker_attention_mask, seeker_states
         )
         return BiEncoderOutput(
-            level_logits=self.level_head(states[:, 0]),
+            level_logits=self.level_head(pool(states, response_attention_mask, self.pooling)),
             rationale_logits=self.rationale_head(states),
         )
 
@@ -186,8 +206,9 @@ class MechanismHeads(nn.Module):
         self.level_head = make_level_head(hidden, dropout, num_levels)
         self.rationale_head = make_rationale_head(hidden, dropout)
 
-    def forward(self, states: Tensor) -> BiEncoderOutput:
-        return BiEncoderOutput(level_logits=self.level_head(states[:, 0]), rationale_logits=self.rationale_head(states))
+    def forward(self, states: Tensor, pooled: Tensor) -> BiEncoderOutput:
+        """``states``: the response's token states; ``pooled``: what the level head reads (:func:`pool`)."""
+        return BiEncoderOutput(level_logits=self.level_head(pooled), rationale_logits=self.rationale_head(states))
 
 
 class JointBiEncoder(BiEncoder):
@@ -230,7 +251,8 @@ class JointBiEncoder(BiEncoder):
         states = self.response_states(
             response_input_ids, response_attention_mask, seeker_input_ids, seeker_attention_mask, seeker_states
         )
-        return {m: head(states) for m, head in self.heads.items()}
+        pooled = pool(states, response_attention_mask, self.pooling)
+        return {m: head(states, pooled) for m, head in self.heads.items()}
 
 
 def build_net(encoder: Mapping[str, Any], net: Mapping[str, Any]) -> BiEncoder:
