@@ -24,8 +24,10 @@ Stages of `run` (each job is `python -m empathy.train <overrides>`, with its own
    layers, no encoder dropout, shorter inputs) within the same tolerance of it on the machine, folds
    and training seeds they ran on (a variant's seed repeats, REPEATS, paired with the
    configuration's), fastest by the CPU training step in `<out>/step_seconds.json`
-   (`scripts/bench_step.py --json`) where that file exists (`chosen.json`: cheaper_variants). A
-   chosen variant decodes as its configuration.
+   (`scripts/bench_step.py --json`) where that file exists. A chosen variant decodes as its
+   configuration. Before that, a refinement of the configuration (REFINEMENTS: a change that costs
+   the same, tried later on another machine) replaces it when it beats it by more than the
+   tolerance on the same machine, folds and seeds (`chosen.json`: variants, both kinds).
    `--extended-grid`: the chosen configuration's kept checkpoints are scored with the extended grid
    too (`decoding_grid=extended`: min_span, fallback, into `<job>/rescore_extended`), and its
    decodings are chosen from it (`chosen.json`: decoding_grid).
@@ -130,16 +132,24 @@ BY_NAME: dict[str, tuple[str, list[str]]] = {name: (base, overrides) for name, b
 # Cheaper variants of a configuration: its training with less work (fewer epochs, frozen layers, no
 # encoder dropout, shorter inputs). Each is compared with its configuration's runs on the machine,
 # folds and training seeds it ran on (on the 2-core CPU, the configuration's `decoding` stage), not
-# with its cross-validation on another machine: see `cheaper_variants`.
+# with its cross-validation on another machine: see `paired`.
 CHEAPER: dict[str, tuple[str, ...]] = {
     "joint_lr2e-4": ("joint_lr2e-4_epochs5", "joint_lr2e-4_freeze2", "joint_lr2e-4_freeze1",
                      "joint_lr2e-4_dropout0", "joint_lr2e-4_attndrop0", "joint_lr2e-4_len96"),
 }
+# Refinements of a configuration: a change that costs the same to train, tried after its
+# configuration was chosen, on another machine than the main table's (the 2-core CPU). Compared like
+# with like as a cheaper variant is (`paired`); one replaces its configuration only when it beats
+# it there by more than the tolerance, and then decodes as itself (its own CV decoding grid).
+REFINEMENTS: dict[str, tuple[str, ...]] = {
+    "joint_lr2e-4": ("joint_lr2e-4_meanpool",),
+}
 # Where `bench_step.py --json` wrote the training step's seconds of each configuration (see CHEAPER).
 STEP_SECONDS = "step_seconds.json"
-# cheaper variants (compared, never stacked), seed repeats and levers that are already a combination
+# cheaper variants and refinements (compared with their configuration, never stacked), seed repeats
+# and levers that are already a combination
 NOT_COMBINED = {"joint_epochs4", "joint_epochs5", "joint_len64", "joint_no_attention", *REPEATS,
-                *(v for variants in CHEAPER.values() for v in variants)}
+                *(v for variants in (*CHEAPER.values(), *REFINEMENTS.values()) for v in variants)}
 
 
 @dataclass
@@ -352,50 +362,64 @@ def seed_levers(lever: str) -> dict[int, str]:
     return {lever_seed(name): name for name in (lever, *[r for r, of in REPEATS.items() if of == lever])}
 
 
+def paired(variant: str, best: str, runs: list[dict]) -> dict | None:
+    """``variant``'s CV against ``best``'s runs on the one machine it ran on, the same folds and
+    training seeds (``best``'s `decoding` stage, else its `cv`): like with like. Both are averaged
+    over the seeds that both ran there (the variant and its seed repeats, :data:`REPEATS`, each
+    paired with ``best``'s run of the same seed). None without such runs."""
+    own = [r for r in runs if r["lever"] == variant and r["stage"] == "cv"]
+    machines = {r.get("machine") for r in own}
+    if len(machines) != 1:
+        return None
+    (where,) = machines
+    jobs = sorted({r["job"] for r in own})
+    references = seed_levers(best)
+    seeds, mine, theirs = [], [], []
+    for seed, name in sorted(seed_levers(variant).items()):
+        ran = {r["job"]: r for r in runs if r["lever"] == name and r["stage"] == "cv" and r.get("machine") == where}
+        reference = {}
+        for stage in ("cv", "decoding"):  # the decoding stage's run of a fold replaces the cv stage's
+            reference |= {r["job"]: r for r in runs if r["lever"] == references.get(seed)
+                          and r["stage"] == stage and r.get("machine") == where}
+        if not (set(jobs) <= set(ran) and set(jobs) <= set(reference)):
+            continue
+        a = summarise_cv([{**ran[j], "stage": "cv"} for j in jobs])[name]
+        b = summarise_cv([{**reference[j], "stage": "cv"} for j in jobs])[references[seed]]
+        if a["mean_macro_f1"] is not None and b["mean_macro_f1"] is not None:
+            seeds.append(seed)
+            mine.append(a)
+            theirs.append(b)
+    if not seeds:
+        return None
+    minutes = [s["minutes_per_job"] for s in mine if s["minutes_per_job"]]
+    return {
+        "variant": variant, "of": best, "machine": where, "folds": len(jobs), "seeds": seeds,
+        "macro_f1": {m: statistics.mean(s["macro_f1"][m] for s in mine) for m in MECHANISMS},
+        "mean_macro_f1": statistics.mean(s["mean_macro_f1"] for s in mine),
+        "reference_macro_f1": {m: statistics.mean(s["macro_f1"][m] for s in theirs) for m in MECHANISMS},
+        "reference_mean_macro_f1": statistics.mean(s["mean_macro_f1"] for s in theirs),
+        "minutes_per_job": statistics.mean(minutes) if minutes else None,
+    }
+
+
 def cheaper_variants(best: str, runs: list[dict], tolerance: float) -> list[dict]:
-    """Each cheaper variant of ``best`` (:data:`CHEAPER`) whose CV ran on one machine, against
-    ``best``'s runs on that machine, folds and training seeds (its `decoding` stage, else its `cv`):
-    like with like. Both are averaged over the seeds that both ran there (the variant and its seed
-    repeats, :data:`REPEATS`, each paired with ``best``'s run of the same seed); within
-    ``tolerance`` points is the rule of :func:`choose`. A variant without such runs is left out."""
+    """Each cheaper variant of ``best`` (:data:`CHEAPER`) :func:`paired` with it; ``within``
+    ``tolerance`` points of it is the rule of :func:`choose`. A variant without such runs is left
+    out."""
     out = []
     for variant in CHEAPER.get(best, ()):
-        own = [r for r in runs if r["lever"] == variant and r["stage"] == "cv"]
-        machines = {r.get("machine") for r in own}
-        if len(machines) != 1:
-            continue
-        (where,) = machines
-        jobs = sorted({r["job"] for r in own})
-        references = seed_levers(best)
-        seeds, mine, theirs = [], [], []
-        for seed, name in sorted(seed_levers(variant).items()):
-            ran = {r["job"]: r for r in runs if r["lever"] == name and r["stage"] == "cv" and r.get("machine") == where}
-            reference = {}
-            for stage in ("cv", "decoding"):  # the decoding stage's run of a fold replaces the cv stage's
-                reference |= {r["job"]: r for r in runs if r["lever"] == references.get(seed)
-                              and r["stage"] == stage and r.get("machine") == where}
-            if not (set(jobs) <= set(ran) and set(jobs) <= set(reference)):
-                continue
-            a = summarise_cv([{**ran[j], "stage": "cv"} for j in jobs])[name]
-            b = summarise_cv([{**reference[j], "stage": "cv"} for j in jobs])[references[seed]]
-            if a["mean_macro_f1"] is not None and b["mean_macro_f1"] is not None:
-                seeds.append(seed)
-                mine.append(a)
-                theirs.append(b)
-        if not seeds:
-            continue
-        mean = statistics.mean(s["mean_macro_f1"] for s in mine)
-        reference_mean = statistics.mean(s["mean_macro_f1"] for s in theirs)
-        minutes = [s["minutes_per_job"] for s in mine if s["minutes_per_job"]]
-        out.append({
-            "variant": variant, "of": best, "machine": where, "folds": len(jobs), "seeds": seeds,
-            "macro_f1": {m: statistics.mean(s["macro_f1"][m] for s in mine) for m in MECHANISMS},
-            "mean_macro_f1": mean,
-            "reference_macro_f1": {m: statistics.mean(s["macro_f1"][m] for s in theirs) for m in MECHANISMS},
-            "reference_mean_macro_f1": reference_mean,
-            "minutes_per_job": statistics.mean(minutes) if minutes else None,
-            "within": mean >= reference_mean - tolerance,
-        })
+        if (v := paired(variant, best, runs)) is not None:
+            out.append({**v, "kind": "cheaper", "within": v["mean_macro_f1"] >= v["reference_mean_macro_f1"] - tolerance})
+    return out
+
+
+def refinements(best: str, runs: list[dict], tolerance: float) -> list[dict]:
+    """Each refinement of ``best`` (:data:`REFINEMENTS`) :func:`paired` with it; ``better``: more
+    than ``tolerance`` points above it (closer is a tie, and a tie keeps the configuration)."""
+    out = []
+    for variant in REFINEMENTS.get(best, ()):
+        if (v := paired(variant, best, runs)) is not None:
+            out.append({**v, "kind": "refinement", "better": v["mean_macro_f1"] > v["reference_mean_macro_f1"] + tolerance})
     return out
 
 
@@ -431,11 +455,20 @@ def choose_cheaper(best: str, runs: list[dict], tolerance: float,
 def choose_configuration(complete: dict[str, dict], runs: list[dict], tolerance: float,
                          step_seconds: dict[str, float] | None = None) -> tuple[str, list[dict]]:
     """The configuration to test: :func:`choose` among the configurations' CV with the default
-    training seed (seed repeats and cheaper variants are no candidates: every candidate then has
-    the same seed), then :func:`choose_cheaper` among its cheaper variants. Returns it and its
-    variants."""
-    configurations = {k: v for k, v in complete.items() if k not in REPEATS and configuration_of(k) == k}
-    return choose_cheaper(choose(configurations, tolerance), runs, tolerance, step_seconds)
+    training seed (seed repeats, refinements and cheaper variants are no candidates: every
+    candidate then has the same seed and machine rules), then the best of its
+    :func:`refinements` that beats it, then :func:`choose_cheaper` among the cheaper variants of
+    what that left. Returns it and the refinements and cheaper variants compared."""
+    refining = {v for variants in REFINEMENTS.values() for v in variants}
+    configurations = {k: v for k, v in complete.items()
+                      if k not in REPEATS and k not in refining and configuration_of(k) == k}
+    best = choose(configurations, tolerance)
+    compared = refinements(best, runs, tolerance)
+    better = [v for v in compared if v["better"]]
+    if better:
+        best = max(better, key=lambda v: v["mean_macro_f1"])["variant"]
+    chosen, variants = choose_cheaper(best, runs, tolerance, step_seconds)
+    return chosen, compared + variants
 
 
 def seed_averaged(complete: dict[str, dict]) -> dict[str, dict]:
@@ -747,7 +780,7 @@ def run(args: argparse.Namespace) -> None:
                  for name in finals}
     (out / "chosen.json").write_text(json.dumps(
         {"lever": best, "tolerance": args.tolerance, **complete[best], "decodings": decodings[best],
-         "decoding_grid": "extended" if args.extended_grid else "default", "cheaper_variants": variants}, indent=2))
+         "decoding_grid": "extended" if args.extended_grid else "default", "variants": variants}, indent=2))
     if args.seeds:
         tests = []
         for name in finals:
@@ -802,10 +835,24 @@ def decoding_stage_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
+PAIRED_HEADER = ("| variant | of | machine | folds | CV macro-F1 ER | IP | EX | mean | its configuration there: ER | IP "
+                 "| EX | mean | seeds | difference |")
+PAIRED_RULE = "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+
+
+def paired_cells(v: dict) -> str:
+    """A :func:`paired` comparison's cells, up to its difference."""
+    return (f"| {v['variant']} | {v['of']} | {v['machine']} | {v['folds']} | "
+            + " | ".join(fmt(v["macro_f1"].get(m)) for m in MECHANISMS) + f" | {fmt(v['mean_macro_f1'])} | "
+            + " | ".join(fmt(v["reference_macro_f1"].get(m)) for m in MECHANISMS)
+            + f" | {fmt(v['reference_mean_macro_f1'])} | {', '.join(map(str, v['seeds']))} | "
+            + f"{v['mean_macro_f1'] - v['reference_mean_macro_f1']:+.1f} |")
+
+
 def cheaper_variant_lines(runs: list[dict], tolerance: float, step_seconds: dict[str, float] | None = None) -> list[str]:
     """The section on cheaper variants (:data:`CHEAPER`): each one's CV macro-F1 against its
-    configuration's runs on the same machine and folds, over its seeds (:func:`cheaper_variants`),
-    and the training step measured by ``bench_step.py --json`` where given."""
+    configuration's runs on the same machine and folds, over its seeds (:func:`paired`), and the
+    training step measured by ``bench_step.py --json`` where given."""
     variants = [v for best in CHEAPER for v in choose_cheaper(best, runs, tolerance, step_seconds)[1]]
     if not variants:
         return []
@@ -817,21 +864,27 @@ def cheaper_variant_lines(runs: list[dict], tolerance: float, step_seconds: dict
              "like with like). Fastest: the shortest training step on the 2-core CPU "
              f"(`{STEP_SECONDS}` in the run folder, written by `scripts/bench_step.py --json`), which must beat the "
              "configuration's own; without that file, the fewest CV minutes a job.", "",
-             "| variant | of | machine | folds | CV macro-F1 ER | IP | EX | mean | its configuration there: ER | IP | EX "
-             "| mean | seeds | difference | within | CPU s/step (configuration) |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+             PAIRED_HEADER + " within | CPU s/step (configuration) |", PAIRED_RULE + " --- | ---: |"]
     own = (step_seconds or {}).get("")
     for v in variants:
         step = f"{v['step_seconds']:.2f} ({own:.2f})" if v.get("step_seconds") and own else ""
-        lines.append(
-            f"| {v['variant']} | {v['of']} | {v['machine']} | {v['folds']} | "
-            + " | ".join(fmt(v["macro_f1"].get(m)) for m in MECHANISMS) + f" | {fmt(v['mean_macro_f1'])} | "
-            + " | ".join(fmt(v["reference_macro_f1"].get(m)) for m in MECHANISMS)
-            + f" | {fmt(v['reference_mean_macro_f1'])} | {', '.join(map(str, v['seeds']))} | "
-            + f"{v['mean_macro_f1'] - v['reference_mean_macro_f1']:+.1f} | "
-            + ("yes" if v["within"] else "no") + f" | {step} |"
-        )
+        lines.append(paired_cells(v) + (" yes" if v["within"] else " no") + f" | {step} |")
     return lines
+
+
+def refinement_lines(runs: list[dict], tolerance: float) -> list[str]:
+    """The section on refinements (:data:`REFINEMENTS`): each one's CV macro-F1 against its
+    configuration's runs on the same machine, folds and seeds (:func:`paired`)."""
+    compared = [v for best in REFINEMENTS for v in refinements(best, runs, tolerance)]
+    if not compared:
+        return []
+    return ["", "## Refinements: against their configuration on the same machine and folds", "",
+            "A refinement changes the chosen configuration at the same training cost, tried after it was chosen and "
+            "on another machine than its main-table row. It is compared with the configuration on the same machine, "
+            "folds and training seeds (as a cheaper variant is), and replaces it only when it is more than "
+            f"{tolerance:g} points better there (a tie keeps the configuration).", "",
+            PAIRED_HEADER + " better |", PAIRED_RULE + " --- |",
+            *(paired_cells(v) + (" yes |" if v["better"] else " no |") for v in compared)]
 
 
 def seed_noise_lines(cv: dict[str, dict]) -> list[str]:
@@ -967,6 +1020,7 @@ def report(args: argparse.Namespace) -> None:
             + f"{fmt(r['minutes_per_job'], 2)} |"
         )
     lines += seed_noise_lines(cv)
+    lines += refinement_lines(runs, choice.get("tolerance", 0.5))
     lines += cheaper_variant_lines(runs, choice.get("tolerance", 0.5), read_step_seconds(out))
     lines += decoding_stage_lines(runs)
     lines += extended_grid_lines(runs, chosen if extended else None)

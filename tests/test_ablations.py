@@ -159,7 +159,8 @@ def test_test_jobs_see_test_on_the_standard_split(tmp_path):
         assert not any(o.startswith("data.cv_") for o in job.overrides)
         assert f"seed={job.seed}" in job.overrides
         assert job.folder == tmp_path / "test" / job.lever / f"{job.mechanism}-seed{job.seed}"
-    assert all(j.overrides[:6] == ["model=joint", *ablations.BASES["joint"], "trainer.max_epochs=4"] for j in joint)
+    head = ["model=joint", *ablations.BASES["joint"], "trainer.max_epochs=4"]
+    assert all(j.overrides[:len(head)] == head for j in joint)
     assert all(j.overrides[:2] == ["model=biencoder", f"mechanism={j.mechanism}"] for j in separate)
 
 
@@ -566,3 +567,28 @@ def test_a_cheaper_variant_is_never_chosen_on_its_own_score_only_against_its_con
     assert ablations.choose_configuration(complete, runs, 0.5)[0] == attn0
     assert ablations.choose_configuration(complete, runs, 0.05)[0] == attn0  # 70.5 is within 0.05 of 70.0
     assert ablations.choose_configuration(complete, runs, 0.0, {"": 2.0})[0] == best
+
+
+def test_a_refinement_replaces_its_configuration_only_when_it_beats_it_on_the_same_machine_by_the_tolerance():
+    best, meanpool = "joint_lr2e-4", "joint_lr2e-4_meanpool"
+    assert meanpool in ablations.REFINEMENTS[best] and meanpool in ablations.NOT_COMBINED
+    gpu = [*_machine_runs(best, [0.72, 0.72, 0.72], "H100"), *_machine_runs("joint", [0.70] * 3, "H100")]
+    cpu = _machine_runs(best, [0.70, 0.70, 0.70], "CPU", stage="decoding")  # the configuration again on the CPU: 70.0
+
+    def chosen(f1: list[float], tolerance: float = 0.5) -> tuple[str, list[dict]]:
+        runs = [*gpu, *cpu, *_machine_runs(meanpool, f1, "CPU")]
+        complete = {k: v for k, v in ablations.summarise_cv(runs).items() if v["mean_macro_f1"] is not None}
+        return ablations.choose_configuration(complete, runs, tolerance)
+
+    # 71.0 on the CPU: 1.0 above the configuration there (though below its 72.0 on the H100)
+    lever, compared = chosen([0.71, 0.71, 0.71])
+    assert lever == meanpool
+    (v,) = [v for v in compared if v["kind"] == "refinement"]
+    assert v["better"] and v["reference_mean_macro_f1"] == pytest.approx(70.0) and v["machine"] == "CPU"
+    assert chosen([0.71, 0.71, 0.71], tolerance=1.0)[0] == best  # exactly the tolerance: a tie keeps it
+    assert chosen([0.704, 0.704, 0.704])[0] == best  # +0.4: within the noise
+    # never a candidate on its own score: 74.0 on the CPU against 72.0 on the H100 is not compared
+    assert chosen([0.74, 0.74, 0.74], tolerance=5.0)[0] == best
+    lines = ablations.refinement_lines([*gpu, *cpu, *_machine_runs(meanpool, [0.71] * 3, "CPU")], 0.5)
+    assert f"| {meanpool} | {best} | CPU | 3 | 71.0 | 71.0 | 71.0 | 71.0 | 70.0 | 70.0 | 70.0 | 70.0 | 12 | +1.0 | yes |" in lines
+    assert ablations.configuration_of(meanpool) == meanpool  # it decodes as itself
