@@ -71,20 +71,25 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         raise ValueError(f"split must be train, dev or test, not {cfg.split!r}")
     if cfg.get("rationale_decoding") is not None:
         module.set_rationale_decoding(cfg.rationale_decoding)
+    if cfg.get("level_offsets") is not None:
+        module.set_level_offsets(cfg.level_offsets)
     datamodule = checkpoint_datamodule(cfg, module)
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
     loader = datamodule.split_dataloader(cfg.split)
     grid = cfg.get("decoding_grid")
     if grid not in (None, False, True, "extended"):
         raise ValueError(f"decoding_grid must be false, true or extended, not {grid!r}")
-    if grid:  # the grid is scored in validation: validate instead of test
-        module.enable_decoding_grid(extended=grid == "extended")
+    if cfg.get("level_offset_grid"):
+        module.enable_level_grid()
+    if grid or cfg.get("level_offset_grid"):  # the grids are scored in validation: validate instead of test
+        if grid:
+            module.enable_decoding_grid(extended=grid == "extended")
         results, stage = trainer.validate(module, dataloaders=loader, weights_only=True)[0], "dev/"
     else:
         results, stage = trainer.test(module, dataloaders=loader, weights_only=True)[0], "test/"
     metrics = {key.replace(stage, f"{cfg.split}/", 1): value for key, value in runner.scalar_metrics(results).items()}
     payload = {"checkpoint": ckpt_path, "split": cfg.split, "rationale_decoding": dict(hparams["rationale_decoding"]),
-               "metrics": metrics}
+               "level_offsets": hparams.get("level_offsets"), "metrics": metrics}
     write_json_atomic(output_dir / f"eval_{cfg.split}.json", payload)
     print(json.dumps(payload, indent=2))
     return metrics

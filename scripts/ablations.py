@@ -61,6 +61,7 @@ from empathy.local_pool import usable_cores
 ROOT = Path(__file__).resolve().parents[1]
 RESCORE = "rescore"  # a job's subfolder with its best checkpoint's dev grid scored again
 RESCORE_EXTENDED = "rescore_extended"  # ... with the extended grid (min_span, fallback): `run --extended-grid`
+RESCORE_LEVELS = "rescore_levels"  # ... with the level offset grid: `run --level-offsets`
 MECHANISMS = ("ER", "IP", "EX")
 PAPER = {"ER": 74.46, "IP": 62.6, "EX": 72.58}
 
@@ -290,23 +291,25 @@ def load_runs(out: Path) -> list[dict]:
     return runs
 
 
-def rescore_jobs(runner: Runner, runs: list[dict], extended: bool = False) -> None:
+def rescore_jobs(runner: Runner, runs: list[dict], extended: bool = False, levels: bool = False) -> None:
     """Score today's decoding grid on the dev fold of each run's best checkpoint (``empathy.evaluate
     split=dev decoding_grid=true``, into ``<job>/rescore``): no training again. Runs already
     scored with every decoding of the grid, and runs whose checkpoint is gone, are left as they are.
     ``extended``: the extended grid (``decoding_grid=extended``: min_span and the fallback) into
     ``<job>/rescore_extended``, for the runs not yet scored with it; :func:`load_runs` leaves it
     out, :func:`extended_runs` reads it (and :func:`lever_decodings` when ``run --extended-grid``
-    chose from it)."""
+    chose from it). ``levels``: the level offset grid (``level_offset_grid=true``) into
+    ``<job>/rescore_levels``, read by :func:`level_offset_runs`."""
     tags = grid_tags()
-    sub = RESCORE_EXTENDED if extended else RESCORE
+    sub = RESCORE_LEVELS if levels else RESCORE_EXTENDED if extended else RESCORE
     jobs = [r for r in runs if r.get("best_checkpoint") and Path(r["best_checkpoint"]).is_file()
-            and (not (r["folder"] / sub / "eval_dev.json").is_file() if extended else run_lacks_grid(r, tags))]
+            and (not (r["folder"] / sub / "eval_dev.json").is_file() if extended or levels else run_lacks_grid(r, tags))]
 
     def one(r: dict) -> None:
         folder = r["folder"] / sub
+        grid = ["level_offset_grid=true"] if levels else [f"decoding_grid={'extended' if extended else 'true'}"]
         cmd = [sys.executable, "-m", "empathy.evaluate", f"ckpt_path={r['best_checkpoint']}", "split=dev",
-               f"decoding_grid={'extended' if extended else 'true'}", f"trainer={runner.args.trainer}",
+               *grid, f"trainer={runner.args.trainer}",
                "++trainer.enable_progress_bar=false", f"paths.cache_dir={runner.out / 'cache'}", f"hydra.run.dir={folder}"]
         rc, seconds = runner.call(cmd, folder)
         ok = rc == 0 and (folder / "eval_dev.json").is_file()
@@ -326,6 +329,62 @@ def extended_runs(runs: list[dict]) -> list[dict]:
             metrics = {k: v for k, v in json.loads(path.read_text())["metrics"].items() if "@" in k}
             out.append({**r, "metrics": metrics})
     return out
+
+
+def level_offset_runs(runs: list[dict]) -> list[dict]:
+    """The runs scored with the level offset grid (``<job>/rescore_levels``), its scores as metrics."""
+    out = []
+    for r in runs:
+        path = r["folder"] / RESCORE_LEVELS / "eval_dev.json" if r.get("folder") else None
+        if path is not None and path.is_file():
+            out.append({**r, "metrics": json.loads(path.read_text())["metrics"]})
+    return out
+
+
+def best_offset_tag(scores: dict[str, float]) -> str:
+    """The offset tag with the best score; ties: the smallest offsets (then the tag)."""
+    from empathy.levels import offsets_from_tag
+
+    return min(scores, key=lambda tag: (-scores[tag], sum(map(abs, offsets_from_tag(tag))), tag))
+
+
+def level_offset_choice(runs: list[dict], tolerance: float) -> dict[str, dict]:
+    """Per mechanism, from the runs scored with the level offset grid (one per fold): the pair
+    with the best mean dev macro-F1 over the folds (ties: the smallest offsets), its gain over no
+    offsets, and ``offsets``: that pair when the gain is more than ``tolerance`` points, else None
+    (the argmax stays). ``held_out``: the gain on each fold of the pair chosen on the other folds
+    (what choosing costs in optimism), and its mean."""
+    from empathy.levels import offset_tag, offsets_from_tag
+
+    zero = offset_tag((0, 0))
+    out = {}
+    for m in MECHANISMS:
+        scores: dict[str, list[float]] = defaultdict(list)
+        for r in runs:
+            for key, value in r["metrics"].items():
+                if key.startswith(f"dev/{m}/macro_f1@"):
+                    scores[key.partition("@")[2]].append(100 * value)
+        folds = max((len(v) for v in scores.values()), default=0)
+        scores = {t: v for t, v in scores.items() if len(v) == folds}
+        if not folds or zero not in scores:
+            continue
+        tag = best_offset_tag({t: statistics.mean(v) for t, v in scores.items()})
+        gain = statistics.mean(scores[tag]) - statistics.mean(scores[zero])
+        held_out = []
+        if folds > 1:
+            for k in range(folds):
+                chosen = best_offset_tag({t: statistics.mean(x for i, x in enumerate(v) if i != k) for t, v in scores.items()})
+                held_out.append(scores[chosen][k] - scores[zero][k])
+        out[m] = {"tag": tag, "folds": folds, "macro_f1": statistics.mean(scores[tag]),
+                  "macro_f1_without": statistics.mean(scores[zero]), "gain": gain,
+                  "held_out": held_out, "held_out_gain": statistics.mean(held_out) if held_out else None,
+                  "offsets": list(offsets_from_tag(tag)) if gain > tolerance else None}
+    return out
+
+
+def level_offset_overrides(offsets: dict[str, list[float] | None]) -> list[str]:
+    """``{mechanism: [level 1, level 2] or None}`` -> ``model.level_offsets.<M>=[a,b]`` overrides."""
+    return [f"model.level_offsets.{m}=[{a:g},{b:g}]" for m in MECHANISMS if (o := offsets.get(m)) for a, b in [o]]
 
 
 def configuration_of(lever: str) -> str:
@@ -775,17 +834,26 @@ def run(args: argparse.Namespace) -> None:
                 runner.run_all(cv_jobs(out, "decoding", name, base_kind, overrides, args.folds))
     if args.extended_grid:
         rescore_jobs(runner, decoding_runs(load_runs(out), configuration_of(best)), extended=True)
+    offsets: dict[str, list[float] | None] = {}
+    level_choice: dict[str, dict] = {}
+    if args.level_offsets:
+        rescore_jobs(runner, decoding_runs(load_runs(out), configuration_of(best)), levels=True)
+        level_choice = level_offset_choice(level_offset_runs(decoding_runs(load_runs(out), configuration_of(best))),
+                                           args.tolerance)
+        offsets = {m: c["offsets"] for m, c in level_choice.items()}
     runs = load_runs(out)
     decodings = {name: {m: tag for m, (tag, _) in lever_decodings(runs, name, args.extended_grid and name == best).items()}
                  for name in finals}
     (out / "chosen.json").write_text(json.dumps(
         {"lever": best, "tolerance": args.tolerance, **complete[best], "decodings": decodings[best],
-         "decoding_grid": "extended" if args.extended_grid else "default", "variants": variants}, indent=2))
+         "decoding_grid": "extended" if args.extended_grid else "default", "variants": variants,
+         "level_offsets": offsets, "level_offset_choice": level_choice}, indent=2))
     if args.seeds:
         tests = []
         for name in finals:
             base_kind, overrides = lever_overrides(out, name)
-            tests += test_jobs(out, name, base_kind, [*overrides, *mechanism_decoding_overrides(decodings[name])], args.seeds)
+            tests += test_jobs(out, name, base_kind, [*overrides, *mechanism_decoding_overrides(decodings[name]),
+                                                      *(level_offset_overrides(offsets) if name == best else [])], args.seeds)
         runner.run_all(tests)
     print(f"finished in {time.monotonic() - runner.started:.0f}s", flush=True)
 
@@ -1069,6 +1137,9 @@ def main() -> None:
     r.add_argument("--extended-grid", action="store_true",
                    help="score the chosen configuration's kept checkpoints with the extended decoding grid "
                         "(min_span, fallback) and choose its decodings from it")
+    r.add_argument("--level-offsets", action="store_true",
+                   help="score the chosen configuration's kept checkpoints with the level offset grid and choose "
+                        "each mechanism's offsets from it (kept only when more than --tolerance better)")
     r.add_argument("--only", nargs="*", help="run only these levers")
     r.add_argument("--skip", nargs="*", default=[], help="do not run these levers")
     r.add_argument("--tolerance", type=float, default=0.5,

@@ -592,3 +592,30 @@ def test_a_refinement_replaces_its_configuration_only_when_it_beats_it_on_the_sa
     lines = ablations.refinement_lines([*gpu, *cpu, *_machine_runs(meanpool, [0.71] * 3, "CPU")], 0.5)
     assert f"| {meanpool} | {best} | CPU | 3 | 71.0 | 71.0 | 71.0 | 71.0 | 70.0 | 70.0 | 70.0 | 70.0 | 12 | +1.0 | yes |" in lines
     assert ablations.configuration_of(meanpool) == meanpool  # it decodes as itself
+
+
+def _level_runs(scores: dict[str, dict[str, list[float]]]) -> list[dict]:
+    """One run per fold scored with the level offset grid: ``{mechanism: {tag: [per fold]}}``."""
+    folds = max(len(v) for tags in scores.values() for v in tags.values())
+    return [{"stage": "decoding", "lever": "joint_lr2e-4", "job": f"joint-fold{k}",
+             "metrics": {f"dev/{m}/macro_f1@{tag}": v[k] for m, tags in scores.items() for tag, v in tags.items()}}
+            for k in range(folds)]
+
+
+def test_level_offsets_are_kept_only_when_their_cv_gain_beats_the_tolerance():
+    runs = _level_runs({
+        "ER": {"o0_0": [0.70, 0.72, 0.74], "o-1_-1.5": [0.72, 0.73, 0.76], "o-0.5_0": [0.71, 0.73, 0.75]},
+        "IP": {"o0_0": [0.60, 0.61, 0.62], "o0.5_0": [0.605, 0.613, 0.622]},  # +0.3: the noise
+        "EX": {"o0_0": [0.70, 0.70, 0.70], "o1_0": [0.71, 0.71, 0.71], "o-1_0": [0.71, 0.71, 0.71]},  # a tie
+    })
+    choice = ablations.level_offset_choice(runs, 0.5)
+    assert choice["ER"]["tag"] == "o-1_-1.5" and choice["ER"]["offsets"] == [-1.0, -1.5]
+    assert choice["ER"]["gain"] == pytest.approx(1.667, abs=1e-3)
+    # each fold scored with the pair the other two chose: fold 0 -> o-1_-1.5 (+2.0), fold 1 -> o-1_-1.5 (+1.0),
+    # fold 2 -> o-1_-1.5 (+2.0); the held-out mean is what the report quotes beside the in-sample gain
+    assert choice["ER"]["held_out"] == pytest.approx([2.0, 1.0, 2.0])
+    assert choice["IP"]["offsets"] is None and choice["IP"]["tag"] == "o0.5_0"
+    assert choice["EX"]["tag"] == "o-1_0" and choice["EX"]["offsets"] == [-1.0, 0.0]  # ties: the smaller, then by tag
+    assert ablations.level_offset_overrides({m: c["offsets"] for m, c in choice.items()}) == [
+        "model.level_offsets.ER=[-1,-1.5]", "model.level_offsets.EX=[-1,0]"]
+    assert ablations.level_offset_choice([], 0.5) == {}

@@ -401,3 +401,47 @@ def test_results_give_a_joint_run_one_row_per_mechanism(joint_run, tmp_path):
         assert rows[("joint", m, "paper")]["rationale_iou_f1_mean"] == pytest.approx(
             result["metrics"][f"test/{m}/rationale_iou_f1_paper"])
     assert "| joint | strict |" in written["markdown"].read_text()
+
+
+# ------------------------------------------------------------------------------------- level offsets
+def test_level_offsets_decide_levels_in_evaluation_prediction_and_export(joint_run, joint_data, tmp_path):
+    cfg, result = joint_run
+
+    def evaluate_with(name: str, *extra: str) -> dict:
+        eval_cfg = runner.compose_config(
+            "evaluate", [f"ckpt_path={result['best_checkpoint']}", "split=dev", "++trainer.enable_progress_bar=false", *extra],
+            data_dir=joint_data[0], output_dir=tmp_path / name,
+        )
+        with open_dict(eval_cfg):
+            eval_cfg.paths.cache_dir = cfg.paths.cache_dir
+        return evaluate(eval_cfg, tmp_path / name)
+
+    grid = evaluate_with("grid", "level_offset_grid=true")
+    plain = evaluate_with("plain")
+    for m in MECHANISMS:
+        scored = {k for k in grid if k.startswith(f"dev/{m}/macro_f1@")}
+        assert len(scored) == 169 and f"dev/{m}/macro_f1@o-3_3" in scored
+        # no offsets is the plain argmax; +50 on level 1 predicts level 1 everywhere
+        assert grid[f"dev/{m}/macro_f1@o0_0"] == pytest.approx(plain[f"dev/{m}/macro_f1"], abs=1e-6)
+    forced = evaluate_with("forced", "level_offsets={IP:[50,0]}")
+    assert forced["dev/IP/f1_level0"] == 0 and forced["dev/IP/f1_level2"] == 0  # every IP row predicted level 1
+    for m in ("ER", "EX"):
+        assert forced[f"dev/{m}/macro_f1"] == pytest.approx(plain[f"dev/{m}/macro_f1"], abs=1e-9)
+    assert json.loads((tmp_path / "forced" / "eval_dev.json").read_text())["level_offsets"] == {"IP": [50, 0]}
+
+    # prediction and the export decide with the model's offsets, and report the softmax of the same sums
+    pairs = [("I lost my job and I feel alone.", "I'm so sorry. That sounds really hard; you are not alone.")] * 2
+    model = load_model(result["best_checkpoint"], "joint")
+    plain_pred = EmpathyPredictor({"joint": model}).predict(*zip(*pairs, strict=True))
+    model.level_offsets = {"IP": [50.0, 0.0], "EX": [0.0, 50.0]}
+    got = EmpathyPredictor({"joint": model}).predict(*zip(*pairs, strict=True))
+    assert (got["IP"].levels == 1).all() and (got["EX"].levels == 2).all()
+    assert (got["ER"].levels == plain_pred["ER"].levels).all()
+    assert got["IP"].probs[:, 1].min() > 0.99 and (got["IP"].probs.argmax(-1) == got["IP"].levels).all()
+    ckpt = torch.load(result["best_checkpoint"], weights_only=True)
+    ckpt["hyper_parameters"]["level_offsets"] = {"ER": None, "IP": [50.0, 0.0], "EX": None}
+    torch.save(ckpt, tmp_path / "offsets.ckpt")
+    folder = export_model(tmp_path / "offsets.ckpt", tmp_path / "export")
+    assert json.loads((folder / "config.json").read_text())["level_offsets"] == {"ER": None, "IP": [50.0, 0.0], "EX": None}
+    exported = EmpathyPredictor.from_pretrained({"joint": folder}).predict(*zip(*pairs, strict=True))
+    assert (exported["IP"].levels == 1).all() and (exported["ER"].levels == plain_pred["ER"].levels).all()

@@ -253,3 +253,41 @@ def test_compiled_response_encoder_matches_eager_and_trains_through_the_entry_po
     ckpt = torch.load(next((tmp_path / "run" / "checkpoints").glob("*.ckpt")), weights_only=True)
     assert ckpt["hyper_parameters"]["compile"] is True
     assert not any("_orig_mod" in key for key in ckpt["state_dict"])
+
+
+def test_level_offsets_move_the_argmax_and_the_grid_scores_each_pair():
+    from empathy.levels import (
+        LevelOffsetGrid,
+        decide,
+        level_offsets,
+        macro_f1,
+        offset_tag,
+        offsets_from_tag,
+    )
+
+    logits = torch.tensor([[2.0, 1.5, 0.0], [0.0, 1.0, 0.8], [1.0, 0.0, 0.9], [0.0, 0.2, 3.0]])
+    gold = torch.tensor([1, 2, 2, 2])
+    assert decide(logits, None).tolist() == [0, 1, 0, 2]
+    assert decide(logits, (1.0, 0.0)).tolist() == [1, 1, 0, 2]
+    assert decide(logits, (0.0, 0.5)).tolist() == [0, 2, 2, 2]
+    grid = LevelOffsetGrid()
+    grid.update(logits[:2], gold[:2])
+    grid.update(logits[2:], gold[2:])
+    scores = grid.compute()
+    assert len(scores) == 13 * 13
+    # by hand: (0, 0.5) predicts [0, 2, 2, 2] against [1, 2, 2, 2]: F1 level 0 = 0, level 1 = 0, level 2 = 1
+    assert scores["macro_f1@o0_0.5"] == pytest.approx(1 / 3)
+    # (0, 0): [0, 1, 0, 2]: level 0 0/(2+0)=0, level 1 0, level 2 2*1/(1+3)=0.5
+    assert scores["macro_f1@o0_0"] == pytest.approx(0.5 / 3)
+    assert macro_f1(torch.zeros(3, 3)) == 0  # no rows: every level absent
+    assert offset_tag((-1.0, -1.5)) == "o-1_-1.5" and offsets_from_tag("o-1_-1.5") == (-1.0, -1.5)
+    assert level_offsets({"ER": [-1, -1.5], "IP": None}, "ER") == (-1.0, -1.5)
+    assert level_offsets({"ER": [-1, -1.5], "IP": None}, "IP") is None
+    assert level_offsets({"ER": [-1, -1.5]}, "joint") is None
+    assert level_offsets([0.5, 0], "EX") == (0.5, 0.0) and level_offsets(None, "ER") is None
+    with pytest.raises(ValueError, match=r"model.level_offsets.ER must hold 2 numbers .* got \[1\]"):
+        level_offsets({"ER": [1]}, "ER")
+    with pytest.raises(ValueError, match=r"unknown mechanism\(s\) \['XX'\]"):
+        level_offsets({"XX": [1, 2]}, "ER")
+    with pytest.raises(ValueError, match="not a level offset tag"):
+        offsets_from_tag("t0.3g2")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from empathy import JOINT, MECHANISMS
 from empathy.data.joint import IGNORE_INDEX, level_column, rationale_column
 from empathy.decoding import DecodingGrid, RationaleDecoding, rationale_probs
+from empathy.levels import LevelOffsetGrid, level_offsets
 from empathy.metrics import RationaleMetrics, level_metrics
 from empathy.models.biencoder import BiEncoderOutput, multitask_loss
 from empathy.models.module import STAGE_PREFIX, EmpathyModule, new_grid, to_paper_predictions
@@ -78,6 +79,7 @@ class JointEmpathyModule(EmpathyModule):
         # the single model's grid scores one mechanism: one grid per mechanism here
         self.val_decoding_grid = None
         self.joint_grids = nn.ModuleDict({m: DecodingGrid() for m in mechanisms}) if self.hparams.decoding_grid else None
+        self.joint_level_grids: nn.ModuleDict | None = None
         self.joint_metrics = nn.ModuleDict()
         for stage in STAGE_PREFIX:
             for m in mechanisms:
@@ -103,10 +105,15 @@ class JointEmpathyModule(EmpathyModule):
         self.hparams["decoding_grid"] = True
         self.joint_grids = nn.ModuleDict({m: new_grid(extended) for m in self.mechanisms})
 
+    def enable_level_grid(self) -> None:
+        self.joint_level_grids = nn.ModuleDict({m: LevelOffsetGrid() for m in self.mechanisms})
+
     def _load_decodings(self) -> None:
-        """Plus a decoding per head (``rationale_decoding`` may hold values per mechanism)."""
+        """Plus a decoding and level offsets per head (``rationale_decoding`` and
+        ``level_offsets`` may hold values per mechanism)."""
         super()._load_decodings()
         self.decodings = {m: RationaleDecoding.from_config(self.hparams.rationale_decoding, m) for m in self.mechanisms}
+        self.mechanism_offsets = {m: level_offsets(self.hparams.get("level_offsets"), m) for m in self.mechanisms}
 
     # ---------------------------------------------------------------- loss
     def _joint_loss(self, outputs: Mapping[str, BiEncoderOutput], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -158,6 +165,8 @@ class JointEmpathyModule(EmpathyModule):
             gold = gold[keep]
             mask = batch["rationale_mask"][keep].bool()
             level, rationale = self.predictions(_rows(outputs[m], keep), mask, m)
+            if stage == "val" and self.joint_level_grids is not None:
+                self.joint_level_grids[m].update(outputs[m].level_logits[keep], gold)
             paper_preds = (
                 rationale if self.hparams.rationale_policy == "paper" else to_paper_predictions(rationale, level, mask)
             )
@@ -194,6 +203,7 @@ class JointEmpathyModule(EmpathyModule):
                 self.joint_metrics[f"{stage}_{m}_level"],
                 self.joint_metrics[f"{stage}_{m}_rationale"],
                 self.joint_grids[m] if stage == "val" and self.joint_grids is not None else None,
+                level_grid=self.joint_level_grids[m] if stage == "val" and self.joint_level_grids is not None else None,
             )
             self.last_confusion[f"{prefix}/{m}"] = values["confusion"].detach().cpu()
             macro_f1.append(values["macro_f1"])

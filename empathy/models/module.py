@@ -26,6 +26,7 @@ from empathy.decoding import (
     rationale_probs,
 )
 from empathy.io import atomic_output, file_lock
+from empathy.levels import LevelOffsetGrid, decide, level_offsets
 from empathy.metrics import RationaleMetrics, level_metrics
 from empathy.models.biencoder import LAYER_INDEX, BiEncoderOutput, build_net, multitask_loss
 
@@ -113,6 +114,7 @@ class EmpathyModule(pl.LightningModule):
         layerwise_lr_decay: float = 1.0,
         rationale_decoding: Mapping[str, Any] | None = None,
         decoding_grid: bool = False,
+        level_offsets: Mapping[str, Any] | None = None,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -136,11 +138,14 @@ class EmpathyModule(pl.LightningModule):
                 "layerwise_lr_decay": float(layerwise_lr_decay),
                 "rationale_decoding": decoding_config(_plain(rationale_decoding), (mechanism,)),
                 "decoding_grid": bool(decoding_grid),
+                "level_offsets": _plain(level_offsets),
                 "compile": bool(compile),
             }
         )
         # Dev-set scores of several rationale decodings at once (choosing one by cross-validation).
         self.val_decoding_grid = DecodingGrid() if decoding_grid else None
+        # Dev-set macro-F1 of every pair of level offsets (choosing them by cross-validation).
+        self.val_level_grid: LevelOffsetGrid | None = None
         self.net = build_net(self.hparams.encoder, self.hparams.net)
         self._load_decodings()
         weights = self.hparams.class_weights
@@ -303,6 +308,17 @@ class EmpathyModule(pl.LightningModule):
         self.hparams["decoding_grid"] = True
         self.val_decoding_grid = new_grid(extended)
 
+    def enable_level_grid(self) -> None:
+        """Score every pair of level offsets (:class:`~empathy.levels.LevelOffsetGrid`) on every
+        validation from now on (``python -m empathy.evaluate split=dev level_offset_grid=true``)."""
+        self.val_level_grid = LevelOffsetGrid()
+
+    def set_level_offsets(self, config: Mapping[str, Any] | None) -> None:
+        """Decide levels with ``config`` (``model.level_offsets``) from now on (``python -m
+        empathy.evaluate level_offsets=...``); stored in hparams."""
+        self.hparams["level_offsets"] = _plain(config)
+        self._load_decodings()
+
     def set_rationale_decoding(self, config: Mapping[str, Any] | None) -> None:
         """Decode rationales with ``config`` from now on (a trained model evaluated with another
         decoding: ``python -m empathy.evaluate rationale_decoding=...``); stored in hparams."""
@@ -310,13 +326,16 @@ class EmpathyModule(pl.LightningModule):
         self._load_decodings()
 
     def _load_decodings(self) -> None:
-        """``self.decoding`` from ``hparams.rationale_decoding`` (the model's mechanism's setting)."""
+        """``self.decoding`` from ``hparams.rationale_decoding`` and ``self.offsets`` from
+        ``hparams.level_offsets`` (the model's mechanism's settings)."""
         self.decoding = RationaleDecoding.from_config(self.hparams.rationale_decoding, self.hparams.mechanism)
+        self.offsets = level_offsets(self.hparams.get("level_offsets"), self.hparams.mechanism)
 
     def predictions(self, output: BiEncoderOutput, mask: Tensor, mechanism: str | None = None) -> tuple[Tensor, Tensor]:
         """Predicted levels [batch] and rationale tokens [batch, tokens] (0 outside ``mask``),
-        with ``mechanism``'s rationale decoding (a joint model's head) or the model's own."""
-        level = output.level_logits.argmax(-1)
+        with ``mechanism``'s level offsets and rationale decoding (a joint model's head) or the
+        model's own."""
+        level = decide(output.level_logits, self.mechanism_offsets[mechanism] if mechanism is not None else self.offsets)
         decoding = self.decodings[mechanism] if mechanism is not None else self.decoding
         rationale = decoding.decode(rationale_probs(output.rationale_logits), mask, level)
         return level, rationale
@@ -339,6 +358,8 @@ class EmpathyModule(pl.LightningModule):
             level=batch["level"],
         )
         self.log(f"{STAGE_PREFIX[stage]}/loss", losses["loss"], batch_size=level.shape[0], sync_dist=True)
+        if stage == "val" and self.val_level_grid is not None:
+            self.val_level_grid.update(output.level_logits, batch["level"])
         if stage == "val" and self.val_decoding_grid is not None:
             self.val_decoding_grid.update(
                 rationale_probs(output.rationale_logits), batch["rationale_strict"], mask, batch["level"], level
@@ -350,7 +371,8 @@ class EmpathyModule(pl.LightningModule):
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def _log_split_metrics(self, prefix: str, level_metric, rationale_metric, grid=None, prog_bar: bool = False) -> dict:
+    def _log_split_metrics(self, prefix: str, level_metric, rationale_metric, grid=None, prog_bar: bool = False,
+                           level_grid=None) -> dict:
         """Log one model's (or one joint head's) metrics under ``prefix``, reset them, and return
         the level metrics (macro-F1, confusion)."""
         values = level_metric.compute()
@@ -368,6 +390,10 @@ class EmpathyModule(pl.LightningModule):
             for name, value in grid.compute().items():
                 self.log(f"{prefix}/{name}", value)
             grid.reset()
+        if level_grid is not None:
+            for name, value in level_grid.compute().items():
+                self.log(f"{prefix}/{name}", value)
+            level_grid.reset()
         level_metric.reset()
         rationale_metric.reset()
         return values
@@ -380,6 +406,7 @@ class EmpathyModule(pl.LightningModule):
             self.val_rationale if stage == "val" else self.test_rationale,
             self.val_decoding_grid if stage == "val" else None,
             prog_bar=True,
+            level_grid=self.val_level_grid if stage == "val" else None,
         )
         self.last_confusion = {prefix: values["confusion"].detach().cpu()}
 

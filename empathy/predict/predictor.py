@@ -38,6 +38,7 @@ from torch import nn
 
 from empathy import JOINT, MECHANISMS
 from empathy.decoding import RationaleDecoding, rationale_probs
+from empathy.levels import adjusted, level_offsets
 from empathy.models.biencoder import NUM_LEVELS, BiEncoder, build_net
 from empathy.models.encoders import load_encoder, load_tokenizer
 
@@ -73,8 +74,8 @@ class MechanismPredictions:
     """One mechanism's predictions for n pairs, in input order."""
 
     mechanism: str
-    levels: np.ndarray  # [n] int64, argmax of the level logits
-    probs: np.ndarray  # [n, 3] float32, softmax of the level logits
+    levels: np.ndarray  # [n] int64, argmax of the level logits (plus the model's level offsets)
+    probs: np.ndarray  # [n, 3] float32, softmax of the same
     rationales: list[list[RationaleSpan]]  # per pair, in response order
 
     def rationale_texts(self, separator: str = "|") -> list[str]:
@@ -120,6 +121,7 @@ class LoadedModel:
     net_config: dict = field(default_factory=dict)
     data_config: dict = field(default_factory=dict)
     rationale_decoding: dict = field(default_factory=dict)  # threshold, fill_gaps, min_span [, per mechanism] (empty: argmax)
+    level_offsets: dict | None = None  # per mechanism [level 1, level 2] added to the level logits (None: argmax)
     seeker_sha256: str | None = None  # None: no seeker encoder (use_attention=false)
     info: dict = field(default_factory=dict)  # metrics and provenance, when known
 
@@ -162,6 +164,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         net_config=dict(hp["net"]),
         data_config=dict(hp.get("data_config") or {}),
         rationale_decoding=dict(hp.get("rationale_decoding") or {}),
+        level_offsets=hp.get("level_offsets"),
         seeker_sha256=None if net.seeker_encoder is None else state_dict_sha256(net.seeker_encoder),
         info={"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")},
     )
@@ -234,6 +237,7 @@ def load_exported(folder: str | Path, map_location: str | torch.device = "cpu") 
         net_config=dict(config["net"]),
         data_config=dict(config.get("data_config") or {}),
         rationale_decoding=dict(config.get("rationale_decoding") or {}),
+        level_offsets=config.get("level_offsets"),
         seeker_sha256=seeker_sha,
         info={k: config.get(k) for k in ("metrics", "source_checkpoint", "epoch", "global_step")},
     )
@@ -327,6 +331,7 @@ def export_model(
         "net": model.net_config,
         "data_config": model.data_config,
         "rationale_decoding": model.rationale_decoding,
+        "level_offsets": model.level_offsets,
         "seeker": seeker_info,
         "source_checkpoint": str(ckpt_path.resolve()),
         "epoch": model.info.get("epoch"),
@@ -634,16 +639,18 @@ class EmpathyPredictor:
                 self.counts["response_passes"] += 1
         index = np.asarray(rows, dtype=np.int64) + offset
         for m, out in outputs.items():
-            logits = out.level_logits.float()
-            levels[m][index] = logits.argmax(-1).cpu().numpy()
+            model = self.models[self._model_of[m]]
+            logits = adjusted(out.level_logits.float(), level_offsets(model.level_offsets, m))
+            level = logits.argmax(-1)
+            levels[m][index] = level.cpu().numpy()
             probs[m][index] = torch.softmax(logits, dim=-1).cpu().numpy()
             enc = encoded[self._token_group_of[self._model_of[m]]]
             real = np.zeros(tuple(out.rationale_logits.shape[:2]), dtype=bool)
             for k, i in enumerate(rows):
                 real[k, : len(enc.response_real[i])] = enc.response_real[i]
-            decoding = RationaleDecoding.from_config(self.models[self._model_of[m]].rationale_decoding, m)
+            decoding = RationaleDecoding.from_config(model.rationale_decoding, m)
             probs_r = rationale_probs(out.rationale_logits)
-            token = decoding.decode(probs_r, torch.from_numpy(real).to(probs_r.device), logits.argmax(-1)).cpu().numpy()
+            token = decoding.decode(probs_r, torch.from_numpy(real).to(probs_r.device), level).cpu().numpy()
             for k, runs in enumerate(token_runs((token == 1) & real)):
                 if not runs:
                     continue
