@@ -487,6 +487,9 @@ def to_markdown(
             f"`{source}`: {pool['count']} jobs, {pool['jobs']} at a time sharing {pool['cores']} cores "
             f"(`reproduce_table.py --jobs`), {pool['wall_minutes']:.1f} minutes of wall time from the first "
             "start to the last end; min/run is each job's own training time while it shared the cores."
+            + (f" Test figures: those runs' kept best checkpoints evaluated again from `{pool['rescored_from']}` "
+               "with the rationale decodings and level offsets of today's configuration (`reproduce_table.py --rescore`)."
+               if pool.get("rescored_from") else "")
         )
     if skipped:
         lines += ["", f"Skipped {len(skipped)} unfinished job(s): " + ", ".join(f"`{j.path}`" for j in skipped) + "."]

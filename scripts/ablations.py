@@ -67,12 +67,13 @@ PAPER = {"ER": 74.46, "IP": 62.6, "EX": 72.58}
 
 # What every lever of a base starts from, pinned so that the study means the same after the
 # defaults changed because of it (the joint model's lr 2e-4 and its decodings came from this study;
-# the encoder dropout is pinned to the pretrained config's and the level heads read the first token,
-# what every joint lever ran with unless it says otherwise).
+# the encoder dropout is pinned to the pretrained config's, the level heads read the first token and
+# decide by the argmax, what every joint lever ran with unless it says otherwise).
 BASES: dict[str, list[str]] = {
     "separate": [],
     "joint": ["model.optimizer.lr=1e-4", "model.rationale_decoding.threshold=0.3",
-              "model.net.encoder_dropout=null", "model.net.encoder_attention_dropout=null", "model.net.pooling=cls"],
+              "model.net.encoder_dropout=null", "model.net.encoder_attention_dropout=null", "model.net.pooling=cls",
+              "model.level_offsets.ER=null"],
 }
 
 # Settings added after some runs: what a resolved config without the key ran with.
@@ -572,19 +573,21 @@ def config_mismatches(cfg, base: str, overrides: list[str]) -> list[str]:
     return wrong
 
 
-def external_test_runs(spec: str, runs: list[dict], extended: bool = False) -> list[dict]:
+def external_test_runs(spec: str, runs: list[dict], extended: bool = False,
+                       offsets: dict[str, list[float] | None] | None = None) -> list[dict]:
     """``LEVER=DIR``: the test runs of a lever that another command trained (e.g. the 5 seeds of
     ``scripts/reproduce_table.py`` once the lever is the default), one ``empathy.train`` job per
     subfolder of DIR. Each job's resolved config must hold the lever's overrides and its
     cross-validated decoding per mechanism (:func:`lever_decodings`, from the extended grid with
-    ``extended``), or the report stops."""
+    ``extended``) and the level ``offsets`` chosen for it (``chosen.json``), or the report stops."""
     lever, _, folder = spec.partition("=")
     entry = BY_NAME.get(lever)
     if entry is None or not folder:
         raise SystemExit(f"--test-runs {spec}: expected LEVER=DIR with a lever of LEVERS")
     base, overrides = entry
     decodings = {m: tag for m, (tag, _) in lever_decodings(runs, lever, extended).items()}
-    overrides = merge_overrides(BASES[base], overrides, mechanism_decoding_overrides(decodings))
+    overrides = merge_overrides(BASES[base], overrides, mechanism_decoding_overrides(decodings),
+                                level_offset_overrides(offsets or {}))
     if set(decodings) == set(MECHANISMS):  # the shared setting then decodes nothing: not checked
         shared = {f"model.rationale_decoding.{k}" for k in ("threshold", "fill_gaps", "min_span", "fallback")}
         overrides = [o for o in overrides if o.partition("=")[0] not in shared]
@@ -1013,6 +1016,30 @@ def extended_grid_lines(runs: list[dict], chosen: str | None = None) -> list[str
     return lines
 
 
+def level_offset_lines(choice: dict[str, dict], chosen: str | None, tolerance: float) -> list[str]:
+    """The level offsets' section (``chosen.json``: level_offset_choice, from ``run --level-offsets``)."""
+    if not choice:
+        return []
+    lines = ["", "## Level offsets: kept checkpoints' level logits, offset before the argmax", "",
+             "`ablations.py run --level-offsets`: `python -m empathy.evaluate split=dev level_offset_grid=true` on each "
+             f"fold's best checkpoint of the chosen configuration ({chosen}): the dev macro-F1 of every pair of offsets "
+             "added to the logits of levels 1 and 2 (-3 to 3 in steps of 0.5; empathy/levels.py). A mechanism keeps its "
+             f"best pair only when it gains more than {tolerance:g} CV points over the argmax. Held out: each fold "
+             "scored with the pair chosen on the other folds, the gain over the argmax there (what the choice is "
+             "worth on data it did not see).", "",
+             "| mechanism | folds | best pair | CV macro-F1 argmax | with the pair | gain | held out: each fold | mean | kept |",
+             "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | --- |"]
+    for m in MECHANISMS:
+        if m not in choice:
+            continue
+        c = choice[m]
+        lines.append(f"| {m} | {c['folds']} | {c['tag']} | {fmt(c['macro_f1_without'])} | {fmt(c['macro_f1'])} | "
+                     f"{c['gain']:+.1f} | " + " / ".join(f"{x:+.1f}" for x in c["held_out"]) + " | "
+                     + (f"{c['held_out_gain']:+.1f}" if c["held_out_gain"] is not None else "") + " | "
+                     + (str(c["offsets"]) if c["offsets"] else "no") + " |")
+    return lines
+
+
 def report(args: argparse.Namespace) -> None:
     out = Path(args.out).resolve()
     runs = load_runs(out)
@@ -1020,8 +1047,12 @@ def report(args: argparse.Namespace) -> None:
     choice = json.loads((out / "chosen.json").read_text()) if (out / "chosen.json").is_file() else {}
     chosen = choice.get("lever")
     extended = choice.get("decoding_grid") == "extended"  # the chosen lever's decodings came from it
+    def is_chosen(spec: str) -> bool:
+        return configuration_of(spec.partition("=")[0]) == configuration_of(chosen or "")
+
     runs += [run for spec in args.test_runs
-             for run in external_test_runs(spec, runs, extended and configuration_of(spec.partition("=")[0]) == configuration_of(chosen or ""))]
+             for run in external_test_runs(spec, runs, extended and is_chosen(spec),
+                                           choice.get("level_offsets") if is_chosen(spec) else None)]
     test = summarise_test(runs)
     descriptions = {n: (b, o, d) for n, b, o, d in LEVERS}
     if (out / "combined.json").is_file():
@@ -1092,6 +1123,7 @@ def report(args: argparse.Namespace) -> None:
     lines += cheaper_variant_lines(runs, choice.get("tolerance", 0.5), read_step_seconds(out))
     lines += decoding_stage_lines(runs)
     lines += extended_grid_lines(runs, chosen if extended else None)
+    lines += level_offset_lines(choice.get("level_offset_choice") or {}, chosen, choice.get("tolerance", 0.5))
     tested = [r for r in rows if r["test_macro_f1_ER_n"] or r["test_macro_f1_IP_n"]]
     if tested:
         lines += ["", "## Test (final configurations only)", "",

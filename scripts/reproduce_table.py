@@ -7,6 +7,7 @@ write the results table.
     python scripts/reproduce_table.py model=biencoder                   # one model per mechanism x ER,IP,EX x seeds
     python scripts/reproduce_table.py --dry-run                         # print the command(s) only
     python scripts/reproduce_table.py --jobs 1                          # one job at a time (one Hydra multirun)
+    python scripts/reproduce_table.py --rescore outputs/reproduce/2026-01-01_10-00-00  # kept checkpoints, today's decisions
 
 Positional ``key=value`` arguments are passed to ``empathy.train`` as they are. An experiment
 of the joint model (the default) trains ER, IP and EX in one run per seed; one of a model per
@@ -14,6 +15,13 @@ mechanism (``paper``, or any with ``model=biencoder``) is swept over ``--mechani
 each kind gets its own multirun folder (``<sweep-dir>/joint``, ``<sweep-dir>/separate``). The table goes to
 ``<out>/<name>.md`` and ``<out>/<name>.csv`` (default ``results/paper_table.*``) (see empathy/results.py and
 docs/experiments.md); re-running with --aggregate-only regenerates it from the run folders.
+
+``--rescore DIR`` trains nothing: it evaluates each finished run's best checkpoint under DIR on
+test again (``empathy.evaluate``) with the rationale decodings and level offsets that today's
+configuration sets (the defaults, or ``key=value`` overrides), into a new folder whose runs hold
+the original ``metrics.json`` with its test metrics replaced (and ``rescored``: from where, with
+what) and the original config with those decisions; the table is made from it. For a change of
+decisions only (no training setting changed), it gives what a new run of the same seeds would.
 
 Training on the CPU, ``--jobs`` (default 2 there) runs that many jobs at once, each a plain
 ``empathy.train`` run into ``<sweep-dir>/<n>``, sharing the cores (``empathy/local_pool.py``: two
@@ -116,6 +124,65 @@ def run_pool(jobs, n: int, folder: Path, dry_run: bool) -> int:
     return next((job.returncode for job in jobs if job.returncode), 0)
 
 
+DECISIONS = ("rationale_decoding", "level_offsets")  # model settings that act after training only
+
+
+def rescore(source: Path, target: Path, overrides: list[str]) -> Path:
+    """Each finished run under ``source`` evaluated on test again with today's decisions
+    (:data:`DECISIONS` of the train config with ``overrides``) into ``target/<run>``: its
+    ``metrics.json`` with the test metrics replaced, its config with the decisions; ``pool.json``
+    is copied with ``rescored_from``. Existing run folders under ``target`` are an error."""
+    import json
+    import shutil
+
+    import yaml
+    from omegaconf import OmegaConf, open_dict
+
+    from empathy import runner
+    from empathy.evaluate import evaluate
+    from empathy.io import write_text_atomic
+
+    today = runner.compose_config("train", overrides)
+    decisions = {key: OmegaConf.to_container(today.model.get(key), resolve=True) for key in DECISIONS}
+    folders = [f for f in results.find_job_folders([source]) if (f / "metrics.json").is_file()]
+    if not folders:
+        raise FileNotFoundError(f"{source}: no finished run (a folder with metrics.json) to rescore")
+    for folder in folders:
+        new = target / folder.relative_to(source.resolve())
+        if new.exists():
+            raise FileExistsError(f"{new} exists: rescore into a new --sweep-dir")
+        payload = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        checkpoint = payload.get("best_checkpoint")
+        if not checkpoint or not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"{folder / 'metrics.json'}: best_checkpoint {checkpoint!r} is not a file (kept checkpoints are needed)")
+        config = yaml.safe_load((folder / "resolved_config.yaml").read_text(encoding="utf-8"))
+        cfg = runner.compose_config("evaluate", [f"ckpt_path={checkpoint}", "split=test", "++trainer.enable_progress_bar=false"],
+                                    output_dir=new / "rescore")
+        with open_dict(cfg):
+            cfg.paths.data_dir = config["paths"]["data_dir"]  # the data and cache the run used
+            cfg.paths.cache_dir = config["paths"]["cache_dir"]
+            for key, value in decisions.items():
+                cfg[key] = value
+        print(f"# rescoring {folder} into {new}", flush=True)
+        metrics = evaluate(cfg, new / "rescore")
+        old = {k for k in payload["metrics"] if k.startswith("test/")}
+        if not old <= set(metrics):
+            raise KeyError(f"{folder}: the evaluation lacks {sorted(old - set(metrics))[:5]}")
+        payload["metrics"] = {k: v for k, v in payload["metrics"].items() if not k.startswith("test/")} | {
+            k: v for k, v in metrics.items() if k.startswith("test/")}
+        payload["rescored"] = {"from": str(folder), "checkpoint": checkpoint, **decisions}
+        for key, value in decisions.items():
+            config["model"][key] = value
+        write_text_atomic(new / "resolved_config.yaml", yaml.safe_dump(config, sort_keys=False))
+        write_json_atomic(new / "metrics.json", payload)
+        if (folder / ".hydra").is_dir():
+            shutil.copytree(folder / ".hydra", new / ".hydra")
+    pool = source / results.POOL_FILE
+    if pool.is_file():
+        write_json_atomic(target / results.POOL_FILE, {**json.loads(pool.read_text()), "rescored_from": str(source)})
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for empathy.train (key=value)")
@@ -129,12 +196,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--joint", action="store_true", help="model=joint for every experiment (the default model already is)")
     parser.add_argument("--jobs", type=int, help="jobs run at once on this machine, sharing its cores (default: 2 training on the CPU, "
                         "else 1; 1: one Hydra multirun)")
+    parser.add_argument("--rescore", metavar="DIR", help="train nothing: evaluate the best checkpoints of the runs under DIR "
+                        "on test again with today's rationale decodings and level offsets, into --sweep-dir, and "
+                        "make the table from that")
     parser.add_argument("--dry-run", action="store_true", help="print the training command(s) and exit")
     parser.add_argument("--no-floors", action="store_true", help="do not compute the floors on the runs' split (needs the data)")
     args = parser.parse_args(argv)
 
     status = 0
     roots = args.aggregate_only
+    if args.rescore and roots:
+        parser.error("--rescore and --aggregate-only exclude each other")
+    if args.rescore:
+        log_dir = Path(os.environ.get("EMPATHY_LOG_DIR", "outputs"))
+        target = Path(args.sweep_dir or log_dir / "reproduce" / (datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f") + "-rescored"))
+        try:
+            roots = [str(rescore(Path(args.rescore), target.resolve(), list(args.overrides)))]
+        except (FileNotFoundError, FileExistsError, KeyError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if not roots:
         log_dir = Path(os.environ.get("EMPATHY_LOG_DIR", "outputs"))
         sweep_dir = Path(args.sweep_dir or log_dir / "reproduce" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")).resolve()

@@ -307,7 +307,8 @@ def test_external_test_runs_accept_runs_of_the_lever_and_refuse_any_other(tmp_pa
     sweep = tmp_path / "reproduce"
     for seed in (1, 2):  # the default model with the lever's cross-validated decodings
         _test_run(sweep / str(seed - 1), chosen, seed)
-    runs = ablations.external_test_runs(f"joint_lr2e-4={sweep}", cv)
+    offsets = {"ER": [-1.0, -2.0], "IP": None, "EX": None}  # the default's, chosen by --level-offsets
+    runs = ablations.external_test_runs(f"joint_lr2e-4={sweep}", cv, offsets=offsets)
     assert [(r["stage"], r["lever"], r["job"]) for r in runs] == [("test", "joint_lr2e-4", f"joint-seed{s}") for s in (1, 2)]
     assert all(r["seconds"] == pytest.approx(120.0) and r["metrics"]["test/ER/macro_f1"] == 0.7 for r in runs)
     assert runs[0]["source"] == str(sweep / "0")
@@ -317,11 +318,14 @@ def test_external_test_runs_accept_runs_of_the_lever_and_refuse_any_other(tmp_pa
     # the lever's cross-validated decoding per mechanism is part of the check
     other = _grid_runs("joint_lr2e-4", {"ER": {"t0.2g2": [0.5]}, "IP": {"t0.1g4": [0.7]}, "EX": {"t0.3g2": [0.6]}})
     with pytest.raises(SystemExit, match=re.escape("model.rationale_decoding.IP={'threshold': 0.1, 'fill_gaps': 8, 'min_span': 1, 'fallback': False} (expected {threshold:0.1,fill_gaps:4,")):
-        ablations.external_test_runs(f"joint_lr2e-4={sweep}", other)
+        ablations.external_test_runs(f"joint_lr2e-4={sweep}", other, offsets=offsets)
+    # and so are the level offsets chosen for it (none: the argmax of the study's base)
+    with pytest.raises(SystemExit, match=re.escape("model.level_offsets.ER=[-1.0, -2.0] (expected null)")):
+        ablations.external_test_runs(f"joint_lr2e-4={sweep}", cv)
     # one run of another configuration stops the report, naming the folder and the key
     _test_run(sweep / "2", ["model.optimizer.lr=1e-4", *chosen], 3)
     with pytest.raises(SystemExit, match=re.escape(f"{sweep / '2'} is not joint_lr2e-4: model.optimizer.lr=0.0001")):
-        ablations.external_test_runs(f"joint_lr2e-4={sweep}", cv)
+        ablations.external_test_runs(f"joint_lr2e-4={sweep}", cv, offsets=offsets)
     # separate models are not the joint lever, and the joint model is not the separate one
     separate = tmp_path / "separate"
     _test_run(separate / "0", ["model=biencoder", "mechanism=IP"], 1, mechanism="IP")
@@ -392,7 +396,7 @@ def test_the_extended_grid_is_reported_and_chosen_only_when_asked(tmp_path):
     runs = ablations.load_runs(tmp_path)
     # the report checks the chosen lever's test runs against the decodings it chose
     sweep = tmp_path / "reproduce"
-    _test_run(sweep / "0", ["model.optimizer.lr=2e-4", "model.rationale_decoding.threshold=0.3",
+    _test_run(sweep / "0", ["model.optimizer.lr=2e-4", "model.rationale_decoding.threshold=0.3", "model.level_offsets.ER=null",
                             "model.rationale_decoding.ER={threshold:0.2,fill_gaps:2,min_span:3,fallback:true}"], 1)
     assert len(ablations.external_test_runs(f"joint_lr2e-4={sweep}", runs, extended=True)) == 1
     with pytest.raises(SystemExit, match="model.rationale_decoding.ER="):

@@ -10,6 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+import yaml
 from omegaconf import open_dict
 
 from empathy import MECHANISMS, results, runner
@@ -24,6 +25,7 @@ from empathy.data.processing import FEATURES
 from empathy.data.synthetic import FILES, write_synthetic_epitome
 from empathy.decoding import RationaleDecoding
 from empathy.evaluate import evaluate
+from empathy.levels import adjusted, level_offsets
 from empathy.models.biencoder import BiEncoder, BiEncoderOutput, multitask_loss
 from empathy.models.encoders import load_tokenizer
 from empathy.models.joint import JointEmpathyModule
@@ -336,6 +338,7 @@ def test_export_and_predict_give_every_mechanism_with_one_response_pass(joint_ru
     decodings = {m: RationaleDecoding.from_config(config["rationale_decoding"], m) for m in MECHANISMS}
     assert decodings == {m: RationaleDecoding.from_config(trained.model.rationale_decoding, m) for m in MECHANISMS}
     assert len(set(decodings.values())) == 3
+    assert config["level_offsets"] == {"ER": [-1.0, -2.0], "IP": None, "EX": None}
     with (joint_data[0] / FILES["ER"]).open(encoding="utf-8", newline="") as f:
         pairs = [(r["seeker_post"], r["response_post"]) for r in csv.DictReader(f)][:20]
     source = tmp_path / "pairs.csv"
@@ -360,8 +363,8 @@ def test_export_and_predict_give_every_mechanism_with_one_response_pass(joint_ru
             s = tokenizer(seeker, truncation=True, max_length=module.hparams.max_len, return_tensors="pt")
             r = tokenizer(response, truncation=True, max_length=module.hparams.max_len, return_tensors="pt")
             outputs = module.net(r["input_ids"], r["attention_mask"], s["input_ids"], s["attention_mask"])
-            for m in MECHANISMS:
-                probs = torch.softmax(outputs[m].level_logits[0], -1)
+            for m in MECHANISMS:  # with the default's level offsets (ER's), as the export carries them
+                probs = torch.softmax(adjusted(outputs[m].level_logits[0], level_offsets(config["level_offsets"], m)), -1)
                 assert int(row[f"{m}_level"]) == int(probs.argmax())
                 for c in range(3):
                     assert float(row[f"{m}_prob{c}"]) == pytest.approx(float(probs[c]), abs=1e-4)
@@ -418,30 +421,64 @@ def test_level_offsets_decide_levels_in_evaluation_prediction_and_export(joint_r
 
     grid = evaluate_with("grid", "level_offset_grid=true")
     plain = evaluate_with("plain")
-    for m in MECHANISMS:
+    for m, own in (("ER", "o-1_-2"), ("IP", "o0_0"), ("EX", "o0_0")):  # the joint default offsets ER's levels
         scored = {k for k in grid if k.startswith(f"dev/{m}/macro_f1@")}
         assert len(scored) == 169 and f"dev/{m}/macro_f1@o-3_3" in scored
-        # no offsets is the plain argmax; +50 on level 1 predicts level 1 everywhere
-        assert grid[f"dev/{m}/macro_f1@o0_0"] == pytest.approx(plain[f"dev/{m}/macro_f1"], abs=1e-6)
+        # the grid's pair of the model's own offsets is its plain evaluation
+        assert grid[f"dev/{m}/macro_f1@{own}"] == pytest.approx(plain[f"dev/{m}/macro_f1"], abs=1e-6)
+    assert grid["dev/ER/macro_f1@o0_0"] != plain["dev/ER/macro_f1"]  # else the check above proves nothing
+    # +50 on IP's level 1 predicts level 1 everywhere; the mechanisms it does not name keep theirs
     forced = evaluate_with("forced", "level_offsets={IP:[50,0]}")
     assert forced["dev/IP/f1_level0"] == 0 and forced["dev/IP/f1_level2"] == 0  # every IP row predicted level 1
     for m in ("ER", "EX"):
         assert forced[f"dev/{m}/macro_f1"] == pytest.approx(plain[f"dev/{m}/macro_f1"], abs=1e-9)
-    assert json.loads((tmp_path / "forced" / "eval_dev.json").read_text())["level_offsets"] == {"IP": [50, 0]}
+    assert json.loads((tmp_path / "forced" / "eval_dev.json").read_text())["level_offsets"] == {
+        "ER": [-1.0, -2.0], "IP": [50, 0], "EX": None}
 
     # prediction and the export decide with the model's offsets, and report the softmax of the same sums
     pairs = [("I lost my job and I feel alone.", "I'm so sorry. That sounds really hard; you are not alone.")] * 2
     model = load_model(result["best_checkpoint"], "joint")
     plain_pred = EmpathyPredictor({"joint": model}).predict(*zip(*pairs, strict=True))
-    model.level_offsets = {"IP": [50.0, 0.0], "EX": [0.0, 50.0]}
+    model.level_offsets = {**model.level_offsets, "IP": [50.0, 0.0], "EX": [0.0, 50.0]}
     got = EmpathyPredictor({"joint": model}).predict(*zip(*pairs, strict=True))
     assert (got["IP"].levels == 1).all() and (got["EX"].levels == 2).all()
     assert (got["ER"].levels == plain_pred["ER"].levels).all()
     assert got["IP"].probs[:, 1].min() > 0.99 and (got["IP"].probs.argmax(-1) == got["IP"].levels).all()
     ckpt = torch.load(result["best_checkpoint"], weights_only=True)
-    ckpt["hyper_parameters"]["level_offsets"] = {"ER": None, "IP": [50.0, 0.0], "EX": None}
+    ckpt["hyper_parameters"]["level_offsets"] = {"ER": [-1.0, -2.0], "IP": [50.0, 0.0], "EX": None}
     torch.save(ckpt, tmp_path / "offsets.ckpt")
     folder = export_model(tmp_path / "offsets.ckpt", tmp_path / "export")
-    assert json.loads((folder / "config.json").read_text())["level_offsets"] == {"ER": None, "IP": [50.0, 0.0], "EX": None}
+    assert json.loads((folder / "config.json").read_text())["level_offsets"] == {"ER": [-1.0, -2.0], "IP": [50.0, 0.0], "EX": None}
     exported = EmpathyPredictor.from_pretrained({"joint": folder}).predict(*zip(*pairs, strict=True))
     assert (exported["IP"].levels == 1).all() and (exported["ER"].levels == plain_pred["ER"].levels).all()
+
+
+def test_reproduce_table_rescore_evaluates_kept_checkpoints_with_todays_decisions(joint_run, tmp_path):
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("reproduce_table", Path(__file__).parents[1] / "scripts" / "reproduce_table.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cfg, result = joint_run
+    source = tmp_path / "sweep"
+    (source / "0").mkdir(parents=True)
+    for name in ("metrics.json", "resolved_config.yaml"):  # a finished run of a sweep (its checkpoint stays put)
+        shutil.copy(Path(cfg.paths.output_dir) / name, source / "0" / name)
+    (source / results.POOL_FILE).write_text(json.dumps({"jobs": 1, "cores": 2, "count": 1, "wall_minutes": 1.0}))
+    target = tmp_path / "rescored"
+    script.rescore(source, target, ["model.level_offsets.IP=[50,0]"])
+    before = json.loads((source / "0" / "metrics.json").read_text())
+    after = json.loads((target / "0" / "metrics.json").read_text())
+    assert after["metrics"]["test/IP/f1_level0"] == 0 and after["metrics"]["test/IP/f1_level2"] == 0  # IP: level 1 everywhere
+    for key in ("test/ER/macro_f1", "test/EX/rationale_iou_f1_strict", "dev/IP/macro_f1"):
+        assert after["metrics"][key] == pytest.approx(before["metrics"][key], abs=1e-6)
+    assert after["rescored"]["from"] == str((source / "0").resolve()) and after["rescored"]["level_offsets"]["IP"] == [50, 0]
+    assert after["fit_minutes"] == before["fit_minutes"]
+    config = yaml.safe_load((target / "0" / "resolved_config.yaml").read_text())
+    assert config["model"]["level_offsets"]["IP"] == [50, 0] and config["model"]["level_offsets"]["ER"] == [-1.0, -2.0]
+    assert json.loads((target / results.POOL_FILE).read_text())["rescored_from"] == str(source)
+    table = results.aggregate([target], tmp_path / "out")["markdown"].read_text()
+    assert f"evaluated again from `{source}`" in table
+    with pytest.raises(FileExistsError, match="exists: rescore into a new --sweep-dir"):
+        script.rescore(source, target, [])

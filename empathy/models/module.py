@@ -315,8 +315,12 @@ class EmpathyModule(pl.LightningModule):
 
     def set_level_offsets(self, config: Mapping[str, Any] | None) -> None:
         """Decide levels with ``config`` (``model.level_offsets``) from now on (``python -m
-        empathy.evaluate level_offsets=...``); stored in hparams."""
-        self.hparams["level_offsets"] = _plain(config)
+        empathy.evaluate level_offsets=...``): a mechanism it does not name keeps the model's
+        offsets; stored in hparams."""
+        config, saved = _plain(config), self.hparams.get("level_offsets")
+        if isinstance(config, Mapping) and isinstance(saved, Mapping):
+            config = {**saved, **config}
+        self.hparams["level_offsets"] = config
         self._load_decodings()
 
     def set_rationale_decoding(self, config: Mapping[str, Any] | None) -> None:
