@@ -6,6 +6,8 @@
     python -m empathy.evaluate ckpt_path=... 'rationale_decoding={threshold:0.2,fill_gaps:4,IP:{fill_gaps:8}}'  # another decoding
     python -m empathy.evaluate ckpt_path=... split=dev decoding_grid=true  # + the strict IOU-F1 of every grid decoding
     python -m empathy.evaluate ckpt_path=... split=dev decoding_grid=extended  # ... of the extended grid (min_span, fallback)
+    python -m empathy.evaluate ckpt_path=... split=dev level_offset_grid=true  # + the macro-F1 of every pair of level offsets
+    python -m empathy.evaluate 'ckpt_path=[a.ckpt,b.ckpt,c.ckpt]'  # an ensemble: the mean of their probabilities
 
 Writes ``eval_<split>.json`` into the run folder and prints the metrics.
 """
@@ -63,10 +65,14 @@ def checkpoint_datamodule(cfg: DictConfig, module: EmpathyModule):
 
 def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     runner.quiet_libraries()
-    ckpt_path = hydra.utils.to_absolute_path(cfg.ckpt_path)
-    module = EmpathyModule.from_checkpoint(ckpt_path)
+    paths = list(cfg.ckpt_path) if OmegaConf.is_list(cfg.ckpt_path) or isinstance(cfg.ckpt_path, list) else [cfg.ckpt_path]
+    if not paths:
+        raise ValueError("ckpt_path is an empty list")
+    paths = [hydra.utils.to_absolute_path(str(p)) for p in paths]
+    ckpt_path = paths[0] if len(paths) == 1 else paths
+    module = EmpathyModule.from_checkpoints(paths)
     hparams = module.hparams
-    check_matches(cfg, hparams, ckpt_path)
+    check_matches(cfg, hparams, paths[0])
     if cfg.split not in ("train", "dev", "test"):
         raise ValueError(f"split must be train, dev or test, not {cfg.split!r}")
     if cfg.get("rationale_decoding") is not None:

@@ -482,3 +482,74 @@ def test_reproduce_table_rescore_evaluates_kept_checkpoints_with_todays_decision
     assert f"evaluated again from `{source}`" in table
     with pytest.raises(FileExistsError, match="exists: rescore into a new --sweep-dir"):
         script.rescore(source, target, [])
+
+
+# ------------------------------------------------------------------------------------- ensembles
+def _perturbed_checkpoint(source: str, target: Path, seed: int) -> Path:
+    """The checkpoint with its heads' and attention's weights moved: another model with the same
+    seeker encoder (as seeds of one configuration on a pretrained encoder have)."""
+    ckpt = torch.load(source, weights_only=True)
+    g = torch.Generator().manual_seed(seed)
+    for name, tensor in ckpt["state_dict"].items():
+        if name.startswith(("net.heads.", "net.attention.")) and tensor.is_floating_point():
+            ckpt["state_dict"][name] = tensor + 0.5 * torch.randn(tensor.shape, generator=g)
+    torch.save(ckpt, target)
+    return target
+
+
+def test_an_ensemble_averages_its_members_probabilities_in_evaluation_and_prediction(joint_run, joint_data, tmp_path):
+    from empathy.models.biencoder import EnsembleNet
+
+    cfg, result = joint_run
+    first = result["best_checkpoint"]
+    second = str(_perturbed_checkpoint(first, tmp_path / "second.ckpt", 1))
+
+    def evaluate_with(name: str, ckpt: str) -> dict:
+        eval_cfg = runner.compose_config("evaluate", [f"ckpt_path={ckpt}", "split=dev", "++trainer.enable_progress_bar=false"],
+                                         data_dir=joint_data[0], output_dir=tmp_path / name)
+        with open_dict(eval_cfg):
+            eval_cfg.paths.cache_dir = cfg.paths.cache_dir
+        return evaluate(eval_cfg, tmp_path / name)
+
+    single = evaluate_with("single", first)
+    twice = evaluate_with("twice", f"[{first},{first}]")  # the mean of one model's probabilities is the model
+    for key in ("ER/macro_f1", "IP/rationale_iou_f1_strict", "EX/acc"):
+        assert twice[f"dev/{key}"] == pytest.approx(single[f"dev/{key}"], abs=1e-6)
+    both = evaluate_with("both", f"[{first},{second}]")
+    assert json.loads((tmp_path / "both" / "eval_dev.json").read_text())["checkpoint"] == [first, second]
+    assert any(both[f"dev/{m}/macro_f1"] != single[f"dev/{m}/macro_f1"] for m in MECHANISMS)
+
+    # prediction: the CLI takes a list; the probabilities are the members' mean (offsets applied after)
+    pairs = [("I lost my job and I feel alone.", "I'm so sorry. That sounds really hard; you are not alone."),
+             ("Nobody calls me anymore.", "Have you tried reaching out to them first?")]
+    source = tmp_path / "pairs.csv"
+    with source.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["seeker_post", "response_post"])
+        writer.writerows(pairs)
+    output = tmp_path / "scored.csv"
+    predict_from_config(runner.compose_config(
+        "predict", [f"input={source}", f"output={output}", f"models.joint=[{first},{second}]", "progress=false"]))
+    with output.open(encoding="utf-8", newline="") as f:
+        scored = list(csv.DictReader(f))
+    members = [JointEmpathyModule.from_checkpoint(p).eval() for p in (first, second)]
+    tokenizer = load_tokenizer(members[0].hparams.encoder)
+    with torch.no_grad():
+        for row, (seeker, response) in zip(scored, pairs, strict=True):
+            s = tokenizer(seeker, truncation=True, max_length=members[0].hparams.max_len, return_tensors="pt")
+            r = tokenizer(response, truncation=True, max_length=members[0].hparams.max_len, return_tensors="pt")
+            outs = [mod.net(r["input_ids"], r["attention_mask"], s["input_ids"], s["attention_mask"]) for mod in members]
+            for m in MECHANISMS:
+                mean = torch.stack([torch.softmax(o[m].level_logits[0], -1) for o in outs]).mean(0)
+                probs = torch.softmax(adjusted(mean.log(), level_offsets(members[0].hparams.level_offsets, m)), -1)
+                assert int(row[f"{m}_level"]) == int(probs.argmax())
+                for c in range(3):
+                    assert float(row[f"{m}_prob{c}"]) == pytest.approx(float(probs[c]), abs=1e-4)
+    # members that cannot share a seeker pass, or one member, are refused
+    other = JointEmpathyModule.from_checkpoint(first).net
+    with torch.no_grad():
+        next(other.seeker_encoder.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="member 1's seeker encoder differs from member 0's"):
+        EnsembleNet([members[0].net, other])
+    with pytest.raises(ValueError, match="at least 2 members"):
+        EnsembleNet([members[0].net])

@@ -9,6 +9,7 @@ justify it (rationales).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -253,6 +254,95 @@ class JointBiEncoder(BiEncoder):
         )
         pooled = pool(states, response_attention_mask, self.pooling)
         return {m: head(states, pooled) for m, head in self.heads.items()}
+
+
+def mean_log_probs(logits: Sequence[Tensor]) -> Tensor:
+    """The log of the members' mean softmax over the last dimension: logits whose softmax is the
+    mean of the members' probabilities."""
+    stacked = torch.stack([x.float().log_softmax(-1) for x in logits])
+    return torch.logsumexp(stacked, dim=0) - math.log(len(logits))
+
+
+class EnsembleNet(nn.Module):
+    """Trained bi-encoders of one kind (seeds of one configuration, say) as one network: the seeker
+    post is encoded once (the members' seeker encoders must be frozen and the same weights, as the
+    pretrained encoder is), each member reads the response and attends over it, and the outputs
+    are :func:`mean_log_probs` of the members' level and rationale logits: their softmax is the
+    members' mean probability. A response pass per member: n members cost about n times one model
+    to predict (``scripts/bench_predict.py --ensemble``)."""
+
+    def __init__(self, members: Sequence[BiEncoder]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        first = members[0]
+        for k, member in enumerate(members[1:], start=1):
+            if type(member) is not type(first) or getattr(member, "mechanisms", None) != getattr(first, "mechanisms", None):
+                raise ValueError(f"ensemble member {k} is a {type(member).__name__} of {getattr(member, 'mechanisms', '-')}, "
+                                 f"member 0 a {type(first).__name__} of {getattr(first, 'mechanisms', '-')}")
+            if member.use_attention != first.use_attention:
+                raise ValueError(f"ensemble member {k} has use_attention={member.use_attention}, member 0 {first.use_attention}")
+        if first.use_attention:
+            reference = first.seeker_encoder.state_dict()
+            for k, member in enumerate(members[1:], start=1):
+                if not member.freeze_seeker or not first.freeze_seeker:
+                    raise ValueError("an ensemble shares one seeker pass: its members' seeker encoders must be frozen")
+                other = member.seeker_encoder.state_dict()
+                if other.keys() != reference.keys() or any(not torch.equal(other[n], t) for n, t in reference.items()):
+                    raise ValueError(f"ensemble member {k}'s seeker encoder differs from member 0's: one seeker pass cannot serve both")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def use_attention(self) -> bool:
+        return self.members[0].use_attention
+
+    @property
+    def freeze_seeker(self) -> bool:
+        return self.members[0].freeze_seeker
+
+    @property
+    def seeker_encoder(self) -> nn.Module | None:
+        return self.members[0].seeker_encoder
+
+    @property
+    def hidden_size(self) -> int:
+        return self.members[0].hidden_size
+
+    @property
+    def mechanisms(self) -> tuple[str, ...] | None:
+        return getattr(self.members[0], "mechanisms", None)
+
+    def train(self, mode: bool = True) -> EnsembleNet:
+        super().train(mode)
+        for member in self.members:
+            member.train(mode)
+        return self
+
+    def encode_seeker(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.members[0].encode_seeker(input_ids, attention_mask)
+
+    def forward(
+        self,
+        response_input_ids: Tensor,
+        response_attention_mask: Tensor,
+        seeker_input_ids: Tensor | None = None,
+        seeker_attention_mask: Tensor | None = None,
+        seeker_states: Tensor | None = None,
+    ) -> BiEncoderOutput | dict[str, BiEncoderOutput]:
+        if self.use_attention and seeker_states is None:
+            if seeker_input_ids is None or seeker_attention_mask is None:
+                raise ValueError("the bi-encoder needs the seeker post (or its encoded states)")
+            seeker_states = self.encode_seeker(seeker_input_ids, seeker_attention_mask)
+        outputs = [m(response_input_ids, response_attention_mask, seeker_attention_mask=seeker_attention_mask,
+                     seeker_states=seeker_states) for m in self.members]
+
+        def combine(outs: Sequence[BiEncoderOutput]) -> BiEncoderOutput:
+            return BiEncoderOutput(level_logits=mean_log_probs([o.level_logits for o in outs]),
+                                   rationale_logits=mean_log_probs([o.rationale_logits for o in outs]))
+
+        if isinstance(outputs[0], dict):
+            return {m: combine([o[m] for o in outputs]) for m in outputs[0]}
+        return combine(outputs)
 
 
 def build_net(encoder: Mapping[str, Any], net: Mapping[str, Any]) -> BiEncoder:

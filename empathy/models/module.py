@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,13 @@ from empathy.decoding import (
 from empathy.io import atomic_output, file_lock
 from empathy.levels import LevelOffsetGrid, decide, level_offsets
 from empathy.metrics import RationaleMetrics, level_metrics
-from empathy.models.biencoder import LAYER_INDEX, BiEncoderOutput, build_net, multitask_loss
+from empathy.models.biencoder import (
+    LAYER_INDEX,
+    BiEncoderOutput,
+    EnsembleNet,
+    build_net,
+    multitask_loss,
+)
 
 STAGE_PREFIX = {"val": "dev", "test": "test"}
 # The seeker cache's files (EmpathyModule.build_seeker_cache) live in <data cache_dir>/seeker_states.
@@ -173,6 +179,28 @@ class EmpathyModule(pl.LightningModule):
             cls = JointEmpathyModule
         module = cls(**checkpoint["hyper_parameters"])
         module.load_state_dict(checkpoint["state_dict"])
+        return module
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str], map_location: str | torch.device = "cpu") -> EmpathyModule:
+        """One checkpoint (:meth:`from_checkpoint`), or several of one kind as an ensemble: the
+        first's module (its settings, decodings, level offsets and metrics) with an
+        :class:`~empathy.models.biencoder.EnsembleNet` of every checkpoint's network. The
+        checkpoints must share the mechanism, encoder, max_len and data settings (their split)."""
+        paths = [str(p) for p in paths]
+        module = cls.from_checkpoint(paths[0], map_location)
+        if len(paths) == 1:
+            return module
+        members = [module.net]
+        for path in paths[1:]:
+            other = cls.from_checkpoint(path, map_location)
+            for key in ("mechanism", "encoder", "max_len", "data_config", "rationale_policy"):
+                if other.hparams.get(key) != module.hparams.get(key):
+                    raise ValueError(f"{path}: its {key} ({other.hparams.get(key)}) differs from {paths[0]}'s "
+                                     f"({module.hparams.get(key)}): an ensemble's checkpoints must be of one kind")
+            members.append(other.net)
+        module.net = EnsembleNet(members)
+        module.hparams["ensemble"] = paths
         return module
 
     # ---------------------------------------------------------------- seeker cache

@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from empathy import CONFIG_DIR, runner
 from empathy.io import write_json_atomic
@@ -33,7 +33,9 @@ def predict_from_config(cfg: DictConfig) -> PredictSummary:
         raise ValueError(
             f"models.{unknown[0]}: unknown mechanism; expected models.ER, models.IP and/or models.EX, or models.joint"
         )
-    paths = {m: hydra.utils.to_absolute_path(str(p)) for m, p in models.items() if p}
+    # a list of models for one key is their ensemble (empathy.predict.predictor.load_ensemble)
+    paths = {m: [hydra.utils.to_absolute_path(str(x)) for x in p] if OmegaConf.is_list(p) else hydra.utils.to_absolute_path(str(p))
+             for m, p in models.items() if p}
     if not paths:
         raise ValueError(
             "no model given: set models.ER=..., models.IP=... and/or models.EX=..., or models.joint=... for a joint "

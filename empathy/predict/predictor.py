@@ -22,6 +22,7 @@ input gives bit-identical outputs on the same machine.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -39,7 +40,7 @@ from torch import nn
 from empathy import JOINT, MECHANISMS
 from empathy.decoding import RationaleDecoding, rationale_probs
 from empathy.levels import adjusted, level_offsets
-from empathy.models.biencoder import NUM_LEVELS, BiEncoder, build_net
+from empathy.models.biencoder import NUM_LEVELS, BiEncoder, EnsembleNet, build_net
 from empathy.models.encoders import load_encoder, load_tokenizer
 
 EXPORT_FORMAT = "empathy-export"
@@ -243,9 +244,12 @@ def load_exported(folder: str | Path, map_location: str | torch.device = "cpu") 
     )
 
 
-def load_model(path: str | Path, mechanism: str | None = None, map_location: str | torch.device = "cpu") -> LoadedModel:
+def load_model(path: str | Path | Sequence[str | Path], mechanism: str | None = None,
+               map_location: str | torch.device = "cpu") -> LoadedModel:
     """A checkpoint file or an export folder; with ``mechanism``, check that it is that mechanism's
-    (``"joint"``: a joint model)."""
+    (``"joint"``: a joint model). A list of them: their ensemble (:func:`load_ensemble`)."""
+    if not isinstance(path, (str, Path)):
+        return load_ensemble(list(path), mechanism, map_location)
     path = Path(path)
     if path.is_dir():
         model = load_exported(path, map_location)
@@ -257,6 +261,28 @@ def load_model(path: str | Path, mechanism: str | None = None, map_location: str
     if mechanism is not None and model.mechanism != mechanism:
         raise ValueError(f"{path} is a {model.mechanism} model, but it was given as the {mechanism} model")
     return model
+
+
+def load_ensemble(paths: Sequence[str | Path], mechanism: str | None = None,
+                  map_location: str | torch.device = "cpu") -> LoadedModel:
+    """Models of one kind (seeds of one configuration, say) as one: the first's settings
+    (decodings, level offsets) with an :class:`~empathy.models.biencoder.EnsembleNet` of every
+    network (the mean of their probabilities; one seeker pass, a response pass each). They must
+    score the same mechanisms with the same tokenizer, max_len and seeker encoder."""
+    if len(paths) == 1:
+        return load_model(paths[0], mechanism, map_location)
+    models = [load_model(p, mechanism, map_location) for p in paths]
+    first = models[0]
+    for model in models[1:]:
+        for what, a, b in (("mechanism", model.mechanism, first.mechanism), ("mechanisms", model.mechanisms, first.mechanisms),
+                           ("tokenizer and max_len", model.token_key, first.token_key),
+                           ("seeker encoder", model.seeker_sha256, first.seeker_sha256),
+                           ("rationale policy", model.rationale_policy, first.rationale_policy)):
+            if a != b:
+                raise ValueError(f"ensemble: {model.source}'s {what} differs from {first.source}'s")
+    return dataclasses.replace(first, net=EnsembleNet([m.net for m in models]).eval(),
+                               source=" + ".join(m.source for m in models),
+                               info={**first.info, "ensemble": [m.source for m in models]})
 
 
 # ---------------------------------------------------------------------------------------
