@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESCORE = "rescore"  # a job's subfolder with its best checkpoint's dev grid scored again
 RESCORE_EXTENDED = "rescore_extended"  # ... with the extended grid (min_span, fallback): `run --extended-grid`
 RESCORE_LEVELS = "rescore_levels"  # ... with the level offset grid: `run --level-offsets`
+ENSEMBLE = "ensemble"  # <out>/ensemble/<configuration>/joint-fold<k>: its seeds' ensemble scored on each fold
 MECHANISMS = ("ER", "IP", "EX")
 PAPER = {"ER": 74.46, "IP": 62.6, "EX": 72.58}
 
@@ -381,6 +382,90 @@ def level_offset_choice(runs: list[dict], tolerance: float) -> dict[str, dict]:
                   "held_out": held_out, "held_out_gain": statistics.mean(held_out) if held_out else None,
                   "offsets": list(offsets_from_tag(tag)) if gain > tolerance else None}
     return out
+
+
+def ensemble_members(configuration: str) -> list[str]:
+    """The levers whose runs make the configuration's seed ensemble: it and its seed repeats."""
+    return [name for _, name in sorted(seed_levers(configuration).items())]
+
+
+def ensemble_jobs(runner: Runner, configuration: str, folds: int) -> None:
+    """The seed ensemble of ``configuration`` on each fold: its members' `decoding` stage runs
+    (trained where missing, checkpoints kept), each member's best checkpoint scored with the
+    extended decoding grid and the level offset grid, then the ensemble of the members' best
+    checkpoints scored likewise (``empathy.evaluate 'ckpt_path=[...]' split=dev``) into
+    ``<out>/ensemble/<configuration>/joint-fold<k>``."""
+    out = runner.out
+    members = ensemble_members(configuration)
+    for name in members:
+        base_kind, overrides = lever_overrides(out, name)
+        runner.run_all(cv_jobs(out, "decoding", name, base_kind, overrides, folds))
+    runs = [r for r in load_runs(out) if r["stage"] == "decoding" and r["lever"] in members]
+    rescore_jobs(runner, runs, extended=True)
+    rescore_jobs(runner, runs, levels=True)
+    by_fold = defaultdict(dict)
+    for r in runs:
+        by_fold[r["job"]][r["lever"]] = r.get("best_checkpoint")
+
+    def one(job: str) -> None:
+        checkpoints = [by_fold[job].get(name) for name in members]
+        folder = out / ENSEMBLE / configuration / job
+        if (folder / "eval_dev.json").is_file() or not all(c and Path(c).is_file() for c in checkpoints):
+            return
+        cmd = [sys.executable, "-m", "empathy.evaluate", f"ckpt_path=[{','.join(checkpoints)}]", "split=dev",
+               "decoding_grid=extended", "level_offset_grid=true", f"trainer={runner.args.trainer}",
+               "++trainer.enable_progress_bar=false", f"paths.cache_dir={out / 'cache'}", f"hydra.run.dir={folder}"]
+        rc, seconds = runner.call(cmd, folder)
+        ok = rc == 0 and (folder / "eval_dev.json").is_file()
+        print(f"[{time.monotonic() - runner.started:6.0f}s] ensemble {'ok' if ok else f'failed rc={rc}'} "
+              f"{seconds:6.1f}s {folder.relative_to(out)}", flush=True)
+
+    with ThreadPoolExecutor(runner.args.workers) as pool:
+        list(pool.map(one, sorted(by_fold)))
+
+
+def ensemble_summary(out: Path, runs: list[dict], configuration: str, decodings: dict[str, str],
+                     offsets: dict[str, list[float] | None]) -> dict | None:
+    """The configuration's seed ensemble against its members, on the folds where both were scored:
+    CV macro-F1 with the configuration's level offsets (``offsets``) and at the argmax, and CV
+    strict IOU-F1 with its decodings (``decodings``: mechanism -> tag), each the mean over the
+    folds; the members' figures are the mean over members of theirs. None before it ran."""
+    from empathy.levels import offset_tag
+
+    members = ensemble_members(configuration)
+    folder = out / ENSEMBLE / configuration
+    scored = {p.parent.name: json.loads(p.read_text())["metrics"] for p in sorted(folder.glob("*/eval_dev.json"))}
+    member_metrics: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in runs:
+        if r["stage"] != "decoding" or r["lever"] not in members or not r.get("folder"):
+            continue
+        merged = {}
+        for sub in (RESCORE_EXTENDED, RESCORE_LEVELS):
+            path = r["folder"] / sub / "eval_dev.json"
+            if path.is_file():
+                merged |= json.loads(path.read_text())["metrics"]
+        member_metrics[r["job"]][r["lever"]] = merged
+    folds = [job for job in scored if set(member_metrics.get(job, {})) >= set(members)]
+    if not folds:
+        return None
+
+    def figures(metrics: dict) -> dict[str, dict[str, float]]:
+        out_ = {"macro_f1": {}, "macro_f1_argmax": {}, "iou_f1": {}}
+        for m in MECHANISMS:
+            own = offset_tag(offsets.get(m) or (0, 0))
+            out_["macro_f1"][m] = 100 * metrics[f"dev/{m}/macro_f1@{own}"]
+            out_["macro_f1_argmax"][m] = 100 * metrics[f"dev/{m}/macro_f1@{offset_tag((0, 0))}"]
+            if m in decodings:
+                out_["iou_f1"][m] = 100 * metrics[f"dev/{m}/rationale_iou_f1@{decodings[m]}"]
+        return out_
+
+    def mean_of(items: list[dict]) -> dict[str, dict[str, float]]:
+        return {key: {m: statistics.mean(x[key][m] for x in items) for m in items[0][key]} for key in items[0]}
+
+    ensemble = mean_of([figures(scored[job]) for job in folds])
+    each = {name: mean_of([figures(member_metrics[job][name]) for job in folds]) for name in members}
+    return {"configuration": configuration, "members": members, "folds": len(folds), "ensemble": ensemble,
+            "member_mean": mean_of(list(each.values())), "each_member": each}
 
 
 def level_offset_overrides(offsets: dict[str, list[float] | None]) -> list[str]:
@@ -844,13 +929,17 @@ def run(args: argparse.Namespace) -> None:
         level_choice = level_offset_choice(level_offset_runs(decoding_runs(load_runs(out), configuration_of(best))),
                                            args.tolerance)
         offsets = {m: c["offsets"] for m, c in level_choice.items()}
+    if args.ensemble:
+        ensemble_jobs(runner, configuration_of(best), args.folds)
     runs = load_runs(out)
     decodings = {name: {m: tag for m, (tag, _) in lever_decodings(runs, name, args.extended_grid and name == best).items()}
                  for name in finals}
     (out / "chosen.json").write_text(json.dumps(
         {"lever": best, "tolerance": args.tolerance, **complete[best], "decodings": decodings[best],
          "decoding_grid": "extended" if args.extended_grid else "default", "variants": variants,
-         "level_offsets": offsets, "level_offset_choice": level_choice}, indent=2))
+         "level_offsets": offsets, "level_offset_choice": level_choice,
+         "ensemble": ensemble_summary(out, runs, configuration_of(best), decodings[best], offsets) if args.ensemble else None},
+        indent=2))
     if args.seeds:
         tests = []
         for name in finals:
@@ -1016,6 +1105,36 @@ def extended_grid_lines(runs: list[dict], chosen: str | None = None) -> list[str
     return lines
 
 
+def ensemble_lines(summary: dict | None, inference: str = "") -> list[str]:
+    """The seed ensemble's section (``chosen.json``: ensemble, from ``run --ensemble``)."""
+    if not summary:
+        return []
+    e, mm = summary["ensemble"], summary["member_mean"]
+    lines = ["", "## Seed ensemble of the chosen configuration", "",
+             f"`ablations.py run --ensemble`: {summary['configuration']} trained with the training seeds of "
+             f"{', '.join(summary['members'])} on the same {summary['folds']} folds on the 2-core CPU (the `decoding` "
+             "stage, checkpoints kept); on each fold `python -m empathy.evaluate 'ckpt_path=[<their best checkpoints>]' "
+             "split=dev` scores the ensemble (the mean of the members' probabilities, one seeker pass), and each member "
+             "alone (`rescore_extended`, `rescore_levels`). With the chosen configuration's level offsets and decodings; "
+             "CV = the mean over the folds. Not a candidate for the default: it trains and predicts "
+             f"{len(summary['members'])} models.{(' ' + inference) if inference else ''}", "",
+             "| model | CV macro-F1 ER | IP | EX | mean | at the argmax: ER | IP | EX | CV strict IOU-F1 ER | IP | EX |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def row(label: str, x: dict) -> str:
+        return (f"| {label} | " + " | ".join(fmt(x["macro_f1"][m]) for m in MECHANISMS)
+                + f" | {fmt(statistics.mean(x['macro_f1'].values()))} | "
+                + " | ".join(fmt(x["macro_f1_argmax"][m]) for m in MECHANISMS) + " | "
+                + " | ".join(fmt(x["iou_f1"].get(m)) for m in MECHANISMS) + " |")
+
+    lines.append(row(f"ensemble of {len(summary['members'])}", e))
+    lines.append(row("its members, mean", mm))
+    lines += [row(name, x) for name, x in summary["each_member"].items()]
+    gain = statistics.mean(e["macro_f1"].values()) - statistics.mean(mm["macro_f1"].values())
+    lines += ["", f"The ensemble against its members' mean: {gain:+.1f} mean CV macro-F1 points."]
+    return lines
+
+
 def level_offset_lines(choice: dict[str, dict], chosen: str | None, tolerance: float) -> list[str]:
     """The level offsets' section (``chosen.json``: level_offset_choice, from ``run --level-offsets``)."""
     if not choice:
@@ -1124,6 +1243,7 @@ def report(args: argparse.Namespace) -> None:
     lines += decoding_stage_lines(runs)
     lines += extended_grid_lines(runs, chosen if extended else None)
     lines += level_offset_lines(choice.get("level_offset_choice") or {}, chosen, choice.get("tolerance", 0.5))
+    lines += ensemble_lines(choice.get("ensemble"), args.ensemble_cost)
     tested = [r for r in rows if r["test_macro_f1_ER_n"] or r["test_macro_f1_IP_n"]]
     if tested:
         lines += ["", "## Test (final configurations only)", "",
@@ -1172,6 +1292,9 @@ def main() -> None:
     r.add_argument("--level-offsets", action="store_true",
                    help="score the chosen configuration's kept checkpoints with the level offset grid and choose "
                         "each mechanism's offsets from it (kept only when more than --tolerance better)")
+    r.add_argument("--ensemble", action="store_true",
+                   help="train the chosen configuration's seed repeats on the same folds (checkpoints kept) and score "
+                        "their ensemble against its members (reported; 3x the training and prediction: no default)")
     r.add_argument("--only", nargs="*", help="run only these levers")
     r.add_argument("--skip", nargs="*", default=[], help="do not run these levers")
     r.add_argument("--tolerance", type=float, default=0.5,
@@ -1181,6 +1304,7 @@ def main() -> None:
     p.add_argument("--out", default="outputs/ablations")
     p.add_argument("--max-len", type=int, default=128, help="max_len of the default configuration (for its floors)")
     p.add_argument("--no-floors", action="store_true", help="skip the floors (they read the EPITOME data)")
+    p.add_argument("--ensemble-cost", default="", help="a sentence on the ensemble's measured inference cost (bench_predict.py --ensemble)")
     p.add_argument("--test-runs", nargs="*", default=[], metavar="LEVER=DIR",
                    help="test runs of LEVER trained by another command (a multirun folder), checked against its config")
     args = parser.parse_args()

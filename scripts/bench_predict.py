@@ -5,6 +5,7 @@
     python scripts/bench_predict.py --models ER=er.ckpt IP=models/IP EX=models/EX --synthetic
     python scripts/bench_predict.py --joint                # one joint model (model=joint) for all three
     python scripts/bench_predict.py --models joint=models/joint
+    python scripts/bench_predict.py --joint --ensemble 3   # + (e): an ensemble of 3 (seeds) of the model
 
 One run, the same rows and encoder for all three:
   (a) end-to-end: ``predict_file`` on a CSV (read, validate, tokenize, three mechanisms, rationale
@@ -14,6 +15,8 @@ One run, the same rows and encoder for all three:
       tokenized and padded beforehand: the limit (a) can reach;
   (c) a naive loop as the original code scored: one row at a time, padded to 64 tokens, one model
       per mechanism each with its own seeker pass, fp32; measured on a subset and extrapolated.
+  (e) with ``--ensemble N``: (a) again with each model replaced by an ensemble of N copies of it
+      (``EnsembleNet``: one seeker pass, N response passes), the inference cost of a seed ensemble.
 Rows come from EMPATHY_DATA_DIR (default /work/shared/data/epitome-reddit) or synthetic ones,
 repeated to --rows. Without --models: three bi-encoders on the packaged MiniLM with randomly
 initialised heads (the speed does not depend on the weights).
@@ -23,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
+import dataclasses
 import itertools
 import os
 import platform
@@ -36,7 +41,7 @@ from pathlib import Path
 import torch
 
 from empathy.data.synthetic import write_synthetic_epitome
-from empathy.models.biencoder import BiEncoder, JointBiEncoder
+from empathy.models.biencoder import BiEncoder, EnsembleNet, JointBiEncoder
 from empathy.models.encoders import load_tokenizer
 from empathy.predict import EmpathyPredictor, LoadedModel, load_model, predict_file
 from empathy.predict.predictor import (
@@ -202,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="without --models: the encoder of the random-head models (tiny: the tests' 32-wide "
                         "BERT, for a quick memory figure on many rows)")
     parser.add_argument("--synthetic", action="store_true", help="synthetic rows instead of the real data")
+    parser.add_argument("--ensemble", type=int, default=1, metavar="N",
+                        help="also time (a) with an ensemble of N copies of each model (e): a seed ensemble's cost")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -239,6 +246,16 @@ def main(argv: list[str] | None = None) -> None:
 
         forward_seconds = bare_forward(predictor, seekers, responses)
 
+        ensemble_seconds = None
+        if args.ensemble > 1:
+            ensembles = {m: dataclasses.replace(model, net=EnsembleNet([model.net] + [copy.deepcopy(model.net)
+                                                                                      for _ in range(args.ensemble - 1)]).eval())
+                         for m, model in models.items()}
+            ensemble_predictor = EmpathyPredictor(ensembles, device=args.device, precision=args.precision,
+                                                  batch_size=args.batch_size, sort_window=args.sort_window)
+            ensemble_seconds = predict_file(ensemble_predictor, src, Path(tmp) / "ensemble.csv", chunk_rows=args.chunk_rows,
+                                            progress=False).seconds
+
         k = min(args.naive_rows, len(responses))
         naive_seconds, naive_levels = naive_loop(models, seekers[:k], responses[:k])
         with out.open(encoding="utf-8", newline="") as f:
@@ -265,6 +282,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{naive_seconds:.1f} s; extrapolated to {n} rows: {n / c:.0f} s)")
     print(f"  a/c = {a / c:5.2f}   (target >= 5)")
     print(f"  a/b = {a / b:5.2f}   (target >= 0.7)")
+    if ensemble_seconds is not None:
+        e = n / ensemble_seconds
+        print(f"  (e) (a) with ensembles of {args.ensemble}          {e:9.1f} pairs/s   ({ensemble_seconds:.1f} s for {n} rows); "
+              f"a/e = {a / e:4.2f}: the ensemble's inference cost")
     print(f"  levels of (a) and (c) agree on {agree}/{k * len(predictor.mechanisms)} (row, mechanism) pairs")
     print(f"  peak RSS     {rss_before:.0f} MiB after loading and writing the input, {rss_after_e2e:.0f} MiB after (a), "
           f"{peak_rss_mib():.0f} MiB at the end ((b) holds all {n} rows' tokens in memory; (a) streams)")

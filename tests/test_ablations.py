@@ -623,3 +623,38 @@ def test_level_offsets_are_kept_only_when_their_cv_gain_beats_the_tolerance():
     assert ablations.level_offset_overrides({m: c["offsets"] for m, c in choice.items()}) == [
         "model.level_offsets.ER=[-1,-1.5]", "model.level_offsets.EX=[-1,0]"]
     assert ablations.level_offset_choice([], 0.5) == {}
+
+
+def test_the_seed_ensemble_is_summarised_against_its_members_on_the_folds_both_scored(tmp_path):
+    config = "joint_lr2e-4"
+    members = ablations.ensemble_members(config)
+    assert members == [config, "joint_lr2e-4_seed13", "joint_lr2e-4_seed14"]
+
+    def scores(f1: float, iou: float) -> dict:
+        return {f"dev/{m}/{key}": value for m in ablations.MECHANISMS
+                for key, value in (("macro_f1@o0_0", f1), ("macro_f1@o-1_-2", f1 + 0.01), ("rationale_iou_f1@t0.3g8m3f", iou))}
+
+    for k in range(2):
+        for i, name in enumerate(members):
+            job = tmp_path / "decoding" / name / f"joint-fold{k}"
+            (job / "rescore_extended").mkdir(parents=True)
+            (job / "rescore_levels").mkdir()
+            (job / "metrics.json").write_text(json.dumps({"metrics": {"dev/ER/macro_f1": 0.7}}))
+            both = scores(0.70 + 0.01 * i, 0.50)
+            (job / "rescore_extended" / "eval_dev.json").write_text(json.dumps({"metrics": {k_: v for k_, v in both.items() if "iou" in k_}}))
+            (job / "rescore_levels" / "eval_dev.json").write_text(json.dumps({"metrics": {k_: v for k_, v in both.items() if "macro" in k_}}))
+    ensemble = tmp_path / "ensemble" / config / "joint-fold0"  # fold 1's ensemble has not run: left out
+    ensemble.mkdir(parents=True)
+    (ensemble / "eval_dev.json").write_text(json.dumps({"metrics": scores(0.74, 0.55)}))
+    runs = ablations.load_runs(tmp_path)
+    decodings = dict.fromkeys(ablations.MECHANISMS, "t0.3g8m3f")
+    summary = ablations.ensemble_summary(tmp_path, runs, config, decodings, {"ER": [-1.0, -2.0], "IP": None, "EX": None})
+    assert summary["folds"] == 1 and summary["members"] == members
+    assert summary["ensemble"]["macro_f1"] == pytest.approx({"ER": 75.0, "IP": 74.0, "EX": 74.0})  # ER with its offsets
+    assert summary["member_mean"]["macro_f1_argmax"] == pytest.approx(dict.fromkeys(ablations.MECHANISMS, 71.0))
+    assert summary["each_member"]["joint_lr2e-4_seed14"]["iou_f1"]["IP"] == pytest.approx(50.0)
+    lines = ablations.ensemble_lines(summary, "3.0x slower to predict.")
+    assert "| ensemble of 3 | 75.0 | 74.0 | 74.0 | 74.3 | 74.0 | 74.0 | 74.0 | 55.0 | 55.0 | 55.0 |" in lines
+    assert lines[-1] == "The ensemble against its members' mean: +3.0 mean CV macro-F1 points."
+    assert "3.0x slower to predict." in lines[3]
+    assert ablations.ensemble_summary(tmp_path / "none", [], config, decodings, {}) is None
