@@ -31,6 +31,13 @@ Stages of `run` (each job is `python -m empathy.train <overrides>`, with its own
    `--extended-grid`: the chosen configuration's kept checkpoints are scored with the extended grid
    too (`decoding_grid=extended`: min_span, fallback, into `<job>/rescore_extended`), and its
    decodings are chosen from it (`chosen.json`: decoding_grid).
+   `--level-offsets`: the same checkpoints scored with the level offset grid (`level_offset_grid=true`,
+   into `<job>/rescore_levels`); a mechanism keeps the pair with the best mean dev macro-F1 when it
+   beats the argmax by more than the tolerance (`chosen.json`: level_offsets, level_offset_choice).
+   `--ensemble`: the configuration's seed repeats trained on the same folds with kept checkpoints,
+   each member and their ensemble scored on every fold (`<out>/ensemble/<configuration>/`;
+   `chosen.json`: ensemble). Reported only: an ensemble trains and predicts several models.
+   `chosen.json` is rewritten by every `run`: give these flags together.
 4. `test`: the chosen configuration with those decodings, and the separate-model default with its
    own, each on the standard split with `--seeds` seeds: the only runs that see test.
 Jobs that have a metrics.json are not run again (a stopped run continues). `--budget-s` stops
