@@ -1250,7 +1250,7 @@ def report(args: argparse.Namespace) -> None:
     lines += decoding_stage_lines(runs)
     lines += extended_grid_lines(runs, chosen if extended else None)
     lines += level_offset_lines(choice.get("level_offset_choice") or {}, chosen, choice.get("tolerance", 0.5))
-    lines += ensemble_lines(choice.get("ensemble"), args.ensemble_cost)
+    lines += ensemble_lines(choice.get("ensemble"), getattr(args, "ensemble_cost", ""))
     tested = [r for r in rows if r["test_macro_f1_ER_n"] or r["test_macro_f1_IP_n"]]
     if tested:
         lines += ["", "## Test (final configurations only)", "",
