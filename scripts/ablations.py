@@ -218,6 +218,17 @@ class Runner:
                                  env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         return rc, time.monotonic() - t0
 
+    def evaluate_dev(self, ckpt_path: str, folder: Path, grids: list[str], label: str) -> None:
+        """``python -m empathy.evaluate split=dev`` of ``ckpt_path`` (a checkpoint, or ``[a,b,...]``: an
+        ensemble) with ``grids`` (e.g. ``decoding_grid=extended``) into ``folder``; one log line."""
+        cmd = [sys.executable, "-m", "empathy.evaluate", f"ckpt_path={ckpt_path}", "split=dev", *grids,
+               f"trainer={self.args.trainer}", "++trainer.enable_progress_bar=false",
+               f"paths.cache_dir={self.out / 'cache'}", f"hydra.run.dir={folder}"]
+        rc, seconds = self.call(cmd, folder)
+        ok = rc == 0 and (folder / "eval_dev.json").is_file()
+        print(f"[{time.monotonic() - self.started:6.0f}s] {label} {'ok' if ok else f'failed rc={rc}'} "
+              f"{seconds:6.1f}s {folder.relative_to(self.out)}", flush=True)
+
     def record(self, job: Job, status: str, seconds: float) -> None:
         line = {"stage": job.stage, "lever": job.lever, "mechanism": job.mechanism, "fold": job.fold,
                 "seed": job.seed, "folder": str(job.folder.relative_to(self.out)), "status": status,
@@ -315,15 +326,8 @@ def rescore_jobs(runner: Runner, runs: list[dict], extended: bool = False, level
             and (not (r["folder"] / sub / "eval_dev.json").is_file() if extended or levels else run_lacks_grid(r, tags))]
 
     def one(r: dict) -> None:
-        folder = r["folder"] / sub
         grid = ["level_offset_grid=true"] if levels else [f"decoding_grid={'extended' if extended else 'true'}"]
-        cmd = [sys.executable, "-m", "empathy.evaluate", f"ckpt_path={r['best_checkpoint']}", "split=dev",
-               *grid, f"trainer={runner.args.trainer}",
-               "++trainer.enable_progress_bar=false", f"paths.cache_dir={runner.out / 'cache'}", f"hydra.run.dir={folder}"]
-        rc, seconds = runner.call(cmd, folder)
-        ok = rc == 0 and (folder / "eval_dev.json").is_file()
-        print(f"[{time.monotonic() - runner.started:6.0f}s] rescore {'ok' if ok else f'failed rc={rc}'} "
-              f"{seconds:6.1f}s {folder.relative_to(runner.out)}", flush=True)
+        runner.evaluate_dev(r["best_checkpoint"], r["folder"] / sub, grid, "rescore")
 
     with ThreadPoolExecutor(runner.args.workers) as pool:
         list(pool.map(one, jobs))
@@ -419,13 +423,8 @@ def ensemble_jobs(runner: Runner, configuration: str, folds: int) -> None:
         folder = out / ENSEMBLE / configuration / job
         if (folder / "eval_dev.json").is_file() or not all(c and Path(c).is_file() for c in checkpoints):
             return
-        cmd = [sys.executable, "-m", "empathy.evaluate", f"ckpt_path=[{','.join(checkpoints)}]", "split=dev",
-               "decoding_grid=extended", "level_offset_grid=true", f"trainer={runner.args.trainer}",
-               "++trainer.enable_progress_bar=false", f"paths.cache_dir={out / 'cache'}", f"hydra.run.dir={folder}"]
-        rc, seconds = runner.call(cmd, folder)
-        ok = rc == 0 and (folder / "eval_dev.json").is_file()
-        print(f"[{time.monotonic() - runner.started:6.0f}s] ensemble {'ok' if ok else f'failed rc={rc}'} "
-              f"{seconds:6.1f}s {folder.relative_to(out)}", flush=True)
+        runner.evaluate_dev(f"[{','.join(checkpoints)}]", folder, ["decoding_grid=extended", "level_offset_grid=true"],
+                            "ensemble")
 
     with ThreadPoolExecutor(runner.args.workers) as pool:
         list(pool.map(one, sorted(by_fold)))
