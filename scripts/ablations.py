@@ -1117,8 +1117,8 @@ def ensemble_lines(summary: dict | None, inference: str = "") -> list[str]:
         return []
     e, mm = summary["ensemble"], summary["member_mean"]
     lines = ["", "## Seed ensemble of the chosen configuration", "",
-             f"`ablations.py run --ensemble`: {summary['configuration']} trained with the training seeds of "
-             f"{', '.join(summary['members'])} on the same {summary['folds']} folds on the 2-core CPU (the `decoding` "
+             f"`ablations.py run --ensemble`: {summary['configuration']} and its seed repeats "
+             f"({', '.join(summary['members'])}) trained on the same {summary['folds']} folds on the 2-core CPU (the `decoding` "
              "stage, checkpoints kept); on each fold `python -m empathy.evaluate 'ckpt_path=[<their best checkpoints>]' "
              "split=dev` scores the ensemble (the mean of the members' probabilities, one seeker pass), and each member "
              "alone (`rescore_extended`, `rescore_levels`). With the chosen configuration's level offsets and decodings; "
@@ -1224,7 +1224,9 @@ def report(args: argparse.Namespace) -> None:
         "# Ablations: every lever, chosen by cross-validation inside train + dev",
         "",
         f"Produced by `python scripts/ablations.py report --out {args.out}"
-        + "".join(f" --test-runs {spec}" for spec in args.test_runs) + "` from the run folder of "
+        + "".join(f" --test-runs {spec}" for spec in args.test_runs)
+        + (" --ensemble-cost '<the sentence in the ensemble section>'" if getattr(args, "ensemble_cost", "") else "")
+        + "` from the run folder of "
         "`python scripts/ablations.py run` (see the script's docstring). CV = mean over the folds of "
         "train + dev (grouped by seeker post) of the dev figures of each fold's best epoch; test = the "
         "standard split, mean +- std over seeds, for the chosen configurations only.",
