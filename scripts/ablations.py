@@ -69,6 +69,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESCORE = "rescore"  # a job's subfolder with its best checkpoint's dev grid scored again
 RESCORE_EXTENDED = "rescore_extended"  # ... with the extended grid (min_span, fallback): `run --extended-grid`
 RESCORE_LEVELS = "rescore_levels"  # ... with the level offset grid: `run --level-offsets`
+RESCORE_GRIDS = {RESCORE: "decoding_grid=true", RESCORE_EXTENDED: "decoding_grid=extended",
+                 RESCORE_LEVELS: "level_offset_grid=true"}  # the evaluate option of each
 ENSEMBLE = "ensemble"  # <out>/ensemble/<configuration>/joint-fold<k>: its seeds' ensemble scored on each fold
 MECHANISMS = ("ER", "IP", "EX")
 PAPER = {"ER": 74.46, "IP": 62.6, "EX": 72.58}
@@ -311,47 +313,45 @@ def load_runs(out: Path) -> list[dict]:
     return runs
 
 
-def rescore_jobs(runner: Runner, runs: list[dict], extended: bool = False, levels: bool = False) -> None:
+def rescore_jobs(runner: Runner, runs: list[dict], sub: str = RESCORE) -> None:
     """Score today's decoding grid on the dev fold of each run's best checkpoint (``empathy.evaluate
     split=dev decoding_grid=true``, into ``<job>/rescore``): no training again. Runs already
     scored with every decoding of the grid, and runs whose checkpoint is gone, are left as they are.
-    ``extended``: the extended grid (``decoding_grid=extended``: min_span and the fallback) into
-    ``<job>/rescore_extended``, for the runs not yet scored with it; :func:`load_runs` leaves it
-    out, :func:`extended_runs` reads it (and :func:`lever_decodings` when ``run --extended-grid``
-    chose from it). ``levels``: the level offset grid (``level_offset_grid=true``) into
-    ``<job>/rescore_levels``, read by :func:`level_offset_runs`."""
+    ``sub`` = RESCORE_EXTENDED: the extended grid (``decoding_grid=extended``: min_span and the
+    fallback) into ``<job>/rescore_extended``, for the runs not yet scored with it; :func:`load_runs`
+    leaves it out, :func:`extended_runs` reads it (and :func:`lever_decodings` when ``run
+    --extended-grid`` chose from it). RESCORE_LEVELS: the level offset grid
+    (``level_offset_grid=true``) into ``<job>/rescore_levels``, read by :func:`level_offset_runs`."""
     tags = grid_tags()
-    sub = RESCORE_LEVELS if levels else RESCORE_EXTENDED if extended else RESCORE
     jobs = [r for r in runs if r.get("best_checkpoint") and Path(r["best_checkpoint"]).is_file()
-            and (not (r["folder"] / sub / "eval_dev.json").is_file() if extended or levels else run_lacks_grid(r, tags))]
+            and (run_lacks_grid(r, tags) if sub == RESCORE else not (r["folder"] / sub / "eval_dev.json").is_file())]
 
     def one(r: dict) -> None:
-        grid = ["level_offset_grid=true"] if levels else [f"decoding_grid={'extended' if extended else 'true'}"]
-        runner.evaluate_dev(r["best_checkpoint"], r["folder"] / sub, grid, "rescore")
+        runner.evaluate_dev(r["best_checkpoint"], r["folder"] / sub, [RESCORE_GRIDS[sub]], "rescore")
 
     with ThreadPoolExecutor(runner.args.workers) as pool:
         list(pool.map(one, jobs))
 
 
-def extended_runs(runs: list[dict]) -> list[dict]:
-    """The runs scored with the extended grid (``<job>/rescore_extended``), its scores as metrics."""
+def rescored_runs(runs: list[dict], sub: str) -> list[dict]:
+    """The runs rescored into ``<job>/<sub>``, with that evaluation's grid scores as metrics."""
     out = []
     for r in runs:
-        path = r["folder"] / RESCORE_EXTENDED / "eval_dev.json" if r.get("folder") else None
+        path = r["folder"] / sub / "eval_dev.json" if r.get("folder") else None
         if path is not None and path.is_file():
             metrics = {k: v for k, v in json.loads(path.read_text())["metrics"].items() if "@" in k}
             out.append({**r, "metrics": metrics})
     return out
 
 
+def extended_runs(runs: list[dict]) -> list[dict]:
+    """The runs scored with the extended grid (``<job>/rescore_extended``)."""
+    return rescored_runs(runs, RESCORE_EXTENDED)
+
+
 def level_offset_runs(runs: list[dict]) -> list[dict]:
-    """The runs scored with the level offset grid (``<job>/rescore_levels``), its scores as metrics."""
-    out = []
-    for r in runs:
-        path = r["folder"] / RESCORE_LEVELS / "eval_dev.json" if r.get("folder") else None
-        if path is not None and path.is_file():
-            out.append({**r, "metrics": json.loads(path.read_text())["metrics"]})
-    return out
+    """The runs scored with the level offset grid (``<job>/rescore_levels``)."""
+    return rescored_runs(runs, RESCORE_LEVELS)
 
 
 def best_offset_tag(scores: dict[str, float]) -> str:
@@ -412,8 +412,8 @@ def ensemble_jobs(runner: Runner, configuration: str, folds: int) -> None:
         base_kind, overrides = lever_overrides(out, name)
         runner.run_all(cv_jobs(out, "decoding", name, base_kind, overrides, folds))
     runs = [r for r in load_runs(out) if r["stage"] == "decoding" and r["lever"] in members]
-    rescore_jobs(runner, runs, extended=True)
-    rescore_jobs(runner, runs, levels=True)
+    rescore_jobs(runner, runs, RESCORE_EXTENDED)
+    rescore_jobs(runner, runs, RESCORE_LEVELS)
     by_fold = defaultdict(dict)
     for r in runs:
         by_fold[r["job"]][r["lever"]] = r.get("best_checkpoint")
@@ -441,16 +441,10 @@ def ensemble_summary(out: Path, runs: list[dict], configuration: str, decodings:
     members = ensemble_members(configuration)
     folder = out / ENSEMBLE / configuration
     scored = {p.parent.name: json.loads(p.read_text())["metrics"] for p in sorted(folder.glob("*/eval_dev.json"))}
-    member_metrics: dict[str, dict[str, dict]] = defaultdict(dict)
-    for r in runs:
-        if r["stage"] != "decoding" or r["lever"] not in members or not r.get("folder"):
-            continue
-        merged = {}
-        for sub in (RESCORE_EXTENDED, RESCORE_LEVELS):
-            path = r["folder"] / sub / "eval_dev.json"
-            if path.is_file():
-                merged |= json.loads(path.read_text())["metrics"]
-        member_metrics[r["job"]][r["lever"]] = merged
+    own = [r for r in runs if r["stage"] == "decoding" and r["lever"] in members]
+    member_metrics: dict[str, dict[str, dict]] = defaultdict(lambda: defaultdict(dict))
+    for r in [*extended_runs(own), *level_offset_runs(own)]:
+        member_metrics[r["job"]][r["lever"]] |= r["metrics"]
     folds = [job for job in scored if set(member_metrics.get(job, {})) >= set(members)]
     if not folds:
         return None
@@ -927,11 +921,11 @@ def run(args: argparse.Namespace) -> None:
                 base_kind, overrides = lever_overrides(out, name)
                 runner.run_all(cv_jobs(out, "decoding", name, base_kind, overrides, args.folds))
     if args.extended_grid:
-        rescore_jobs(runner, decoding_runs(load_runs(out), configuration_of(best)), extended=True)
+        rescore_jobs(runner, decoding_runs(load_runs(out), configuration_of(best)), RESCORE_EXTENDED)
     offsets: dict[str, list[float] | None] = {}
     level_choice: dict[str, dict] = {}
     if args.level_offsets:
-        rescore_jobs(runner, decoding_runs(load_runs(out), configuration_of(best)), levels=True)
+        rescore_jobs(runner, decoding_runs(load_runs(out), configuration_of(best)), RESCORE_LEVELS)
         level_choice = level_offset_choice(level_offset_runs(decoding_runs(load_runs(out), configuration_of(best))),
                                            args.tolerance)
         offsets = {m: c["offsets"] for m, c in level_choice.items()}
