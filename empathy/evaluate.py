@@ -50,15 +50,14 @@ def checkpoint_datamodule(cfg: DictConfig, module: EmpathyModule):
     settings), read from ``cfg.paths`` (the data and cache folders of this machine). A joint
     model's checkpoint gets the joint data (every mechanism of its ``data.mechanism_files``)."""
     hparams = module.hparams
-    overrides = dict(hparams["data_config"])
     with open_dict(cfg):
         if hparams["mechanism"] == JOINT:
             cfg.mechanism = {"name": JOINT, "file": None}
-            overrides["_target_"] = f"{JointEpitomeDataModule.__module__}.{JointEpitomeDataModule.__name__}"
+            cfg.data._target_ = f"{JointEpitomeDataModule.__module__}.{JointEpitomeDataModule.__name__}"
         else:
             cfg.mechanism = {"name": hparams["mechanism"], "file": _mechanism_file(hparams["mechanism"])}
         cfg.encoder = hparams["encoder"]
-    datamodule = runner.build_datamodule(cfg, data_overrides=overrides)
+    datamodule = runner.build_datamodule(cfg, data_overrides=dict(hparams["data_config"]), source="checkpoint")
     datamodule.setup()
     return datamodule
 

@@ -46,12 +46,14 @@ def floors_for_run(folder, mechanism: str | None = None) -> dict[str, float]:
     from omegaconf import OmegaConf, open_dict
 
     from empathy import runner
+    from empathy.results import is_joint_run
 
-    cfg = OmegaConf.load(f"{folder}/resolved_config.yaml")
-    if mechanism is not None and runner.is_joint(cfg):
+    source = f"{folder}/resolved_config.yaml"
+    cfg = OmegaConf.load(source)
+    if mechanism is not None and is_joint_run(OmegaConf.to_container(cfg)):
         with open_dict(cfg):
             cfg.mechanism = {"name": mechanism, "file": cfg.data.mechanism_files[mechanism]}
             cfg.data._target_ = "empathy.data.datamodule.EpitomeDataModule"
-    datamodule = runner.build_datamodule(cfg)
+    datamodule = runner.build_datamodule(cfg, source=source)
     datamodule.setup()
     return floor_metrics(datamodule.dataset("train")["level"], datamodule.dataset("test"))

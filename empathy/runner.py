@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from empathy import CONFIG_DIR, JOINT
+from empathy import CONFIG_DIR, JOINT, allowlist
 from empathy.data.datamodule import EpitomeDataModule
 
 # Data settings that define the split and the labels; stored in checkpoints so that evaluation
@@ -51,22 +51,32 @@ def compose_config(
     return cfg
 
 
-def build_datamodule(cfg: DictConfig, data_overrides: Mapping[str, Any] | None = None) -> EpitomeDataModule:
+def build_datamodule(
+    cfg: DictConfig, data_overrides: Mapping[str, Any] | None = None, *, source: str = "data"
+) -> EpitomeDataModule:
+    """The data module of ``cfg.data``, built by calling the project's class directly (never
+    ``instantiate``): ``data_overrides`` (a checkpoint's data settings) and, for a config loaded
+    from a file (``source`` names it), the whole data config must be plain values
+    (:mod:`empathy.allowlist`)."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    cls = allowlist.datamodule_class(str(data.pop("_target_", "empathy.data.datamodule.EpitomeDataModule")))
     if data_overrides is not None:  # a checkpoint's data settings: keys it predates get their old values
+        allowlist.check_plain(data_overrides, f"{source}: data_config")
         data.update({k: v for k, v in LEGACY_DATA.items() if k not in data_overrides})
         data.update(data_overrides)
+    encoder = OmegaConf.to_container(cfg.encoder, resolve=True)
+    allowlist.check_plain(data, source)
+    allowlist.check_plain(encoder, f"{source}: encoder")
     data["data_dir"] = hydra.utils.to_absolute_path(data["data_dir"])
     data["cache_dir"] = hydra.utils.to_absolute_path(data["cache_dir"])
     if data.get("split_file"):
         data["split_file"] = hydra.utils.to_absolute_path(data["split_file"])
-    return hydra.utils.instantiate(
-        data,
+    return cls(
+        **data,
         mechanism=cfg.mechanism.name,
         mechanism_file=cfg.mechanism.file,
-        encoder=OmegaConf.to_container(cfg.encoder, resolve=True),
+        encoder=encoder,
         seed=cfg.get("seed", 12),
-        _convert_="all",
     )
 
 

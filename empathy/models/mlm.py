@@ -15,11 +15,11 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from empathy import allowlist
 from empathy.models.encoders import resolve_path
 from empathy.models.module import _plain
 
@@ -159,13 +159,13 @@ class MaskedLMModule(pl.LightningModule):
                                  f"{type(self.model).__name__} has several: set head_warmup.steps=0")
             return {"optimizer": torch.optim.AdamW(head_parameters(self.model), lr=self.head_warmup_lr)}
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params)
+        optimizer = allowlist.build_optimizer(self.hparams.optimizer, params)
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         if not math.isfinite(total) or total <= 0:
             raise ValueError("pre-training needs a finite number of steps: set trainer.max_steps")
-        scheduler = hydra.utils.instantiate(self.hparams.scheduler)(optimizer, int(total))
+        scheduler = allowlist.build_scheduler(self.hparams.scheduler, optimizer, int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def save_encoder(self, folder: str | Path, tokenizer) -> Path:

@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -17,7 +16,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from torch.optim.lr_scheduler import LambdaLR
 
-from empathy import JOINT
+from empathy import JOINT, allowlist
 from empathy.decoding import (
     EXTENDED_GRID,
     DecodingGrid,
@@ -35,6 +34,7 @@ from empathy.models.biencoder import (
     build_net,
     multitask_loss,
 )
+from empathy.models.checkpoint import read_checkpoint
 
 STAGE_PREFIX = {"val": "dev", "test": "test"}
 # The seeker cache's files (EmpathyModule.build_seeker_cache) live in <data cache_dir>/seeker_states.
@@ -166,13 +166,9 @@ class EmpathyModule(pl.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> EmpathyModule:
-        """Load a checkpoint safely (``weights_only=True``: no arbitrary pickle is executed)."""
-        try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"checkpoint not found: {path}") from None
-        if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
-            raise ValueError(f"{path} is not an empathy training checkpoint (no hyper_parameters / state_dict)")
+        """Load a checkpoint safely (:func:`~empathy.models.checkpoint.read_checkpoint`: no pickle
+        code runs, and its hyper-parameters can name no class to build)."""
+        checkpoint = read_checkpoint(path, map_location)
         if cls is EmpathyModule and checkpoint["hyper_parameters"].get("mechanism") == JOINT:
             from empathy.models.joint import JointEmpathyModule  # a joint model's checkpoint
 
@@ -455,11 +451,11 @@ class EmpathyModule(pl.LightningModule):
         if settings.get("fused") and self._trainer is not None and "mixed" in str(self.trainer.precision):
             # Lightning cannot clip the gradients of a fused optimiser under mixed precision.
             settings["fused"] = False
-        optimizer = hydra.utils.instantiate(settings)(params)
+        optimizer = allowlist.build_optimizer(settings, params)
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
         total = int(self.trainer.estimated_stepping_batches)
         if not math.isfinite(total) or total <= 0:
             total = 1
-        scheduler = hydra.utils.instantiate(self.hparams.scheduler)(optimizer, total)
+        scheduler = allowlist.build_scheduler(self.hparams.scheduler, optimizer, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -37,10 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from empathy import JOINT, MECHANISMS
+from empathy import JOINT, MECHANISMS, allowlist
 from empathy.decoding import RationaleDecoding, rationale_probs
 from empathy.levels import adjusted, level_offsets
 from empathy.models.biencoder import NUM_LEVELS, BiEncoder, EnsembleNet, build_net
+from empathy.models.checkpoint import read_checkpoint
 from empathy.models.encoders import load_encoder, load_tokenizer
 
 EXPORT_FORMAT = "empathy-export"
@@ -142,14 +143,10 @@ def _net_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedModel:
-    """A training checkpoint (``weights_only=True``: no arbitrary pickle is executed)."""
+    """A training checkpoint (:func:`~empathy.models.checkpoint.read_checkpoint`: no pickle code
+    runs, and its hyper-parameters can name no class to build)."""
     path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint not found: {path}") from None
-    if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not an empathy training checkpoint (no hyper_parameters / state_dict)")
+    checkpoint = read_checkpoint(path, map_location)
     hp = checkpoint["hyper_parameters"]
     net = build_net(hp["encoder"], hp["net"])
     net.load_state_dict(_net_state(checkpoint["state_dict"]))
@@ -192,6 +189,7 @@ def load_exported(folder: str | Path, map_location: str | torch.device = "cpu") 
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} is not an exported empathy model (no {CONFIG_FILE})")
     config = json.loads(config_path.read_text(encoding="utf-8"))
+    allowlist.check_plain(config, str(config_path))
     if config.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{config_path}: format {config.get('format')!r}, expected {EXPORT_FORMAT!r}")
     if int(config.get("format_version", 0)) > EXPORT_VERSION:
