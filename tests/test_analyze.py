@@ -1,5 +1,6 @@
 """Over-time analysis: response numbering by time, bins, clustered bootstrap, the within-responder
-trend test, errors, outputs, and the entry point end to end."""
+trend test, errors, the plot (mechanisms told apart without colour, counts and the trend test on
+it), outputs, and the entry point end to end."""
 
 from __future__ import annotations
 
@@ -11,20 +12,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
 
+from empathy.analysis import over_time
 from empathy.analysis.over_time import (
     BINS_COLUMNS,
     AnalysisError,
     analyse_over_time,
     assign_bins,
+    bin_count_labels,
     bin_edges,
     bin_labels,
     binned_means,
+    format_p_value,
     numeric_levels,
+    plot_over_time,
     read_predictions,
     response_numbers,
+    trend_caption,
     write_outputs,
 )
+from empathy.palette import MECHANISM_COLOURS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +55,9 @@ def synthetic(trend: float, *, n_responders: int = 120, seed: int = 0) -> pd.Dat
             else:
                 latent = 0.6 + offset + trend * np.log2(i + 1) + rng.normal(0, 0.6)
                 level = int(np.clip(np.round(latent), 0, 2))
-            rows.append({"rp_author": f"user{r}", "created_utc": int(start + 100 * i), "ER_level": level})
+            rows.append(
+                {"rp_author": f"user{r}", "created_utc": int(start + 100 * i), "ER_level": level}
+            )
     return pd.DataFrame(rows).sample(frac=1, random_state=seed).reset_index(drop=True)
 
 
@@ -61,7 +71,9 @@ def test_response_numbers_follow_time_not_file_order():
     n = response_numbers(table, "who", "t", exclude_responders=["[deleted]"])
     assert n.tolist()[:5] == [3, 2, 1, 2, 1]
     assert np.isnan(n[5]) and np.isnan(n[6])  # excluded responder; no time
-    iso = pd.DataFrame({"who": ["a", "a", "a"], "t": ["2020-03-01T10:00:00Z", "2019-12-31 23:00:00", "2020-01-15"]})
+    iso = pd.DataFrame(
+        {"who": ["a", "a", "a"], "t": ["2020-03-01T10:00:00Z", "2019-12-31 23:00:00", "2020-01-15"]}
+    )
     assert response_numbers(iso, "who", "t").tolist() == [3, 1, 2]
     ties = pd.DataFrame({"who": ["a", "a"], "t": [7, 7]})
     assert response_numbers(ties, "who", "t").tolist() == [1, 2]  # ties keep file order
@@ -73,14 +85,27 @@ def test_trend_follows_time_order():
     for r in range(40):
         for i in reversed(range(8)):
             rows.append({"rp_author": f"u{r}", "created_utc": i, "ER_level": min(2, i // 3)})
-    result = analyse_over_time(pd.DataFrame(rows), responder_column="rp_author", time_column="created_utc",
-                               n_bootstrap=100, n_permutations=200)
+    result = analyse_over_time(
+        pd.DataFrame(rows),
+        responder_column="rp_author",
+        time_column="created_utc",
+        n_bootstrap=100,
+        n_permutations=200,
+    )
     assert result.summary["mechanisms"]["ER"]["direction"] == "increases"
 
 
 def test_bins():
     assert bin_labels([1, 2, 4, 8, 16]) == ["1", "2-3", "4-7", "8-15", "16+"]
-    assert assign_bins(np.array([1, 2, 3, 4, 15, 16, 99]), [1, 2, 4, 8, 16]).tolist() == [0, 1, 1, 2, 3, 4, 4]
+    assert assign_bins(np.array([1, 2, 3, 4, 15, 16, 99]), [1, 2, 4, 8, 16]).tolist() == [
+        0,
+        1,
+        1,
+        2,
+        3,
+        4,
+        4,
+    ]
     n = np.concatenate([np.arange(1, 101), np.ones(100)])
     edges = bin_edges(n, "quantile", 4)
     assert edges[0] == 1 and edges == sorted(set(edges)) and len(edges) <= 4
@@ -91,7 +116,9 @@ def test_bins():
 
 
 def test_increasing_trend_is_detected():
-    result = analyse_over_time(synthetic(0.25), responder_column="rp_author", time_column="created_utc", seed=1)
+    result = analyse_over_time(
+        synthetic(0.25), responder_column="rp_author", time_column="created_utc", seed=1
+    )
     er = result.summary["mechanisms"]["ER"]
     assert er["direction"] == "increases" and er["p_value"] < 0.01
     assert er["slope_ci_low"] > 0
@@ -102,15 +129,25 @@ def test_increasing_trend_is_detected():
 
 def test_no_trend_is_not_significant_and_ci_covers_true_mean():
     table = synthetic(0.0, seed=3)
-    result = analyse_over_time(table, responder_column="rp_author", time_column="created_utc", seed=2)
+    result = analyse_over_time(
+        table, responder_column="rp_author", time_column="created_utc", seed=2
+    )
     er = result.summary["mechanisms"]["ER"]
     assert er["direction"] == "no significant change" and er["p_value"] >= 0.05
     assert er["slope_ci_low"] < 0 < er["slope_ci_high"]
     bins = result.bins
-    assert list(bins.columns) == BINS_COLUMNS and bins["bin"].tolist() == ["1", "2-3", "4-7", "8-15", "16+"]
+    assert list(bins.columns) == BINS_COLUMNS and bins["bin"].tolist() == [
+        "1",
+        "2-3",
+        "4-7",
+        "8-15",
+        "16+",
+    ]
     assert ((bins["ci_low"] <= 1.0) & (1.0 <= bins["ci_high"])).all(), bins
     assert bins["n_responses"].sum() == len(table)
-    assert bins.loc[0, "n_responders"] == table["rp_author"].nunique()  # everyone has a first response
+    assert (
+        bins.loc[0, "n_responders"] == table["rp_author"].nunique()
+    )  # everyone has a first response
 
 
 def test_bootstrap_resamples_responders_not_rows():
@@ -128,7 +165,13 @@ def test_bootstrap_resamples_responders_not_rows():
 
 def test_seeded_results_repeat():
     table = synthetic(0.1, n_responders=40, seed=5)
-    kwargs = dict(responder_column="rp_author", time_column="created_utc", n_bootstrap=200, n_permutations=200, seed=7)
+    kwargs = dict(
+        responder_column="rp_author",
+        time_column="created_utc",
+        n_bootstrap=200,
+        n_permutations=200,
+        seed=7,
+    )
     a, b = analyse_over_time(table, **kwargs), analyse_over_time(table, **kwargs)
     pd.testing.assert_frame_equal(a.bins, b.bins)
     assert a.summary == b.summary
@@ -137,14 +180,21 @@ def test_seeded_results_repeat():
 def test_errors_name_file_column_and_row():
     table = pd.DataFrame({"rp_author": ["a", "b"], "created_utc": [1, 2], "ER_level": [1, 2]})
     with pytest.raises(AnalysisError, match=r"preds\.csv: no column 'author'.*rp_author"):
-        analyse_over_time(table, responder_column="author", time_column="created_utc", source="preds.csv")
+        analyse_over_time(
+            table, responder_column="author", time_column="created_utc", source="preds.csv"
+        )
     bad = table.assign(ER_level=["1", "high"])
-    with pytest.raises(AnalysisError, match=r"preds\.csv: column 'ER_level', data row 2.*'high'.*expected 0, 1 or 2"):
+    with pytest.raises(
+        AnalysisError,
+        match=r"preds\.csv: column 'ER_level', data row 2.*'high'.*expected 0, 1 or 2",
+    ):
         numeric_levels(bad, "ER", "preds.csv")
     with pytest.raises(AnalysisError, match="'7'"):
         numeric_levels(table.assign(ER_level=["7", "1"]), "ER", "preds.csv")
     with pytest.raises(AnalysisError, match="no mechanism columns"):
-        analyse_over_time(table.drop(columns="ER_level"), responder_column="rp_author", time_column="created_utc")
+        analyse_over_time(
+            table.drop(columns="ER_level"), responder_column="rp_author", time_column="created_utc"
+        )
 
 
 def test_unscored_rows_are_skipped_but_still_count_as_responses(tmp_path):
@@ -159,16 +209,109 @@ def test_unscored_rows_are_skipped_but_still_count_as_responses(tmp_path):
     table = read_predictions(path)
     assert table["seeker_post"][0] == "NA"  # text stays text
     assert numeric_levels(table, "ER", str(path)).isna().tolist() == [False, True, False]
-    result = analyse_over_time(table, responder_column="rp_author", time_column="created_utc", n_bootstrap=50, n_permutations=50)
+    result = analyse_over_time(
+        table,
+        responder_column="rp_author",
+        time_column="created_utc",
+        n_bootstrap=50,
+        n_permutations=50,
+    )
     assert result.bins["n_responses"].tolist() == [1, 1, 0, 0, 0]  # the 3rd response is in bin 2-3
     assert result.summary["mechanisms"]["ER"]["rows_unscored"] == 1
 
 
+def three_mechanisms(n_responders: int = 40, seed: int = 4) -> pd.DataFrame:
+    table = synthetic(0.2, n_responders=n_responders, seed=seed)
+    rng = np.random.default_rng(seed)
+    table["IP_level"] = rng.integers(0, 3, len(table))
+    table["EX_level"] = rng.integers(0, 3, len(table)).astype(float)
+    return table
+
+
+def quick_analysis(table: pd.DataFrame):
+    return analyse_over_time(
+        table,
+        responder_column="rp_author",
+        time_column="created_utc",
+        n_bootstrap=50,
+        n_permutations=50,
+    )
+
+
+def test_plot_tells_mechanisms_apart_without_colour():
+    result = quick_analysis(three_mechanisms())
+    fig = plot_over_time(result.bins, summary=result.summary)
+    ax = fig.axes[0]
+    lines = [line for line in ax.get_lines() if line.get_label() in ("ER", "IP", "EX")]
+    assert [line.get_label() for line in lines] == ["ER", "IP", "EX"]
+    assert [to_hex(line.get_color()) for line in lines] == [
+        MECHANISM_COLOURS[m].lower() for m in ("ER", "IP", "EX")
+    ]
+    assert len({line.get_linestyle() for line in lines}) == 3  # solid, dashed, dotted
+    assert len({line.get_marker() for line in lines}) == 3
+    legend = [(h.get_linestyle(), h.get_marker()) for h in ax.get_legend().legend_handles]
+    assert legend == [(line.get_linestyle(), line.get_marker()) for line in lines]
+
+
+def test_plot_shows_counts_per_bin_and_the_trend_test():
+    table = three_mechanisms()
+    result = quick_analysis(table)
+    fig = plot_over_time(result.bins, summary=result.summary)
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    er = result.bins[result.bins["mechanism"] == "ER"]
+    assert ticks == [
+        f"{b}\nn={n}\nr={r}"
+        for b, n, r in zip(er["bin"], er["n_responses"], er["n_responders"], strict=True)
+    ]
+    caption = " ".join(" ".join(t.get_text() for t in fig.texts).split())
+    assert (
+        "Trend test: within-responder slope of level on log2(n); two-sided permutation test"
+        in caption
+    )
+    assert "(50 shuffles)" in caption
+    for m, found in result.summary["mechanisms"].items():
+        assert f"{m}: {found['slope_per_doubling']:+.3f} level per doubling of n" in caption
+        assert format_p_value(found["p_value"], 50) in caption and found["direction"] in caption
+    # Where the mechanisms' counts differ (unscored rows), each gets its own line.
+    table.loc[table.index[:5], "EX_level"] = np.nan
+    labels = bin_count_labels(quick_analysis(table).bins)
+    assert any("\nER n=" in label and "\nEX n=" in label for label in labels)
+    # A mechanism without a trend says so; p-values at the permutation floor are bounds.
+    summary = dict(
+        result.summary, mechanisms={"ER": dict(result.summary["mechanisms"]["ER"], p_value=None)}
+    )
+    assert "ER: not enough data for a trend." in trend_caption(summary)
+    assert format_p_value(1 / 51, 50) == "p <= 0.02" and format_p_value(0.25, 50) == "p = 0.25"
+
+
+def test_written_plot_carries_the_trend_test(tmp_path, monkeypatch):
+    drawn = []
+
+    def recording(bins, **kwargs):
+        drawn.append(plot_over_time(bins, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(over_time, "plot_over_time", recording)
+    result = quick_analysis(synthetic(0.0, n_responders=20, seed=1))
+    write_outputs(result, tmp_path / "out")
+    assert "Trend test:" in drawn[0].texts[-1].get_text()
+
+
 def test_write_outputs_refuses_to_overwrite(tmp_path):
     table = synthetic(0.0, n_responders=20, seed=1)
-    result = analyse_over_time(table, responder_column="rp_author", time_column="created_utc", n_bootstrap=50, n_permutations=50)
+    result = analyse_over_time(
+        table,
+        responder_column="rp_author",
+        time_column="created_utc",
+        n_bootstrap=50,
+        n_permutations=50,
+    )
     paths = write_outputs(result, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["over_time.csv", "over_time.png", "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "over_time.csv",
+        "over_time.png",
+        "summary.json",
+    ]
     assert paths["over_time.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileExistsError, match="overwrite=true"):
         write_outputs(result, tmp_path / "out")
@@ -182,8 +325,15 @@ def test_entry_point_end_to_end(tmp_path):
     table.to_csv(source, index=False)
     out = tmp_path / "analysis"
     command = [
-        sys.executable, "-m", "empathy.analyze", f"input={source}", "responder_column=rp_author",
-        "time_column=created_utc", f"output_dir={out}", "n_bootstrap=200", "n_permutations=200",
+        sys.executable,
+        "-m",
+        "empathy.analyze",
+        f"input={source}",
+        "responder_column=rp_author",
+        "time_column=created_utc",
+        f"output_dir={out}",
+        "n_bootstrap=200",
+        "n_permutations=200",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
@@ -197,6 +347,15 @@ def test_entry_point_end_to_end(tmp_path):
 
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert again.returncode != 0 and "overwrite=true" in again.stderr
-    missing = subprocess.run(command[:4] + ["responder_column=author"] + command[5:], capture_output=True,
-                             text=True, cwd=REPO_ROOT, timeout=120)
-    assert missing.returncode != 0 and "no column 'author'" in missing.stderr and str(source) in missing.stderr
+    missing = subprocess.run(
+        command[:4] + ["responder_column=author"] + command[5:],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+    assert (
+        missing.returncode != 0
+        and "no column 'author'" in missing.stderr
+        and str(source) in missing.stderr
+    )

@@ -5,14 +5,16 @@ bin n, and estimate the mean predicted level per bin with a clustered bootstrap 
 responders, not responses, since one responder's responses are not independent). The trend is
 the within-responder slope of level on log2(n) (change in level per doubling of experience),
 tested by permuting the levels within each responder, which keeps who wrote what and breaks
-only the order.
+only the order. The plot shows each bin's numbers of responses and responders and the trend
+test's result, and tells the mechanisms apart by line style and marker as well as by colour.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +23,20 @@ import pandas as pd
 
 from empathy import LEVELS, MECHANISMS
 from empathy.io import atomic_output
+from empathy.palette import MECHANISM_COLOURS, MECHANISM_LINESTYLES, MECHANISM_MARKERS
 
 DEFAULT_BIN_EDGES = (1, 2, 4, 8, 16)
 PREDICTION_SUFFIXES = ("level", "prob0", "prob1", "prob2")
 OUTPUT_NAMES = ("over_time.csv", "over_time.png", "summary.json")
-BINS_COLUMNS = ["mechanism", "bin", "n_responses", "n_responders", "mean_level", "ci_low", "ci_high"]
-PLOT_COLOURS = {"ER": "#d62728", "IP": "#1f77b4", "EX": "#2ca02c"}
+BINS_COLUMNS = [
+    "mechanism",
+    "bin",
+    "n_responses",
+    "n_responders",
+    "mean_level",
+    "ci_low",
+    "ci_high",
+]
 
 
 class AnalysisError(ValueError):
@@ -41,7 +51,9 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such predictions file")
-    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
+    suffix = (
+        "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
+    )
     if suffix in (".csv", ".csv.gz"):
         numeric = {f"{m}_{s}": [""] for m in MECHANISMS for s in PREDICTION_SUFFIXES}
         return pd.read_csv(path, keep_default_na=False, na_values=numeric)
@@ -49,7 +61,9 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
         return pd.read_json(path, lines=True, dtype=False)
     if suffix == ".parquet":
         return pd.read_parquet(path)
-    raise AnalysisError(f"{path}: unknown table format {suffix!r} (expected .csv, .jsonl or .parquet)")
+    raise AnalysisError(
+        f"{path}: unknown table format {suffix!r} (expected .csv, .jsonl or .parquet)"
+    )
 
 
 def present_mechanisms(table: pd.DataFrame) -> list[str]:
@@ -101,7 +115,11 @@ def _sortable_time(series: pd.Series) -> pd.Series:
 
 
 def response_numbers(
-    table: pd.DataFrame, responder_column: str, time_column: str, *, exclude_responders: Sequence[str] = ()
+    table: pd.DataFrame,
+    responder_column: str,
+    time_column: str,
+    *,
+    exclude_responders: Sequence[str] = (),
 ) -> pd.Series:
     """The n-th response (1, 2, ...) of each row's responder, by ``time_column``.
 
@@ -119,7 +137,9 @@ def response_numbers(
     return rows["_n"].reindex(table.index).astype(float)
 
 
-def bin_edges(n: np.ndarray, bins: Sequence[int] | str = DEFAULT_BIN_EDGES, n_bins: int = 5) -> list[int]:
+def bin_edges(
+    n: np.ndarray, bins: Sequence[int] | str = DEFAULT_BIN_EDGES, n_bins: int = 5
+) -> list[int]:
     """Left edges of the bins of n: the given ones, or ``"quantile"`` edges of the observed n."""
     if isinstance(bins, str):
         if bins != "quantile":
@@ -130,8 +150,14 @@ def bin_edges(n: np.ndarray, bins: Sequence[int] | str = DEFAULT_BIN_EDGES, n_bi
         edges = sorted({1, *(int(math.ceil(q)) for q in qs)})
     else:
         edges = [int(b) for b in bins]
-        if not edges or edges[0] != 1 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
-            raise AnalysisError(f"bins: expected increasing left edges starting at 1, got {list(bins)}")
+        if (
+            not edges
+            or edges[0] != 1
+            or any(b <= a for a, b in zip(edges, edges[1:], strict=False))
+        ):
+            raise AnalysisError(
+                f"bins: expected increasing left edges starting at 1, got {list(bins)}"
+            )
     return edges
 
 
@@ -152,7 +178,9 @@ def assign_bins(n: np.ndarray, edges: Sequence[int]) -> np.ndarray:
     return np.searchsorted(np.asarray(edges), np.asarray(n), side="right") - 1
 
 
-def _bootstrap_weights(rng: np.random.Generator, n_clusters: int, n_resamples: int, chunk_cells: int = 4_000_000):
+def _bootstrap_weights(
+    rng: np.random.Generator, n_clusters: int, n_resamples: int, chunk_cells: int = 4_000_000
+):
     """Yield (chunk, n_clusters) arrays of how often each cluster is drawn in a resample."""
     chunk = max(1, chunk_cells // max(n_clusters, 1))
     done = 0
@@ -213,7 +241,8 @@ class Trend:
     p_value: float
     n_responses: int
     n_responders: int
-    n_responders_repeat: int  # responders with two or more responses (the only ones that inform the slope)
+    # Responders with two or more responses (the only ones that inform the slope).
+    n_responders_repeat: int
     n_permutations: int = 0
 
 
@@ -262,10 +291,33 @@ def within_trend(
     draws = draws[~np.isnan(draws)]
     alpha = (1 - ci) / 2
     low, high = np.quantile(draws, [alpha, 1 - alpha]) if len(draws) else (nan, nan)
-    return Trend(float(slope), float(low), float(high), float(p_value), len(level), n_clusters, repeat, n_permutations)
+    return Trend(
+        float(slope),
+        float(low),
+        float(high),
+        float(p_value),
+        len(level),
+        n_clusters,
+        repeat,
+        n_permutations,
+    )
 
 
-def describe_trend(mechanism: str, trend: Trend, *, alpha: float = 0.05, ci: float = 0.95) -> tuple[str, str]:
+def _p_at_floor(p_value: float, n_permutations: int) -> bool:
+    """Whether a permutation p-value is the smallest possible, 1 / (n_permutations + 1)."""
+    return bool(n_permutations) and p_value * (n_permutations + 1) < 1.5
+
+
+def format_p_value(p_value: float, n_permutations: int) -> str:
+    """``p = 0.0123``, or ``p <= 0.001`` when no shuffle was as extreme as the data."""
+    if _p_at_floor(p_value, n_permutations):
+        return f"p <= {p_value:.2g}"
+    return f"p = {p_value:.3g}"
+
+
+def describe_trend(
+    mechanism: str, trend: Trend, *, alpha: float = 0.05, ci: float = 0.95
+) -> tuple[str, str]:
     """(direction, one plain-language line): direction is increases / decreases /
     no significant change / not enough data."""
     counts = (
@@ -273,15 +325,19 @@ def describe_trend(mechanism: str, trend: Trend, *, alpha: float = 0.05, ci: flo
         f"{trend.n_responders_repeat} with two or more"
     )
     if math.isnan(trend.p_value):
-        return "not enough data", f"{mechanism}: not enough data for a trend (no responder has two or more responses; {counts})"
+        return (
+            "not enough data",
+            f"{mechanism}: not enough data for a trend (no responder has two or more responses; {counts})",
+        )
     direction = "no significant change"
     if trend.p_value < alpha:
         direction = "increases" if trend.slope > 0 else "decreases"
-    if trend.n_permutations and trend.p_value * (trend.n_permutations + 1) < 1.5:
-        p_text = f"p <= {trend.p_value:.2g} (no shuffle of {trend.n_permutations} as extreme)"
-    else:
-        p_text = f"p = {trend.p_value:.3g}"
-    verb = {"increases": "level increases", "decreases": "level decreases"}.get(direction, "no significant change in level")
+    p_text = format_p_value(trend.p_value, trend.n_permutations)
+    if _p_at_floor(trend.p_value, trend.n_permutations):
+        p_text += f" (no shuffle of {trend.n_permutations} as extreme)"
+    verb = {"increases": "level increases", "decreases": "level decreases"}.get(
+        direction, "no significant change in level"
+    )
     return direction, (
         f"{mechanism}: {verb} with a responder's experience "
         f"({trend.slope:+.3f} level per doubling of responses, {ci:.0%} CI [{trend.slope_ci_low:+.3f}, "
@@ -319,13 +375,21 @@ def analyse_over_time(
     else:
         require_columns(table, [f"{m}_level" for m in mechanisms], source)
     if not mechanisms:
-        raise AnalysisError(f"{source}: no mechanism columns; expected one of {', '.join(f'{m}_level' for m in MECHANISMS)}")
+        raise AnalysisError(
+            f"{source}: no mechanism columns; expected one of {', '.join(f'{m}_level' for m in MECHANISMS)}"
+        )
     if not 0 < ci < 1 or not 0 < alpha < 1:
-        raise AnalysisError(f"ci and alpha must lie strictly between 0 and 1, got ci={ci}, alpha={alpha}")
-    n = response_numbers(table, responder_column, time_column, exclude_responders=exclude_responders)
+        raise AnalysisError(
+            f"ci and alpha must lie strictly between 0 and 1, got ci={ci}, alpha={alpha}"
+        )
+    n = response_numbers(
+        table, responder_column, time_column, exclude_responders=exclude_responders
+    )
     ordered = n.notna()
     if not ordered.any():
-        raise AnalysisError(f"{source}: no row has both a {responder_column!r} and a {time_column!r} value")
+        raise AnalysisError(
+            f"{source}: no row has both a {responder_column!r} and a {time_column!r} value"
+        )
     edges = bin_edges(n[ordered].to_numpy(), bins, n_bins)
     labels = bin_labels(edges)
     rng = np.random.default_rng(seed)
@@ -338,17 +402,36 @@ def analyse_over_time(
         level_used = level[use].to_numpy()
         if use.any():
             frame = binned_means(
-                level_used, responder, assign_bins(n_used, edges), len(edges),
-                n_bootstrap=n_bootstrap, ci=ci, rng=rng,
+                level_used,
+                responder,
+                assign_bins(n_used, edges),
+                len(edges),
+                n_bootstrap=n_bootstrap,
+                ci=ci,
+                rng=rng,
             )
         else:
-            frame = pd.DataFrame({"n_responses": 0, "n_responders": 0, "mean_level": np.nan,
-                                  "ci_low": np.nan, "ci_high": np.nan}, index=range(len(edges)))
+            frame = pd.DataFrame(
+                {
+                    "n_responses": 0,
+                    "n_responders": 0,
+                    "mean_level": np.nan,
+                    "ci_low": np.nan,
+                    "ci_high": np.nan,
+                },
+                index=range(len(edges)),
+            )
         frame.insert(0, "bin", labels)
         frame.insert(0, "mechanism", mechanism)
         frames.append(frame)
         trend = within_trend(
-            level_used, n_used, responder, n_permutations=n_permutations, n_bootstrap=n_bootstrap, ci=ci, rng=rng
+            level_used,
+            n_used,
+            responder,
+            n_permutations=n_permutations,
+            n_bootstrap=n_bootstrap,
+            ci=ci,
+            rng=rng,
         )
         direction, line = describe_trend(mechanism, trend, alpha=alpha, ci=ci)
         lines.append(line)
@@ -389,28 +472,95 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def plot_over_time(bins: pd.DataFrame, *, ci: float = 0.95, title: str = "Mean predicted level by experience"):
-    """One line per mechanism with its CI band, over the bins of the n-th response."""
+def bin_count_labels(bins: pd.DataFrame) -> list[str]:
+    """Tick labels: each bin's label, then its n (responses) and r (responders); one line a
+    mechanism where the mechanisms' counts differ, as they can with unscored rows."""
+    labels = []
+    for label, rows in bins.groupby("bin", sort=False):
+        counts = [(r.mechanism, int(r.n_responses), int(r.n_responders)) for r in rows.itertuples()]
+        if len({(n, k) for _, n, k in counts}) == 1:
+            _, n, k = counts[0]
+            labels.append(f"{label}\nn={n}\nr={k}")
+        else:
+            labels.append(label + "".join(f"\n{m} n={n}, r={k}" for m, n, k in counts))
+    return labels
+
+
+def trend_caption(summary: Mapping) -> str:
+    """The trend test's name and, per mechanism, its slope, CI and p-value (from ``summary``)."""
+    lines = [f"Trend test: {summary['trend']} ({summary['n_permutations']} shuffles)."]
+    for mechanism, found in summary["mechanisms"].items():
+        if found["p_value"] is None or found["slope_per_doubling"] is None:
+            lines.append(f"{mechanism}: not enough data for a trend.")
+            continue
+        lines.append(
+            f"{mechanism}: {found['slope_per_doubling']:+.3f} level per doubling of n, "
+            f"{summary['ci']:.0%} CI [{found['slope_ci_low']:+.3f}, {found['slope_ci_high']:+.3f}], "
+            f"{format_p_value(found['p_value'], summary['n_permutations'])}: {found['direction']} "
+            f"({found['n_responses']} responses, {found['n_responders']} responders)."
+        )
+    return "\n".join(textwrap.fill(line, 135, subsequent_indent="    ") for line in lines)
+
+
+def plot_over_time(
+    bins: pd.DataFrame,
+    *,
+    ci: float = 0.95,
+    title: str = "Mean predicted level by experience",
+    summary: Mapping | None = None,
+):
+    """One line per mechanism with its CI band, over the bins of the n-th response, each bin's
+    n (responses) and r (responders) under its label and, given the analysis's ``summary``, the
+    trend test's results in a box under the plot. Mechanisms differ in colour (colour-blind safe
+    palette), line style and marker."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-    fig = Figure(figsize=(6.4, 4.0), dpi=120)
+    fig = Figure(figsize=(7.6, 5.0), dpi=120)
+    FigureCanvasAgg(fig)  # a renderer to measure the caption with
     ax = fig.subplots()
     for mechanism, rows in bins.groupby("mechanism", sort=False):
         x = np.arange(len(rows))
-        colour = PLOT_COLOURS.get(mechanism)
-        ax.plot(x, rows["mean_level"], marker="o", color=colour, label=mechanism)
-        ax.fill_between(x, rows["ci_low"], rows["ci_high"], color=colour, alpha=0.2, linewidth=0)
-        labels = list(rows["bin"])
-    ax.set_xticks(np.arange(len(labels)), labels)
-    ax.set_xlabel("n-th response of the responder")
+        colour = MECHANISM_COLOURS.get(mechanism)
+        ax.plot(
+            x,
+            rows["mean_level"],
+            color=colour,
+            label=mechanism,
+            linestyle=MECHANISM_LINESTYLES.get(mechanism, "-"),
+            marker=MECHANISM_MARKERS.get(mechanism, "o"),
+            linewidth=1.8,
+            markersize=6,
+        )
+        ax.fill_between(x, rows["ci_low"], rows["ci_high"], color=colour, alpha=0.15, linewidth=0)
+    labels = bin_count_labels(bins)
+    ax.set_xticks(np.arange(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("n-th response of the responder (under each bin: n responses, r responders)")
     ax.set_ylabel("mean predicted level (0-2)")
     ax.set_ylim(0, 2)
     ax.set_title(title)
-    ax.text(0.01, 0.01, f"bands: {ci:.0%} CI, responders resampled", transform=ax.transAxes,
-            fontsize=8, color="#555")
+    ax.text(
+        0.01,
+        0.01,
+        f"bands: {ci:.0%} CI, responders resampled",
+        transform=ax.transAxes,
+        fontsize=8,
+        color="#555",
+    )
     ax.grid(alpha=0.3)
-    ax.legend(title="mechanism", loc="upper right")
-    fig.tight_layout()
+    ax.legend(title="mechanism", loc="best")
+    bottom = 0.0
+    if summary is not None:
+        # The figure grows by the caption's height; the caption sits under the axes.
+        box = {"boxstyle": "round,pad=0.4", "facecolor": "#f4f4f4", "edgecolor": "#bbb"}
+        text = fig.text(
+            0.012, 0, trend_caption(summary), fontsize=7, va="bottom", ha="left", bbox=box
+        )
+        caption_inches = text.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi + 0.2
+        fig.set_figheight(fig.get_figheight() + caption_inches)
+        text.set_y(0.08 / fig.get_figheight())
+        bottom = caption_inches / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     return fig
 
 
@@ -419,7 +569,9 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
 
 
-def write_outputs(result: OverTimeResult, output_dir: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Path]:
+def write_outputs(
+    result: OverTimeResult, output_dir: str | os.PathLike, *, overwrite: bool = False
+) -> dict[str, Path]:
     """Write over_time.csv, over_time.png and summary.json atomically; refuse to replace existing
     ones unless ``overwrite``."""
     import json
@@ -428,10 +580,14 @@ def write_outputs(result: OverTimeResult, output_dir: str | os.PathLike, *, over
     paths = {name: output_dir / name for name in OUTPUT_NAMES}
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"not overwriting {', '.join(existing)}: pass overwrite=true or choose another output_dir")
+        raise FileExistsError(
+            f"not overwriting {', '.join(existing)}: pass overwrite=true or choose another output_dir"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
-    _atomic(paths["over_time.csv"], lambda p: result.bins.to_csv(p, index=False, float_format="%.6g"))
-    figure = plot_over_time(result.bins, ci=result.summary["ci"])
+    _atomic(
+        paths["over_time.csv"], lambda p: result.bins.to_csv(p, index=False, float_format="%.6g")
+    )
+    figure = plot_over_time(result.bins, ci=result.summary["ci"], summary=result.summary)
     _atomic(paths["over_time.png"], lambda p: figure.savefig(p, format="png"))
 
     def dump(p: Path) -> None:
