@@ -10,8 +10,14 @@ from empathy.data.read import DataError, Example, read_epitome_csv, split_ration
 def test_reads_multiline_quotes_commas_emoji_and_html(write_csv):
     path = write_csv(
         [
-            ("s1", "r1", "Line one\nline two, with \"quotes\"", "I'm sorry &amp; I care 😊", "2",
-             "I care 😊| |sorry &amp;|"),
+            (
+                "s1",
+                "r1",
+                'Line one\nline two, with "quotes"',
+                "I'm sorry &amp; I care 😊",
+                "2",
+                "I care 😊| |sorry &amp;|",
+            ),
             ("s2", "r2", "Plain", "Plain answer", "0", ""),
         ]
     )
@@ -30,7 +36,11 @@ def test_reads_multiline_quotes_commas_emoji_and_html(write_csv):
 def test_html_left_alone_when_asked(write_csv):
     path = write_csv([("s1", "r1", "a &gt; b", "c &amp; d", "1", "c &amp; d")])
     (e,), _ = read_epitome_csv(path, unescape_html=False)
-    assert (e.seeker_post, e.response_post, e.rationales) == ("a &gt; b", "c &amp; d", ("c &amp; d",))
+    assert (e.seeker_post, e.response_post, e.rationales) == (
+        "a &gt; b",
+        "c &amp; d",
+        ("c &amp; d",),
+    )
 
 
 def test_example_is_frozen(write_csv):
@@ -47,7 +57,9 @@ def test_split_rationales():
 
 def test_utf8_bom_is_ignored(tmp_path):
     path = tmp_path / "bom.csv"
-    path.write_bytes(b"\xef\xbb\xbfsp_id,rp_id,seeker_post,response_post,level,rationales\ns,r,a,b,1,b\n")
+    path.write_bytes(
+        b"\xef\xbb\xbfsp_id,rp_id,seeker_post,response_post,level,rationales\ns,r,a,b,1,b\n"
+    )
     (e,), _ = read_epitome_csv(path)
     assert e.sp_id == "s" and e.rationales == ("b",)
 
@@ -73,11 +85,19 @@ CONFLICT_ROWS = [
 def test_conflicts_dropped_by_default(write_csv):
     examples, report = read_epitome_csv(write_csv(CONFLICT_ROWS))
     # Copies that differ only in rationales are merged (union of pieces), not dropped.
-    assert [(e.key, e.rationales) for e in examples] == [(("s2", "r2"), ()), (("s3", "r3"), ("q", "other"))]
+    assert [(e.key, e.rationales) for e in examples] == [
+        (("s2", "r2"), ()),
+        (("s3", "r3"), ("q", "other")),
+    ]
     assert [(c["rp_id"], c["rows"], c["fields"], c["resolution"]) for c in report.conflicts] == [
         ("r1", [1, 3], ["level"], "drop"),
     ]
-    assert {"sp_id": "s3", "rp_id": "r3", "rows": [4, 5], "rationales_merged": 2} in report.duplicates_merged
+    assert {
+        "sp_id": "s3",
+        "rp_id": "r3",
+        "rows": [4, 5],
+        "rationales_merged": 2,
+    } in report.duplicates_merged
     assert sorted(d["row"] for d in report.rows_dropped) == [1, 3]
     assert all("conflicting" in d["reason"] for d in report.rows_dropped)
     assert report.to_dict()["rows_dropped"] == 2
@@ -108,12 +128,45 @@ def test_bad_on_conflict():
 
 
 def test_missing_column(write_csv):
-    path = write_csv([("s", "r", "a", "b", "0")], header=("sp_id", "rp_id", "seeker_post", "response_post", "level"))
+    path = write_csv(
+        [("s", "r", "a", "b", "0")],
+        header=("sp_id", "rp_id", "seeker_post", "response_post", "level"),
+    )
     with pytest.raises(DataError) as info:
         read_epitome_csv(path)
     message = str(info.value)
     assert str(path) in message and "line 1" in message and "'rationales'" in message
     assert "missing column" in message and info.value.column == "rationales"
+
+
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        (
+            ("sp_id", "rp_id", "seeker_post", "response_post", "level", "rationales", "level"),
+            "'level' (columns 5 and 7)",
+        ),
+        (
+            (
+                "sp_id",
+                "rp_id",
+                "seeker_post",
+                "response_post",
+                "level",
+                "rationales",
+                " response_post ",
+            ),
+            "'response_post' (columns 4 and 7)",
+        ),  # names are compared stripped, as they are used
+    ],
+)
+def test_duplicate_column_names(write_csv, header, named):
+    path = write_csv([("s", "r", "a", "b", "0", "b", "1")], header=header)
+    with pytest.raises(DataError) as info:
+        read_epitome_csv(path)
+    message = str(info.value)
+    assert str(path) in message and "line 1" in message and "duplicate column names" in message
+    assert named in message and info.value.line == 1
 
 
 @pytest.mark.parametrize("level", ["3", "-1", "high", "", "1.5"])
@@ -130,7 +183,14 @@ def test_bad_level(write_csv, level):
 
 @pytest.mark.parametrize("column", ["seeker_post", "response_post"])
 def test_empty_post(write_csv, column):
-    row = {"sp_id": "s", "rp_id": "r", "seeker_post": "a", "response_post": "b", "level": "0", "rationales": ""}
+    row = {
+        "sp_id": "s",
+        "rp_id": "r",
+        "seeker_post": "a",
+        "response_post": "b",
+        "level": "0",
+        "rationales": "",
+    }
     row[column] = "  "
     path = write_csv([("s0", "r0", "x", "y", "1", "y"), tuple(row.values())])
     with pytest.raises(DataError) as info:
@@ -150,13 +210,17 @@ def test_undecodable_bytes_name_the_row(tmp_path):
     with pytest.raises(DataError) as info:
         read_epitome_csv(path)
     message = str(info.value)
-    assert str(path) in message and "row 2 (line 3)" in message and "column 'seeker_post'" in message
+    assert (
+        str(path) in message and "row 2 (line 3)" in message and "column 'seeker_post'" in message
+    )
     assert "UTF-8" in message
 
 
 def test_wrong_number_of_fields(tmp_path):
     path = tmp_path / "fields.csv"
-    path.write_text("sp_id,rp_id,seeker_post,response_post,level,rationales\ns,r,a, b,c,1,\n", encoding="utf-8")
+    path.write_text(
+        "sp_id,rp_id,seeker_post,response_post,level,rationales\ns,r,a, b,c,1,\n", encoding="utf-8"
+    )
     with pytest.raises(DataError, match=r"row 1 \(line 2\).*7 fields; expected 6"):
         read_epitome_csv(path)
 
@@ -169,7 +233,10 @@ def test_empty_file(tmp_path):
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("name", ["emotional-reactions-reddit.csv", "interpretations-reddit.csv", "explorations-reddit.csv"])
+@pytest.mark.parametrize(
+    "name",
+    ["emotional-reactions-reddit.csv", "interpretations-reddit.csv", "explorations-reddit.csv"],
+)
 def test_real_files_read(real_data_dir, name):
     examples, report = read_epitome_csv(real_data_dir / name)
     assert report.rows_read == 3084
@@ -178,5 +245,9 @@ def test_real_files_read(real_data_dir, name):
     # 3,023 unique keys: each one is kept, or dropped with all its copies as a conflict.
     assert len(keys) + len(report.conflicts) == 3023
     assert all(c["resolution"] == "drop" for c in report.conflicts)
-    assert len(examples) == report.rows_kept == 3084 - report.n_duplicates_merged - len(report.rows_dropped)
+    assert (
+        len(examples)
+        == report.rows_kept
+        == 3084 - report.n_duplicates_merged - len(report.rows_dropped)
+    )
     assert not any("&amp;" in e.response_post for e in examples)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import html
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -97,6 +97,26 @@ class ReadReport:
         }
 
 
+def check_unique_columns(path: str | Path, names: Sequence[str], *, line: int | None = 1) -> None:
+    """Raise a :class:`DataError` naming every column name that appears more than once, with its
+    1-based positions: a reader keyed by name would keep only one of their values."""
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(names, start=1):
+        positions.setdefault(name, []).append(i)
+    repeated = {name: where for name, where in positions.items() if len(where) > 1}
+    if repeated:
+        listed = ", ".join(
+            f"{name!r} (columns {', '.join(map(str, where[:-1]))} and {where[-1]})"
+            for name, where in repeated.items()
+        )
+        raise DataError(
+            path,
+            f"duplicate column names: {listed}; expected each column name once",
+            line=line,
+            column=next(iter(repeated)),
+        )
+
+
 def split_rationales(text: str) -> tuple[str, ...]:
     """``"a | b||"`` -> ``("a", "b")``: split on ``|``, strip, drop empty pieces."""
     return tuple(p.strip() for p in text.split(RATIONALE_SEPARATOR) if p.strip())
@@ -137,7 +157,8 @@ def _records(path: Path, text: str) -> Iterator[tuple[int, int, list[str]]]:
             row += 1
     except csv.Error as err:
         raise DataError(
-            path, f"malformed CSV ({err}); expected quoted fields closed by a double quote",
+            path,
+            f"malformed CSV ({err}); expected quoted fields closed by a double quote",
             line=reader.line_num,
         ) from err
 
@@ -149,8 +170,11 @@ def _parse_level(path: Path, value: str, row: int, line: int) -> int:
         level = None
     if level not in LEVELS:
         raise DataError(
-            path, f"level {value!r} is not one of {', '.join(map(str, LEVELS))}",
-            row=row, line=line, column="level",
+            path,
+            f"level {value!r} is not one of {', '.join(map(str, LEVELS))}",
+            row=row,
+            line=line,
+            column="level",
         )
     return level
 
@@ -176,13 +200,19 @@ def read_epitome_csv(
     try:
         _, _, header = next(records)
     except StopIteration:
-        raise DataError(path, f"the file is empty; expected a header {','.join(COLUMNS)}", line=1) from None
+        raise DataError(
+            path, f"the file is empty; expected a header {','.join(COLUMNS)}", line=1
+        ) from None
     header = [h.strip() for h in header]
+    check_unique_columns(path, header)
     for column in COLUMNS:
         if column not in header:
             raise DataError(
-                path, f"missing column; expected a header with {','.join(COLUMNS)}, found {','.join(header)}",
-                row=None, line=1, column=column,
+                path,
+                f"missing column; expected a header with {','.join(COLUMNS)}, found {','.join(header)}",
+                row=None,
+                line=1,
+                column=column,
             )
     index = {c: header.index(c) for c in COLUMNS}
 
@@ -192,20 +222,27 @@ def read_epitome_csv(
         report.rows_read += 1
         if len(fields) != len(header):
             raise DataError(
-                path, f"found {len(fields)} fields; expected {len(header)} ({','.join(header)}): "
+                path,
+                f"found {len(fields)} fields; expected {len(header)} ({','.join(header)}): "
                 "is a field with a comma or a line break not quoted?",
-                row=row, line=line,
+                row=row,
+                line=line,
             )
         for column, i in index.items():
             if _has_undecodable(fields[i]) is not None:
                 raise DataError(
-                    path, "bytes that are not valid UTF-8; expected a UTF-8 encoded file",
-                    row=row, line=line, column=column,
+                    path,
+                    "bytes that are not valid UTF-8; expected a UTF-8 encoded file",
+                    row=row,
+                    line=line,
+                    column=column,
                 )
         values = {c: fields[i] for c, i in index.items()}
         for column in ("sp_id", "rp_id", "seeker_post", "response_post"):
             if not values[column].strip():
-                raise DataError(path, "empty value; expected non-empty text", row=row, line=line, column=column)
+                raise DataError(
+                    path, "empty value; expected non-empty text", row=row, line=line, column=column
+                )
         example = Example(
             sp_id=values["sp_id"].strip(),
             rp_id=values["rp_id"].strip(),
@@ -249,10 +286,17 @@ def read_epitome_csv(
                 path,
                 f"(sp_id, rp_id) = ({sp_id}, {rp_id}) appears in rows {rows} with different "
                 f"{', '.join(differing)}; expected one value (or set on_conflict to drop or first)",
-                row=group[1].row, column=differing[0],
+                row=group[1].row,
+                column=differing[0],
             )
         report.conflicts.append(
-            {"sp_id": sp_id, "rp_id": rp_id, "rows": rows, "fields": differing, "resolution": on_conflict}
+            {
+                "sp_id": sp_id,
+                "rp_id": rp_id,
+                "rows": rows,
+                "fields": differing,
+                "resolution": on_conflict,
+            }
         )
         reason = f"conflicting duplicate of ({sp_id}, {rp_id}): {', '.join(differing)} differ in rows {rows}"
         if on_conflict == "first":
@@ -261,7 +305,9 @@ def read_epitome_csv(
         else:
             dropped = group
         for e in dropped:
-            report.rows_dropped.append({"row": e.row, "sp_id": sp_id, "rp_id": rp_id, "reason": reason})
+            report.rows_dropped.append(
+                {"row": e.row, "sp_id": sp_id, "rp_id": rp_id, "reason": reason}
+            )
     kept.sort(key=lambda e: e.row)
     report.rows_kept = len(kept)
     return kept, report

@@ -70,6 +70,7 @@ def predict_from_config(cfg: DictConfig) -> PredictSummary:
         max_chars=cfg.max_chars,
         chunk_rows=cfg.chunk_rows,
         progress=cfg.progress,
+        csv_formulas=cfg.csv_formulas,
     )
 
 
