@@ -28,10 +28,11 @@ HYDRA_KEYS = frozenset({"_target_", "_args_", "_partial_", "_recursive_", "_conv
 CALLABLE_KEYS = ("optimizer", "scheduler")
 # The project's schedules, by the names configs use.
 SCHEDULES = ("empathy.models.module.linear_schedule",)
-# The project's data modules, by the names configs use (older names kept for older run folders).
+# The project's data module, by the names configs use (the joint model's data module of earlier
+# versions is the same data module now).
 DATAMODULES = {
     "empathy.data.datamodule.EpitomeDataModule": ("empathy.data.datamodule", "EpitomeDataModule"),
-    "empathy.data.joint.JointEpitomeDataModule": ("empathy.data.joint", "JointEpitomeDataModule"),
+    "empathy.data.joint.JointEpitomeDataModule": ("empathy.data.datamodule", "EpitomeDataModule"),
 }
 
 

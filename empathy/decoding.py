@@ -10,57 +10,33 @@ the probability of "rationale" [batch, tokens] and :func:`decode_rationales` int
 3. short spans: runs shorter than ``min_span`` tokens (after filling) are removed;
 4. fallback: with ``fallback``, a row whose predicted level is above 0 but which has no token
    left is given every token of its mask (the level head says the mechanism is there, the
-   rationale head is unsure where: the whole response is its best guess; in 3-fold CV of the
-   joint model the rationale head left 20% of ER rows with gold level > 0 empty).
+   rationale head is unsure where: the whole response is its best guess).
 
 Tokens outside the mask are always 0. ``threshold=0.5, fill_gaps=0, min_span=1`` is the
 argmax of a 2-class softmax (ties aside, where argmax picks "not rationale").
 
 :class:`RationaleDecoding` holds one such setting (validated, buildable from a config
 mapping, which may hold settings per mechanism: ``{threshold: 0.2, fill_gaps: 2, IP: {fill_gaps:
-6}}`` decodes IP with gaps of 6 filled and the other mechanisms with 2);
-:class:`DecodingGrid` scores a grid of settings at once during validation, with the strict IOU
-F1 of :mod:`empathy.metrics`, so the best decoding can be picked on the validation split.
+6}}`` decodes IP with gaps of 6 filled and the other mechanisms with 2). The study scores many
+of them at once to choose one (:class:`empathy.study.grids.DecodingGrid`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from empathy import MECHANISMS
-from empathy.metrics import RationaleIOUF1, RationaleTokenF1
 
 __all__ = [
-    "DecodingGrid",
     "RationaleDecoding",
     "decode_rationales",
     "decoding_config",
     "rationale_probs",
 ]
-
-# The grid reaches below 0.2 and beyond gaps of 2: in 3-fold cross-validation of the joint model
-# the best IP and ER decodings sat on the corner t0.2g2 of the first grid (0.2-0.7 x 0-2), then
-# on the edge g8 of the second (gaps 0-8); 32 tokens is a quarter of max_len 128.
-DEFAULT_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-DEFAULT_FILL_GAPS = (0, 1, 2, 4, 8, 16, 32)
-# What `python -m empathy.evaluate split=dev decoding_grid=extended` scores instead of the default
-# grid: short spans dropped and the fallback. In 3-fold CV of the joint default (session 6) its best
-# decodings beat the chosen ones by 1.6 / 1.5 / 2.0 strict IOU-F1 points (ER / IP / EX), mostly from
-# min_span; a fallback that ignored the predicted level would have gained +5 on ER and IP, but only
-# because the strict metric scores rows whose gold level is > 0. Scored on a trained model only
-# (about 4 minutes a fold on the 2-core CPU): too slow for every epoch.
-EXTENDED_GRID = {
-    "thresholds": (0.1, 0.2, 0.3, 0.4, 0.5),
-    "fill_gaps": (2, 4, 8, 16, 32),
-    "min_spans": (1, 2, 3, 5),
-    "fallbacks": (False, True),
-}
-
 
 # ---------------------------------------------------------------------------------------
 # argument checks
@@ -326,128 +302,3 @@ def decoding_config(config: Mapping[str, object] | None, mechanisms: Sequence[st
         if own != shared:
             out[name] = own.to_dict()
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# scoring a grid of decodings during validation
-# ---------------------------------------------------------------------------------------
-
-
-class DecodingGrid(nn.Module):
-    """Strict rationale IOU F1 (and optionally token F1) of every decoding in a grid.
-
-    The grid is ``thresholds`` x ``fill_gaps`` x ``min_spans`` x ``fallbacks`` (by default one
-    min_span, 1, and no fallback: 63 decodings; :data:`EXTENDED_GRID` holds 200 more). ``update`` scores rows
-    whose gold ``level`` is > 0 against the strict labels, as ``RationaleMetrics`` does for
-    its ``*_strict`` values; each decoding has its own :class:`~empathy.metrics.RationaleIOUF1`
-    (sum states, ``dist_reduce_fx="sum"``), so ``compute`` syncs across processes like the
-    other metrics. ``compute`` returns floats under ``rationale_iou_f1@<tag>`` (and
-    ``rationale_token_f1@<tag>`` with ``token_f1=True``), e.g. ``rationale_iou_f1@t0.4g1``;
-    nan when no row with level > 0 was seen since the last reset.
-
-    Cost: one copy of the batch to the CPU per ``update``; the decodings and span matching
-    run there (the IOU metric matches spans on the CPU anyway).
-    """
-
-    IOU_PREFIX = "rationale_iou_f1"
-    TOKEN_PREFIX = "rationale_token_f1"
-
-    def __init__(
-        self,
-        thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-        fill_gaps: Sequence[int] = DEFAULT_FILL_GAPS,
-        min_spans: Sequence[int] = (1,),
-        fallbacks: Sequence[bool] = (False,),
-        token_f1: bool = False,
-        iou_threshold: float = 0.5,
-    ) -> None:
-        super().__init__()
-        if not thresholds or not fill_gaps or not min_spans or not fallbacks:
-            raise ValueError(
-                f"thresholds, fill_gaps, min_spans and fallbacks must be non-empty, got {list(thresholds)}, "
-                f"{list(fill_gaps)}, {list(min_spans)} and {list(fallbacks)}"
-            )
-        self.decodings: list[RationaleDecoding] = [
-            RationaleDecoding(threshold=t, fill_gaps=g, min_span=m, fallback=f)
-            for f in fallbacks
-            for m in min_spans
-            for t in thresholds
-            for g in fill_gaps
-        ]
-        tags = [d.tag for d in self.decodings]
-        duplicates = sorted({tag for tag in tags if tags.count(tag) > 1})
-        if duplicates:
-            raise ValueError(
-                f"the decoding grid has duplicate settings {duplicates} (thresholds "
-                f"{list(thresholds)}, fill_gaps {list(fill_gaps)})"
-            )
-        self.token_f1 = token_f1
-        # ModuleDict keys cannot hold '.', so the metrics are indexed by position in the grid
-        self.iou = nn.ModuleList(RationaleIOUF1(threshold=iou_threshold) for _ in self.decodings)
-        self.token = nn.ModuleList(RationaleTokenF1() for _ in self.decodings) if token_f1 else None
-
-    def update(
-        self, probs: Tensor, target_strict: Tensor, mask: Tensor, level: Tensor, pred_level: Tensor | None = None
-    ) -> None:
-        """Add a batch: ``probs`` [batch, tokens] rationale probabilities, ``target_strict``
-        and ``mask`` [batch, tokens] 0/1, ``level`` [batch] gold levels, ``pred_level`` [batch]
-        the predicted ones (for decodings with the fallback; None: every row counts as > 0)."""
-        _check_probs_and_mask(probs, mask)
-        if not isinstance(target_strict, Tensor) or target_strict.shape != probs.shape:
-            got = (
-                tuple(target_strict.shape)
-                if isinstance(target_strict, Tensor)
-                else type(target_strict).__name__
-            )
-            raise ValueError(
-                f"target_strict must have the shape of probs {tuple(probs.shape)}, got {got}"
-            )
-        if not isinstance(level, Tensor) or level.ndim != 1 or level.shape[0] != probs.shape[0]:
-            got = tuple(level.shape) if isinstance(level, Tensor) else type(level).__name__
-            raise ValueError(
-                f"level must be a 1-D tensor with one gold level per example "
-                f"({probs.shape[0]}), got {got}"
-            )
-        # Always update (possibly with zero rows) so every DDP rank syncs the same states.
-        keep = level.detach().cpu() > 0
-        probs = probs.detach().cpu()[keep]
-        target = target_strict.detach().cpu()[keep]
-        mask = mask.detach().cpu()[keep]
-        pred_level = None if pred_level is None else pred_level.detach().cpu()[keep]
-        for i, decoding in enumerate(self.decodings):
-            preds = decoding.decode(probs, mask, pred_level)
-            self.iou[i].update(preds, target, mask)
-            if self.token is not None:
-                self.token[i].update(preds, target, mask)
-
-    def compute(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for i, decoding in enumerate(self.decodings):
-            out[f"{self.IOU_PREFIX}@{decoding.tag}"] = float(self.iou[i].compute())
-            if self.token is not None:
-                out[f"{self.TOKEN_PREFIX}@{decoding.tag}"] = float(self.token[i].compute())
-        return out
-
-    def best(self) -> tuple[RationaleDecoding, float]:
-        """The decoding with the highest strict IOU F1, and that score.
-
-        Ties go to the smaller ``fill_gaps``, then the threshold nearest 0.5, then the lower
-        threshold. With nothing scored (every value nan) this is the most preferred decoding
-        of the grid by that order, with score nan.
-        """
-        values = self.compute()
-        scores = [values[f"{self.IOU_PREFIX}@{d.tag}"] for d in self.decodings]
-
-        def rank(i: int) -> tuple:
-            score_key = -math.inf if math.isnan(scores[i]) else scores[i]
-            return (-score_key, *self.decodings[i].preference)
-
-        i = min(range(len(self.decodings)), key=rank)
-        return self.decodings[i], scores[i]
-
-    def reset(self) -> None:
-        for metric in self.iou:
-            metric.reset()
-        if self.token is not None:
-            for metric in self.token:
-                metric.reset()

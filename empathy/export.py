@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from empathy import CONFIG_DIR, runner
-from empathy.predict.predictor import CONFIG_FILE, export_model
+from empathy.models.export import CONFIG_FILE, export_model
 
 
 def export(cfg: DictConfig) -> Path:
@@ -28,12 +28,13 @@ def export(cfg: DictConfig) -> Path:
         hydra.utils.to_absolute_path(cfg.out),
         overwrite=cfg.overwrite,
         seeker=cfg.seeker,
-        mechanism=cfg.get("mechanism"),
+        mechanisms=list(cfg.mechanisms) if cfg.get("mechanisms") else None,
     )
     config = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
     seeker = config.get("seeker") or {}
     how = {"stored": f"stored in {seeker.get('file')}", "pretrained": f"referenced: {seeker.get('pretrained_path')}"}
-    print(f"exported {config['mechanism']} model to {out} (seeker encoder {how.get(seeker.get('source'), 'none')})")
+    print(f"exported the model of {', '.join(config['mechanisms'])} to {out} (seeker encoder "
+          f"{how.get(seeker.get('source'), 'none')})")
     return out
 
 

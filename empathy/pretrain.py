@@ -22,7 +22,8 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from empathy import CONFIG_DIR, results, runner
+from empathy import CONFIG_DIR, runner
+from empathy.hardware import hardware
 from empathy.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def build_datamodule(cfg: DictConfig):
     epitome["data_dir"] = hydra.utils.to_absolute_path(data.data_dir)
     if epitome.get("split_file"):
         epitome["split_file"] = hydra.utils.to_absolute_path(epitome["split_file"])
-    epitome["mechanisms"] = OmegaConf.to_container(cfg.mechanisms, resolve=True)
+    epitome["mechanisms"] = OmegaConf.to_container(data.mechanism_files, resolve=True)
     corpus = OmegaConf.to_container(cfg.corpus, resolve=True)
     if corpus.get("files"):
         corpus["files"] = [hydra.utils.to_absolute_path(f) for f in corpus["files"]]
@@ -105,7 +106,7 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "max_len": cfg.datamodule.max_len,
         "seed": cfg.seed,
         "encoder_folder": str(folder),
-        "hardware": results.hardware(),
+        "hardware": hardware(),
     }
     if trainer.is_global_zero:
         module.save_encoder(folder, datamodule.tokenizer)

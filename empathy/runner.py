@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from empathy import CONFIG_DIR, JOINT, allowlist
+from empathy import CONFIG_DIR, JOINT, MECHANISMS, allowlist
 from empathy.data.datamodule import EpitomeDataModule
 
 # Data settings that define the split and the labels; stored in checkpoints so that evaluation
@@ -21,6 +21,7 @@ DATA_KEYS = (
     "max_len", "rationale_policy", "on_conflict", "unescape_html", "split_fractions", "split_seed", "split_file",
     "split_scope", "mechanism_files", "cv_folds", "cv_fold",
 )
+DATAMODULE = "empathy.data.datamodule.EpitomeDataModule"
 # What a checkpoint written before a data key existed was trained with.
 LEGACY_DATA = {"split_scope": "mechanism", "mechanism_files": None, "cv_folds": 0, "cv_fold": 0}
 
@@ -51,15 +52,46 @@ def compose_config(
     return cfg
 
 
+def config_choices(name: str, overrides: Sequence[str] = ()) -> dict[str, str]:
+    """Which option of each config group ``conf/<name>.yaml`` with ``overrides`` chooses
+    (``{"model": "joint", "encoder": "minilm", ...}``)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=list(overrides), return_hydra_config=True)
+    return {str(k): str(v) for k, v in cfg.hydra.runtime.choices.items()}
+
+
+def config_mechanisms(cfg: Mapping[str, Any]) -> list[str]:
+    """The mechanisms a (composed or saved) config trains: ``mechanism.mechanisms``; a run folder
+    of an earlier version names one ``mechanism.name``, or all of ``data.mechanism_files`` for
+    its joint model."""
+    mechanism = cfg.get("mechanism") or {}
+    if mechanism.get("mechanisms"):
+        return list(mechanism["mechanisms"])
+    if str((cfg.get("model") or {}).get("_target_", "")).endswith(".JointEmpathyModule"):
+        return [m for m in MECHANISMS if m in (cfg.get("data") or {}).get("mechanism_files", {})]
+    return [mechanism["name"]]
+
+
+def mechanisms_label(mechanisms: Sequence[str]) -> str:
+    """A model's name in run names and results tables: its mechanism, or ``joint`` for several."""
+    return mechanisms[0] if len(mechanisms) == 1 else JOINT
+
+
 def build_datamodule(
-    cfg: DictConfig, data_overrides: Mapping[str, Any] | None = None, *, source: str = "data"
+    cfg: DictConfig,
+    data_overrides: Mapping[str, Any] | None = None,
+    *,
+    mechanisms: Sequence[str] | None = None,
+    source: str = "data",
 ) -> EpitomeDataModule:
-    """The data module of ``cfg.data``, built by calling the project's class directly (never
-    ``instantiate``): ``data_overrides`` (a checkpoint's data settings) and, for a config loaded
-    from a file (``source`` names it), the whole data config must be plain values
-    (:mod:`empathy.allowlist`)."""
+    """The data module of ``cfg.data`` for ``mechanisms`` (default: the config's), built by
+    calling the project's class directly (never ``instantiate``): ``data_overrides`` (a
+    checkpoint's data settings) and, for a config loaded from a file (``source`` names it), the
+    whole data config must be plain values (:mod:`empathy.allowlist`)."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    cls = allowlist.datamodule_class(str(data.pop("_target_", "empathy.data.datamodule.EpitomeDataModule")))
+    cls = allowlist.datamodule_class(str(data.pop("_target_", DATAMODULE)))
     if data_overrides is not None:  # a checkpoint's data settings: keys it predates get their old values
         allowlist.check_plain(data_overrides, f"{source}: data_config")
         data.update({k: v for k, v in LEGACY_DATA.items() if k not in data_overrides})
@@ -73,14 +105,13 @@ def build_datamodule(
         data["split_file"] = hydra.utils.to_absolute_path(data["split_file"])
     return cls(
         **data,
-        mechanism=cfg.mechanism.name,
-        mechanism_file=cfg.mechanism.file,
+        mechanisms=list(mechanisms or config_mechanisms(cfg)),
         encoder=encoder,
         seed=cfg.get("seed", 12),
     )
 
 
-def class_weights(cfg: DictConfig, datamodule: EpitomeDataModule) -> list[float] | None:
+def class_weights(cfg: DictConfig, datamodule: EpitomeDataModule) -> dict[str, list[float]] | list[float] | None:
     weights = cfg.loss.get("class_weights")
     if weights is None:
         return None
@@ -94,50 +125,14 @@ def class_weights(cfg: DictConfig, datamodule: EpitomeDataModule) -> list[float]
     return weights
 
 
-def is_joint(cfg: DictConfig) -> bool:
-    """Whether the config trains the joint model (``model=joint``: all mechanisms at once)."""
-    from empathy.models.joint import JointEmpathyModule
-
-    target = (cfg.get("model") or {}).get("_target_")
-    return bool(target) and issubclass(hydra.utils.get_class(target), JointEmpathyModule)
-
-
-def check_mechanism_override(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """The joint model (the default) trains ER, IP and EX at once: a ``mechanism=`` override
-    would be ignored without a word (a ``-m mechanism=ER,IP,EX`` sweep would train one model three
-    times), so it is an error that says how to train one mechanism."""
-    if not is_joint(cfg):
-        return
-    for override in overrides:
-        key, _, value = override.partition("=")
-        key = key.lstrip("+~")
-        if key == "mechanism" or key.startswith("mechanism."):
-            raise ValueError(
-                f"{override}: the joint model (model=joint, the default) trains ER, IP and EX at once and has no "
-                f"mechanism to choose; add model=biencoder to train one mechanism (model=biencoder mechanism={value})"
-            )
-
-
-def mechanism_name(cfg: DictConfig) -> str:
-    """The mechanism a run trains: ``joint`` for the joint model (``mechanism=`` is ignored)."""
-    return JOINT if is_joint(cfg) else cfg.mechanism.name
-
-
 def build_module(cfg: DictConfig, datamodule: EpitomeDataModule):
-    from empathy.data.joint import JointEpitomeDataModule
-
+    """The LightningModule of ``cfg.model`` (the project's own config) for the data module's
+    mechanisms, with the data settings that define its split stored in its checkpoints."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    joint = is_joint(cfg)
-    if joint != isinstance(datamodule, JointEpitomeDataModule):
-        raise ValueError(
-            f"model {cfg.model._target_} with data {type(datamodule).__name__}: the joint model needs the joint "
-            "data module and only it takes it (model=joint sets both)"
-        )
     return hydra.utils.instantiate(
         cfg.model,
         encoder=OmegaConf.to_container(cfg.encoder, resolve=True),
-        mechanism=mechanism_name(cfg),
-        **({"mechanisms": list(datamodule.mechanisms)} if joint else {}),
+        mechanisms=list(datamodule.mechanisms),
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         rationale_policy=cfg.data.rationale_policy,
         max_len=cfg.data.max_len,
@@ -186,8 +181,9 @@ def build_loggers(
         extra: dict[str, Any] = {}
         if logger_cfg._target_.endswith("WandbLogger"):
             job = run_id()
-            name = name or f"{mechanism_name(cfg)}-{cfg.encoder.name}-seed{cfg.seed}"
-            default_tags = [mechanism_name(cfg), cfg.encoder.name] if "mechanism" in cfg else [cfg.encoder.name]
+            label = mechanisms_label(config_mechanisms(cfg)) if "mechanism" in cfg else None
+            name = name or f"{label}-{cfg.encoder.name}-seed{cfg.seed}"
+            default_tags = [label, cfg.encoder.name] if label else [cfg.encoder.name]
             extra = {
                 "name": name + (f"-{job}" if job else ""),
                 "group": cfg.get("group") or sweep_name(),
@@ -222,17 +218,17 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def log_confusion(loggers, module, prefix: str) -> None:
-    """Confusion-matrix images for W&B (rows: gold level, columns: predicted): ``<prefix>`` for a
-    single-mechanism model, ``<prefix>/<M>`` per mechanism for the joint one."""
+    """Confusion-matrix images for W&B (rows: gold level, columns: predicted), one per mechanism
+    under ``<prefix>/<M>``."""
     wandb_loggers = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
     if not wandb_loggers:
         return
     for key, confusion in getattr(module, "last_confusion", {}).items():
         if key == prefix or key.startswith(f"{prefix}/"):
-            _log_confusion_image(wandb_loggers, confusion, key, module.hparams.mechanism)
+            _log_confusion_image(wandb_loggers, confusion, key)
 
 
-def _log_confusion_image(wandb_loggers, confusion, key: str, mechanism: str) -> None:
+def _log_confusion_image(wandb_loggers, confusion, key: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,7 +245,7 @@ def _log_confusion_image(wandb_loggers, confusion, key: str, mechanism: str) -> 
     ax.set_yticks(range(confusion.shape[0]))
     ax.set_xlabel("predicted level")
     ax.set_ylabel("gold level")
-    ax.set_title(f"{key} {mechanism}")
+    ax.set_title(key)
     fig.tight_layout()
     for lg in wandb_loggers:
         lg.log_image(key=f"{key}/confusion_matrix", images=[fig])

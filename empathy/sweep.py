@@ -8,15 +8,17 @@ of the multirun, when it is also printed. Works with any launcher: it reads the 
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from empathy import results
 from empathy.io import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -24,10 +26,32 @@ log = logging.getLogger(__name__)
 COLUMNS = ("dev/macro_f1", "test/macro_f1")
 
 
+@dataclass
+class SweepJob:
+    path: Path
+    overrides: list[str]
+    metrics: dict[str, float] | None  # None: no metrics.json (failed, killed or still running)
+    fit_minutes: float | None
+
+
+def read_sweep_jobs(sweep_dir: Path) -> list[SweepJob]:
+    """The job folders of a multirun (those with a ``.hydra`` folder), in job order."""
+    folders = sorted((p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()),
+                     key=lambda p: (int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else 1 << 30, str(p)))
+    jobs = []
+    for folder in folders:
+        overrides_file = folder / ".hydra" / "overrides.yaml"
+        overrides = [str(o) for o in (yaml.safe_load(overrides_file.read_text()) or [])] if overrides_file.is_file() else []
+        payload = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else None
+        metrics = None if payload is None else {k: float(v) for k, v in payload.get("metrics", {}).items()}
+        jobs.append(SweepJob(folder.resolve(), overrides, metrics, None if payload is None else payload.get("fit_minutes")))
+    return jobs
+
+
 def summary_table(sweep_dir: str | Path, columns: tuple[str, ...] = COLUMNS) -> str:
     """A Markdown table of the jobs under ``sweep_dir`` (pure: reads the job folders)."""
     sweep_dir = Path(sweep_dir)
-    jobs = [results.read_job(folder) for folder in results.find_job_folders([sweep_dir])] if sweep_dir.is_dir() else []
+    jobs = read_sweep_jobs(sweep_dir) if sweep_dir.is_dir() else []
     finished = sum(job.metrics is not None for job in jobs)
     common = [o for o in jobs[0].overrides if all(o in job.overrides for job in jobs)] if len(jobs) > 1 else []
     lines = [

@@ -1,7 +1,8 @@
-"""Train the joint model (ER, IP and EX at once; the default) or a bi-encoder for one mechanism,
-keep the best checkpoint by dev macro-F1, test it.
+"""Train the bi-encoder on ER, IP and EX at once (the default) or on one mechanism, keep the best
+checkpoint by dev macro-F1, test it.
 
     python -m empathy.train                                           # ER, IP and EX in one model
+    python -m empathy.train mechanism=IP                              # a model of IP alone
     python -m empathy.train model=biencoder mechanism=IP loss.lambda_RE=0.5 seed=3
     python -m empathy.train -m seed=1,2,3                             # a Hydra multirun
     python -m empathy.train -m model=biencoder mechanism=ER,IP,EX     # one model per mechanism
@@ -25,7 +26,8 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from empathy import CONFIG_DIR, results, runner
+from empathy import CONFIG_DIR, runner
+from empathy.hardware import hardware
 from empathy.io import write_json_atomic
 from empathy.models.callbacks import ThreadShare
 
@@ -81,11 +83,12 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "best_checkpoint": best,
         "fit_minutes": round(fit_minutes, 3),
         "epochs": trainer.current_epoch,
-        "mechanism": runner.mechanism_name(cfg),
+        "mechanism": runner.mechanisms_label(datamodule.mechanisms),
+        "mechanisms": list(datamodule.mechanisms),
         "encoder": cfg.encoder.name,
         "seed": cfg.seed,
         "summary": datamodule.prepared.summary,
-        "hardware": results.hardware(),
+        "hardware": hardware(),
     }
     shares = [cb for cb in trainer.callbacks if isinstance(cb, ThreadShare) and cb.path is not None]
     if shares:  # a job of a local pool (reproduce_table.py --jobs): its threads, [global step, count] at each change
@@ -103,7 +106,6 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    runner.check_mechanism_override(cfg, HydraConfig.get().overrides.task)
     result = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     return result["metrics"].get(cfg.optimized_metric)
 

@@ -36,8 +36,8 @@ def main() -> None:
 
     from empathy import runner
     from empathy.evaluate import checkpoint_datamodule
-    from empathy.local_pool import usable_cores
     from empathy.models.module import EmpathyModule
+    from empathy.study.local_pool import usable_cores
 
     runner.quiet_libraries()
     torch.set_num_threads(args.threads or usable_cores())

@@ -6,7 +6,7 @@ load, search and filter timings in a real browser.
     python scripts/bench_report.py --page old.html      # time an existing page (no generation)
     python scripts/bench_report.py --keep /tmp/report.html
 
-Rows come from the three EPITOME CSVs in EMPATHY_DATA_DIR (default /work/shared/data/epitome-reddit;
+Rows come from the three EPITOME CSVs in EMPATHY_DATA_DIR (default ../shared/data/epitome-reddit beside the checkout;
 the annotated levels and rationales stand in for predictions), repeated with new ids to --rows, or
 synthetic ones when the CSVs are absent. The browser part drives headless Chromium over the
 DevTools protocol on a pipe (no extra packages) and measures, through the page's public controls
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-DEFAULT_DATA_DIR = "/work/shared/data/epitome-reddit"
+DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "epitome-reddit")
 EPITOME_FILES = {
     "ER": "emotional-reactions-reddit.csv",
     "IP": "interpretations-reddit.csv",

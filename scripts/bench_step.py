@@ -30,11 +30,10 @@ from pathlib import Path
 def training_steps(overrides: list[str], steps: int, folder: Path) -> tuple[Callable[[dict], None], list[dict]]:
     """The real training step of a train config (forward, loss, backward, clipping, optimiser) and
     its first ``steps + 1`` training batches. Also used by ``scripts/bench_threads.py``."""
-    import hydra
     import torch
     from omegaconf import open_dict
 
-    from empathy import runner
+    from empathy import allowlist, runner
     from empathy.models.module import SEEKER_STATES
 
     torch.manual_seed(0)
@@ -47,7 +46,7 @@ def training_steps(overrides: list[str], steps: int, folder: Path) -> tuple[Call
     if module.caches_seeker:
         module.build_seeker_cache(datamodule.seeker_dataloader(), store=Path(cfg.paths.cache_dir) / SEEKER_STATES)
     batches = [b for _, b in zip(range(steps + 1), datamodule.train_dataloader(), strict=False)]
-    optimizer = hydra.utils.instantiate(cfg.model.optimizer)([p for p in module.parameters() if p.requires_grad])
+    optimizer = allowlist.build_optimizer(cfg.model.optimizer, [p for p in module.parameters() if p.requires_grad])
     module.train()
 
     def step(batch) -> None:
@@ -84,7 +83,7 @@ def main() -> None:
     import torch
 
     from empathy import runner
-    from empathy.local_pool import usable_cores
+    from empathy.study.local_pool import usable_cores
 
     runner.quiet_libraries()
     torch.set_num_threads(args.threads or usable_cores())

@@ -5,7 +5,7 @@
 Both modes run the real training step (forward, loss, backward, clip, optimiser) of the configured
 model (default: the joint model with the packaged MiniLM) on the first real training batches, each
 job in its own process: first one job with all the cores as threads, then ``--jobs`` jobs at once
-with the cores shared among them (``empathy.local_pool.core_shares``), the way
+with the cores shared among them (``empathy.study.local_pool.core_shares``), the way
 ``scripts/reproduce_table.py --jobs`` runs seeds. The jobs of a mode build their model, then wait
 for one another, so that their timed steps overlap. Prints steps/s of each mode and the ratio.
 Needs the EPITOME CSVs (EMPATHY_DATA_DIR).
@@ -48,7 +48,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_mode(jobs: int, cores: int, steps: int, overrides: list[str]) -> dict:
-    from empathy.local_pool import core_shares
+    from empathy.study.local_pool import core_shares
 
     with tempfile.TemporaryDirectory() as folder:
         processes = []
@@ -82,7 +82,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from empathy.local_pool import usable_cores
+    from empathy.study.local_pool import usable_cores
 
     cores = usable_cores()
     one = run_mode(1, cores, args.steps, args.overrides)

@@ -28,7 +28,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from empathy import CONFIG_DIR, runner
+from empathy import CONFIG_DIR, allowlist, runner
+from empathy.data.merge import level_column, rationale_column
 from empathy.models.biencoder import multitask_loss
 from empathy.models.module import compile_response_encoder
 
@@ -79,10 +80,8 @@ def main() -> None:
     loader = datamodule.train_dataloader()
     batches = [b for _, b in zip(range(args.steps + 2), loader, strict=False)]
     steps_per_epoch = len(loader)
-    import hydra
-
     optimizers = {
-        name: hydra.utils.instantiate(cfg.model.optimizer)([p for p in module.parameters() if p.requires_grad])
+        name: allowlist.build_optimizer(cfg.model.optimizer, [p for p in module.parameters() if p.requires_grad])
         for name, module in variants.items() if name != "naive"
     }
     optimizers["naive"] = torch.optim.AdamW([p for p in naive.parameters() if p.requires_grad], lr=cfg.model.optimizer.lr)
@@ -100,7 +99,9 @@ def main() -> None:
                 seeker_input_ids=batch["seeker_input_ids"],
                 seeker_attention_mask=batch["seeker_attention_mask"],
             )
-            loss = multitask_loss(output, batch["level"], batch["rationale_strict"], batch["rationale_mask"])["loss"]
+            m = args.mechanism
+            loss = multitask_loss(output[m], batch[level_column(m)], batch[rationale_column(m, "strict")],
+                                  batch["rationale_mask"])["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()

@@ -5,9 +5,8 @@
 For each finished training run (a folder with metrics.json and its best checkpoint): take the
 test split the checkpoint was evaluated on, write its (seeker, response) pairs to a CSV, score it
 with the real `python -m empathy.predict` command, and compare the accuracy and macro-F1 of the
-predicted levels with the run's `test/acc` and `test/macro_f1` (a joint run, model=joint: each
-mechanism's `test/<M>/acc` and `test/<M>/macro_f1`, on the pairs labelled for it). Prints one
-line per run and mechanism; exits 1 on a mismatch.
+predicted levels with each mechanism's `test/<M>/acc` and `test/<M>/macro_f1` of the run, on the
+pairs labelled for it. Prints one line per run and mechanism; exits 1 on a mismatch.
 """
 
 from __future__ import annotations
@@ -22,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from empathy import JOINT, runner
-from empathy.data.joint import IGNORE_INDEX, level_column
+from empathy import runner
+from empathy.data.merge import IGNORE_INDEX, level_column
 from empathy.evaluate import checkpoint_datamodule
 from empathy.metrics import level_metrics
 from empathy.models.module import EmpathyModule
@@ -31,14 +30,13 @@ from empathy.models.module import EmpathyModule
 
 def check(run: Path, out: Path) -> bool:
     result = json.loads((run / "metrics.json").read_text())
-    ckpt, mechanism = result["best_checkpoint"], result["mechanism"]
+    ckpt = result["best_checkpoint"]
     module = EmpathyModule.from_checkpoint(ckpt)
     cfg = runner.compose_config("evaluate", [f"ckpt_path={ckpt}"])
     test = checkpoint_datamodule(cfg, module).dataset("test")
-
-    joint = mechanism == JOINT
-    mechanisms = module.mechanisms if joint else (mechanism,)
-    gold_column = {m: level_column(m) if joint else "level" for m in mechanisms}
+    mechanisms = module.mechanisms
+    mechanism = runner.mechanisms_label(mechanisms)
+    gold_column = {m: level_column(m) for m in mechanisms}
     pairs = out / f"{mechanism}-test-pairs.csv"
     with pairs.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
@@ -61,13 +59,14 @@ def check(run: Path, out: Path) -> bool:
         metric = level_metrics()
         metric.update(preds, gold)
         values = metric.compute()
-        prefix = f"test/{m}/" if joint else "test/"
+        # a single-mechanism run of an earlier version logged test/acc
+        prefix = f"test/{m}/" if f"test/{m}/acc" in result["metrics"] else "test/"
         expected = {k: result["metrics"][f"{prefix}{k}"] for k in ("acc", "macro_f1")}
         acc, f1 = float(values["acc"]), float(values["macro_f1"])
         same = abs(acc - expected["acc"]) < 1e-6 and abs(f1 - expected["macro_f1"]) < 1e-6
         all_same &= same
         print(
-            f"{run}: {m}{' (joint)' if joint else ''} {len(labelled)} test pairs; predict acc {acc:.4f} macro-F1 {f1:.4f}; "
+            f"{run}: {m} {len(labelled)} test pairs; predict acc {acc:.4f} macro-F1 {f1:.4f}; "
             f"training's {prefix}acc {expected['acc']:.4f} {prefix}macro_f1 {expected['macro_f1']:.4f}: "
             + ("identical" if same else "DIFFERENT")
         )

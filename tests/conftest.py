@@ -54,7 +54,7 @@ def tiny_encoder_cfg() -> dict:
 @pytest.fixture(scope="session")
 def minilm_tokenizer():
     """The packaged MiniLM WordPiece tokenizer (offline)."""
-    from empathy.models.encoders import load_tokenizer
+    from empathy.encoders import load_tokenizer
 
     return load_tokenizer(MINILM_CFG)
 
@@ -89,7 +89,7 @@ def bpe_tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bpe_tokenizer(bpe_tokenizer_dir):
-    from empathy.models.encoders import load_tokenizer
+    from empathy.encoders import load_tokenizer
 
     return load_tokenizer({"name": "bpe", "path": str(bpe_tokenizer_dir)})
 

@@ -1,10 +1,9 @@
-"""scripts/ablations.py without training: the selection rule, every lever composing into a train
+"""The ablation study (empathy/study/ablations.py) without training: the selection rule, every lever composing into a train
 config, the cross-validation and test jobs, and the report's list of jobs that did not finish."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 import sys
@@ -15,19 +14,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
 from empathy import CONFIG_DIR, runner
+from empathy.study import ablations
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_ablations():
-    spec = importlib.util.spec_from_file_location("ablations_script", REPO_ROOT / "scripts" / "ablations.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass (with postponed annotations) looks itself up there
-    spec.loader.exec_module(module)
-    return module
-
-
-ablations = _load_ablations()
 LEVER_NAMES = [name for name, _, _, _ in ablations.LEVERS]
 
 
@@ -85,20 +76,6 @@ def test_choose_breaks_equal_costs_by_the_higher_score():
 
 # ------------------------------------------------------------------------------------- levers compose
 # a config-group override: how the composed config shows the option chosen
-GROUP_CHECKS = {
-    "mechanism": lambda cfg, option: cfg.mechanism.name == option,
-    "encoder": lambda cfg, option: cfg.encoder.name == option,
-    "model": lambda cfg, option: cfg.model._target_ == _model_target(option),
-}
-
-
-def _model_target(option: str) -> str:
-    """The _target_ of conf/model/<option>.yaml: under model: in a global-package file (joint),
-    at the top in one of the model package (biencoder)."""
-    loaded = OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{option}.yaml")
-    return loaded.model._target_ if "model" in loaded else loaded._target_
-
-
 @pytest.mark.parametrize("lever", LEVER_NAMES)
 def test_every_lever_composes_into_a_train_config_with_its_values(lever, tmp_path):
     _, base, overrides, _ = next(lv for lv in ablations.LEVERS if lv[0] == lever)
@@ -111,11 +88,11 @@ def test_every_lever_composes_into_a_train_config_with_its_values(lever, tmp_pat
         assert job.overrides[: len(ablations.model_overrides(base, mechanism))] == ablations.model_overrides(base, mechanism)
         cfg = runner.compose_config("train", job.overrides, output_dir=tmp_path / "run")
         OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+        choices = runner.config_choices("train", job.overrides)
         for override in parser.parse_overrides(job.overrides):
             key, value = override.key_or_group, override.value()
             if (Path(CONFIG_DIR) / key).is_dir():  # a config group: its option is the one selected
-                assert key in GROUP_CHECKS, f"{lever}: no check for the config group {key}"
-                assert GROUP_CHECKS[key](cfg, value), f"{lever}: {key}={value} not selected"
+                assert choices.get(key) == str(value), f"{lever}: {key}={value} not selected"
             else:
                 assert OmegaConf.select(cfg, key, default="<missing>") == value, f"{lever}: {key}"
 
@@ -128,7 +105,7 @@ def test_cv_jobs_joint_one_per_fold_never_testing(tmp_path):
         assert job.mechanism == "joint" and job.fold == k and job.seed is None and job.stage == "cv"
         assert job.overrides[0] == "model=joint"
         assert "data.max_len=64" in job.overrides
-        assert "test=false" in job.overrides and "model.decoding_grid=true" in job.overrides
+        assert "test=false" in job.overrides and "grid=decoding" in job.overrides
         assert "data.cv_folds=3" in job.overrides and f"data.cv_fold={k}" in job.overrides
         assert not any(o.startswith("mechanism=") for o in job.overrides)
         assert job.folder == tmp_path / "cv" / "joint_len64" / f"joint-fold{k}"
@@ -197,9 +174,8 @@ def test_report_lists_only_jobs_whose_last_record_failed(tmp_path, monkeypatch):
         _record("cv/joint/joint-fold2", "failed rc=137", 7.0),
         _record("cv/joint/joint-fold0", "ok", 60.0),
     ]) + "\n")
-    monkeypatch.setattr(ablations, "ROOT", tmp_path)
-
-    ablations.report(argparse.Namespace(out=str(out), no_floors=True, max_len=128, test_runs=[]))
+    ablations.report(argparse.Namespace(out=str(out), results=str(tmp_path / "results"), no_floors=True, max_len=128,
+                                        test_runs=[]))
 
     md = (tmp_path / "results" / "ablations.md").read_text()
     failed = [line for line in md.splitlines() if "did not finish" in line]

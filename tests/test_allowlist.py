@@ -15,7 +15,6 @@ from empathy import allowlist, runner
 from empathy.allowlist import UnsafeConfigError
 from empathy.data.synthetic import write_synthetic_epitome
 from empathy.evaluate import evaluate
-from empathy.models.joint import JointEmpathyModule
 from empathy.models.module import EmpathyModule
 from empathy.predict import export_model, load_model
 
@@ -57,7 +56,7 @@ TAMPERINGS = {
 def checkpoint(tmp_path_factory, tiny_encoder_cfg) -> Path:
     """A joint model's checkpoint as training writes it (hyper_parameters + state_dict)."""
     torch.manual_seed(0)
-    module = JointEmpathyModule(
+    module = EmpathyModule(
         encoder=tiny_encoder_cfg,
         net={"attention_heads": 1, "dropout": 0.1},
         mechanisms=["ER", "IP", "EX"],
@@ -89,7 +88,7 @@ def _tampered(checkpoint: Path, tmp_path: Path, name: str) -> tuple[Path, Path]:
 
 
 def test_the_untampered_checkpoint_loads(checkpoint):
-    assert EmpathyModule.from_checkpoint(str(checkpoint)).hparams.mechanism == "joint"
+    assert EmpathyModule.from_checkpoint(str(checkpoint)).mechanisms == ("ER", "IP", "EX")
     assert load_model(checkpoint).mechanisms == ("ER", "IP", "EX")
 
 
@@ -144,7 +143,7 @@ def test_a_run_folder_config_that_names_a_callable_is_refused(tmp_path):
     project's, and its values plain."""
     from omegaconf import OmegaConf
 
-    from empathy.floors import floors_for_run
+    from empathy.study.floors import floors_for_run
 
     data_dir = write_synthetic_epitome(tmp_path / "data", n_rows=30, seed=0)
     cfg = runner.compose_config(
@@ -167,7 +166,7 @@ def test_a_run_folder_config_that_names_a_callable_is_refused(tmp_path):
         change(config)
         (run / "resolved_config.yaml").write_text(yaml.safe_dump(config))
         with pytest.raises(UnsafeConfigError, match=message):
-            floors_for_run(run)
+            floors_for_run(run, mechanism="ER")
     assert not (tmp_path / "victim.txt").exists()
 
 

@@ -281,7 +281,7 @@ def test_mpnet_encoder_config_composes():
 
 
 def test_resolve_path_reads_the_cache(tmp_path, monkeypatch):
-    from empathy.models.encoders import load_encoder, resolve_path
+    from empathy.encoders import load_encoder, resolve_path
 
     monkeypatch.setenv("EMPATHY_MODEL_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="python -m empathy.download all-mpnet-base-v2"):
@@ -295,7 +295,7 @@ def test_resolve_path_reads_the_cache(tmp_path, monkeypatch):
 def test_mpnet_dropout_keys_are_found():
     from transformers import AutoConfig
 
-    from empathy.models.encoders import set_dropout
+    from empathy.encoders import set_dropout
 
     config = AutoConfig.for_model("mpnet")
     set_dropout(config, {"hidden": 0.2, "attention": 0.05}, "mpnet")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,10 @@ from transformers import AutoConfig, AutoModel
 from empathy import runner
 from empathy.data.synthetic import write_synthetic_epitome
 from empathy.export import export
+from empathy.models.checkpoint import state_dict_sha256
+from empathy.models.export import load_exported
 from empathy.models.module import EmpathyModule
 from empathy.predict import EmpathyPredictor, export_model, load_model
-from empathy.predict.predictor import load_exported, state_dict_sha256
 from empathy.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +59,7 @@ def _module_checkpoint(path: Path, encoder: dict, mechanism: str = "ER") -> Path
     """A checkpoint as training writes it (hyper_parameters + state_dict), without training."""
     torch.manual_seed(1)
     module = EmpathyModule(
-        encoder=encoder, mechanism=mechanism, net={"attention_heads": 1, "use_attention": True, "freeze_seeker": True, "dropout": 0.1},
+        encoder=encoder, mechanisms=[mechanism], net={"attention_heads": 1, "use_attention": True, "freeze_seeker": True, "dropout": 0.1},
         loss={"lambda_EI": 1.0, "lambda_RE": 0.5}, optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
     )
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
@@ -70,13 +73,17 @@ def test_export_folder_is_self_contained_and_predicts_like_the_checkpoint(traine
     assert {"config.json", "model.safetensors", "seeker.safetensors", "encoder/config.json", "tokenizer/tokenizer.json"} <= set(files)
     assert all(f.endswith((".json", ".safetensors", ".txt")) for f in files), files  # no pickle, no optimizer
     config = json.loads((out / "config.json").read_text())
-    assert config["mechanism"] == "ER" and config["max_len"] == 128 and config["rationale_policy"] == "strict"
+    assert config["mechanisms"] == ["ER"] and config["max_len"] == 128 and config["rationale_policy"] == "strict"
     assert config["rationale_decoding"] == {"threshold": 0.3, "fill_gaps": 2, "min_span": 1}  # the model's own
     assert config["encoder"]["name"] == "tiny" and config["net"]["use_attention"] is True
     assert config["seeker"]["source"] == "stored"  # random-init tiny encoder: nothing to reference
     run_metrics = json.loads((ckpt.parent.parent / "metrics.json").read_text())
     assert config["metrics"] == run_metrics["metrics"] and config["metrics_checkpoint"] == str(ckpt)
     assert not list(out.parent.glob(".*"))  # no temporary folder left
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in out.rglob("*"):  # the user's umask, not private files
+        assert stat.S_IMODE(path.stat().st_mode) == (0o777 if path.is_dir() else 0o666) & ~umask, path
 
     # Loads from anywhere: no Hydra run folder, no checkpoint.
     moved = tmp_path / "elsewhere"
@@ -86,7 +93,7 @@ def test_export_folder_is_self_contained_and_predicts_like_the_checkpoint(traine
     assert np.array_equal(from_ckpt.levels, from_folder.levels)
     assert np.array_equal(from_ckpt.probs, from_folder.probs)
     assert from_ckpt.rationales == from_folder.rationales
-    with pytest.raises(ValueError, match="is a ER model, but it was given as the IP model"):
+    with pytest.raises(ValueError, match="scores ER, but it was given as the model of IP"):
         EmpathyPredictor.from_pretrained({"IP": moved})
 
 
@@ -98,8 +105,8 @@ def test_export_refuses_to_overwrite_unless_asked(trained_er, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=true"):
         export_model(ckpt, out)
     assert (out / "keep.txt").read_text() == "mine"
-    with pytest.raises(ValueError, match="is a ER model, but it was given as the IP model"):
-        export_model(ckpt, tmp_path / "IP", mechanism="IP")
+    with pytest.raises(ValueError, match="scores ER, but it was given as the model of IP"):
+        export_model(ckpt, tmp_path / "IP", mechanisms=["IP"])
     assert not (tmp_path / "IP").exists()
     export_model(ckpt, out, overwrite=True)
     assert (out / "config.json").exists() and not (out / "keep.txt").exists()
@@ -109,7 +116,7 @@ def test_export_refuses_to_overwrite_unless_asked(trained_er, tmp_path):
 def test_hydra_entry_point(trained_er, tmp_path):
     cfg = compose_cfg("export", [f"ckpt_path={trained_er['best_checkpoint']}", f"out={tmp_path / 'ER'}"], tmp_path, tmp_path)
     out = export(cfg)
-    assert load_exported(out).mechanism == "ER"
+    assert load_exported(out).mechanisms == ("ER",)
     with pytest.raises(FileExistsError):
         export(cfg)
 
@@ -160,3 +167,36 @@ def test_a_trained_seeker_is_stored(tmp_path, tiny_encoder_cfg):
     assert config["seeker"]["source"] == "stored"
     assert config["seeker"]["sha256"] == state_dict_sha256(load_model(ckpt).net.seeker_encoder)
     assert config["encoder"]["name"] == "tiny-local"
+
+
+def _as_earlier_single_model(ckpt: Path, path: Path) -> Path:
+    """The checkpoint as a single-mechanism model of an earlier version wrote it: ``mechanism``,
+    heads ``level_head.*`` / ``rationale_head.*``, a ``net`` without ``mechanisms``."""
+    checkpoint = torch.load(ckpt, weights_only=True)
+    hp = dict(checkpoint["hyper_parameters"])
+    (mechanism,) = hp.pop("mechanisms")
+    hp.update(mechanism=mechanism, decoding_grid=False, class_weights=[1.0, 2.0, 3.0],
+              net={k: v for k, v in hp["net"].items() if k != "mechanisms"})
+    prefix = f"net.heads.{mechanism}."
+    checkpoint["state_dict"] = {("net." + k[len(prefix):] if k.startswith(prefix) else k): v
+                                for k, v in checkpoint["state_dict"].items()}
+    checkpoint["hyper_parameters"] = hp
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_a_single_mechanism_checkpoint_of_an_earlier_version_loads(trained_er, tmp_path):
+    ckpt = Path(trained_er["best_checkpoint"])
+    old = _as_earlier_single_model(ckpt, tmp_path / "old.ckpt")
+    assert any(k.startswith("net.level_head.") for k in torch.load(old, weights_only=True)["state_dict"])
+    model = load_model(old)
+    assert model.mechanisms == ("ER",) and model.hparams["class_weights"] == {"ER": [1.0, 2.0, 3.0]}
+    assert "decoding_grid" not in model.hparams
+    expected = _outputs(EmpathyPredictor.from_pretrained({"ER": ckpt}, precision="32"))
+    got = _outputs(EmpathyPredictor.from_pretrained({"ER": old}, precision="32"))
+    assert np.array_equal(expected.levels, got.levels) and np.array_equal(expected.probs, got.probs)
+    assert expected.rationales == got.rationales
+    assert EmpathyModule.from_checkpoint(old).mechanisms == ("ER",)
+    # and its export loads as today's
+    folder = export_model(old, tmp_path / "exported")
+    assert np.array_equal(_outputs(EmpathyPredictor.from_pretrained({"ER": folder}, precision="32")).probs, expected.probs)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from empathy.floors import floor_metrics
+from empathy.study.floors import floor_metrics
 
 
 def test_majority_and_every_token_floors():

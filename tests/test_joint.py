@@ -13,8 +13,8 @@ import torch
 import yaml
 from omegaconf import open_dict
 
-from empathy import MECHANISMS, results, runner
-from empathy.data.joint import (
+from empathy import MECHANISMS, runner
+from empathy.data.merge import (
     IGNORE_INDEX,
     JointMergeError,
     level_column,
@@ -24,13 +24,15 @@ from empathy.data.joint import (
 from empathy.data.processing import FEATURES
 from empathy.data.synthetic import FILES, write_synthetic_epitome
 from empathy.decoding import RationaleDecoding
+from empathy.encoders import load_tokenizer
 from empathy.evaluate import evaluate
 from empathy.levels import adjusted, level_offsets
 from empathy.models.biencoder import BiEncoder, BiEncoderOutput, multitask_loss
-from empathy.models.encoders import load_tokenizer
-from empathy.models.joint import JointEmpathyModule
+from empathy.models.module import EmpathyModule
 from empathy.predict import EmpathyPredictor, LoadedModel, export_model, load_model
 from empathy.predict.cli import predict_from_config
+from empathy.study import results
+from empathy.study.grids import GridCallback
 from empathy.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -160,7 +162,7 @@ def test_joint_datamodule_merges_the_three_files(joint_data, tmp_path):
 def test_loss_is_the_sum_over_mechanisms_of_their_labelled_rows(tiny_encoder_cfg):
     torch.manual_seed(0)
     weights = {"ER": [1.0, 2.0, 3.0], "IP": [1.0, 1.0, 1.0], "EX": [0.5, 1.0, 4.0]}
-    module = JointEmpathyModule(
+    module = EmpathyModule(
         encoder=tiny_encoder_cfg, net=NET, loss={"lambda_EI": 1.0, "lambda_RE": 0.5, "class_weights": "inverse_frequency"},
         optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}, class_weights=weights,
     )
@@ -174,7 +176,7 @@ def test_loss_is_the_sum_over_mechanisms_of_their_labelled_rows(tiny_encoder_cfg
         labels = torch.randint(0, 2, (batch_size, tokens))
         labels[batch[level_column(m)] == IGNORE_INDEX] = IGNORE_INDEX
         batch[rationale_column(m, "strict")] = labels
-    losses = module._joint_loss(outputs, batch)
+    losses = module._loss(outputs, batch)
     expected = 0.0
     for m in ("ER", "EX"):
         keep = batch[level_column(m)] != IGNORE_INDEX
@@ -192,13 +194,13 @@ def test_loss_is_the_sum_over_mechanisms_of_their_labelled_rows(tiny_encoder_cfg
         ignored = batch[level_column(m)] == IGNORE_INDEX
         batch[rationale_column(m, "strict")][ignored] = 1
         outputs[m].level_logits[ignored] += 5.0
-    assert float(module._joint_loss(outputs, batch)["loss"]) == pytest.approx(expected)
+    assert float(module._loss(outputs, batch)["loss"]) == pytest.approx(expected)
     # A batch without any label: a zero loss that still backpropagates.
     for m in MECHANISMS:
         batch[level_column(m)] = torch.full((batch_size,), IGNORE_INDEX)
     logits = torch.randn(batch_size, 3, requires_grad=True)
     outputs = {m: BiEncoderOutput(logits, torch.randn(batch_size, tokens, 2)) for m in MECHANISMS}
-    empty = module._joint_loss(outputs, batch)["loss"]
+    empty = module._loss(outputs, batch)["loss"]
     assert empty.requires_grad and float(empty.detach()) == 0.0
 
 
@@ -226,7 +228,7 @@ def test_model_joint_trains_with_per_mechanism_metrics(joint_run):
     saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert saved["metrics"] == pytest.approx(metrics)
     checkpoint = torch.load(result["best_checkpoint"], weights_only=True)
-    assert checkpoint["hyper_parameters"]["mechanism"] == "joint"
+    assert checkpoint["hyper_parameters"]["mechanisms"] == list(MECHANISMS)
     names = set(checkpoint["state_dict"])
     for m in MECHANISMS:
         assert f"net.heads.{m}.level_head.4.weight" in names and f"net.heads.{m}.rationale_head.1.weight" in names
@@ -274,12 +276,12 @@ def test_a_decoding_per_mechanism_decodes_each_head_with_its_own(joint_run, join
 
     # prediction decodes each mechanism with its own setting too
     pairs = [("I lost my job and I feel alone.", "I'm so sorry. That sounds really hard; you are not alone.")] * 3
-    model = load_model(result["best_checkpoint"], "joint")
-    model.rationale_decoding = {"threshold": 0.5, "fill_gaps": 0, "IP": {"threshold": 0.05, "fill_gaps": 8}}
+    model = load_model(result["best_checkpoint"])
+    model.hparams["rationale_decoding"] = {"threshold": 0.5, "fill_gaps": 0, "IP": {"threshold": 0.05, "fill_gaps": 8}}
     got = EmpathyPredictor({"joint": model}).predict(*zip(*pairs, strict=True))
-    model.rationale_decoding = {"threshold": 0.05, "fill_gaps": 8}
+    model.hparams["rationale_decoding"] = {"threshold": 0.05, "fill_gaps": 8}
     all_wide = EmpathyPredictor({"joint": model}).predict(*zip(*pairs, strict=True))
-    model.rationale_decoding = {"threshold": 0.5, "fill_gaps": 0}
+    model.hparams["rationale_decoding"] = {"threshold": 0.5, "fill_gaps": 0}
     all_argmax = EmpathyPredictor({"joint": model}).predict(*zip(*pairs, strict=True))
     assert got["IP"].rationales == all_wide["IP"].rationales
     assert got["ER"].rationales == all_argmax["ER"].rationales and got["EX"].rationales == all_argmax["EX"].rationales
@@ -288,7 +290,7 @@ def test_a_decoding_per_mechanism_decodes_each_head_with_its_own(joint_run, join
 def test_evaluate_scores_the_decoding_grid_of_a_trained_joint_model(joint_run, joint_data, tmp_path):
     cfg, result = joint_run
     eval_cfg = runner.compose_config(
-        "evaluate", [f"ckpt_path={result['best_checkpoint']}", "split=dev", "decoding_grid=true",
+        "evaluate", [f"ckpt_path={result['best_checkpoint']}", "split=dev", "grid=decoding",
                      # one decoding of the 63 for every head (the joint defaults drop short spans,
                      # which only the extended grid scores: the next test)
                      "rationale_decoding={threshold:0.3,fill_gaps:8}", "++trainer.enable_progress_bar=false"],
@@ -308,7 +310,7 @@ def test_evaluate_scores_the_decoding_grid_of_a_trained_joint_model(joint_run, j
 def test_evaluate_scores_the_extended_grid_and_a_fallback_decoding_alike(joint_run, joint_data, tmp_path):
     cfg, result = joint_run
     eval_cfg = runner.compose_config(
-        "evaluate", [f"ckpt_path={result['best_checkpoint']}", "split=dev", "decoding_grid=extended",
+        "evaluate", [f"ckpt_path={result['best_checkpoint']}", "split=dev", "grid=decoding_extended",
                      "rationale_decoding={threshold:0.3,fill_gaps:8,min_span:2,fallback:true}",
                      "++trainer.enable_progress_bar=false"],
         data_dir=joint_data[0], output_dir=tmp_path,
@@ -323,9 +325,12 @@ def test_evaluate_scores_the_extended_grid_and_a_fallback_decoding_alike(joint_r
         # the evaluated decoding (with the predicted levels for its fallback) is the grid's entry
         assert metrics[f"dev/{m}/rationale_iou_f1@t0.3g8m2f"] == pytest.approx(metrics[f"dev/{m}/rationale_iou_f1"], abs=1e-9)
     with open_dict(eval_cfg):
-        eval_cfg.decoding_grid = "all"
-    with pytest.raises(ValueError, match="decoding_grid must be false, true or extended"):
+        eval_cfg.split = "test"  # the grids choose settings: never on test
+    with pytest.raises(ValueError, match="the grids choose settings, which is done on dev"):
         evaluate(eval_cfg, tmp_path)
+    assert not (tmp_path / "eval_test.json").exists()
+    with pytest.raises(ValueError, match="grid must be one of decoding, decoding_extended, level_offsets"):
+        GridCallback("all")
 
 
 # ------------------------------------------------------------------------------------- export, predict
@@ -356,7 +361,7 @@ def test_export_and_predict_give_every_mechanism_with_one_response_pass(joint_ru
     assert [r["id"] for r in scored] == [str(k) for k in range(20)]
 
     # What the trained module computes, one pair at a time.
-    module = JointEmpathyModule.from_checkpoint(result["best_checkpoint"]).eval()
+    module = EmpathyModule.from_checkpoint(result["best_checkpoint"]).eval()
     tokenizer = load_tokenizer(module.hparams.encoder)
     with torch.no_grad():
         for row, (seeker, response) in zip(scored, pairs, strict=True):
@@ -377,9 +382,9 @@ def test_export_and_predict_give_every_mechanism_with_one_response_pass(joint_ru
     assert [str(v) for v in again["IP"].levels] == [r["IP_level"] for r in scored]
     from_ckpt = EmpathyPredictor.from_pretrained({"joint": result["best_checkpoint"]}, batch_size=8)
     assert (from_ckpt.predict([s for s, _ in pairs], [r for _, r in pairs])["EX"].levels == again["EX"].levels).all()
-    joint = load_model(folder, "joint")
-    single = LoadedModel("ER", BiEncoder(joint.encoder, **NET).eval(), joint.tokenizer, joint.max_len, "strict",
-                         joint.encoder, "a separate ER model")
+    joint = load_model(folder)
+    single = LoadedModel({**joint.hparams, "mechanisms": ["ER"]}, BiEncoder(joint.encoder, mechanisms=["ER"], **NET).eval(),
+                         "a separate ER model", tokenizer_override=joint.tokenizer)
     with pytest.raises(ValueError, match="ER is scored by two models, the ER and the joint model"):
         EmpathyPredictor({"ER": single, "joint": joint})
 
@@ -419,14 +424,17 @@ def test_level_offsets_decide_levels_in_evaluation_prediction_and_export(joint_r
             eval_cfg.paths.cache_dir = cfg.paths.cache_dir
         return evaluate(eval_cfg, tmp_path / name)
 
-    grid = evaluate_with("grid", "level_offset_grid=true")
+    grid = evaluate_with("grid", "grid=level_offsets")
     plain = evaluate_with("plain")
     for m, own in (("ER", "o-1_-2"), ("IP", "o0_0"), ("EX", "o0_0")):  # the joint default offsets ER's levels
         scored = {k for k in grid if k.startswith(f"dev/{m}/macro_f1@")}
         assert len(scored) == 169 and f"dev/{m}/macro_f1@o-3_3" in scored
         # the grid's pair of the model's own offsets is its plain evaluation
         assert grid[f"dev/{m}/macro_f1@{own}"] == pytest.approx(plain[f"dev/{m}/macro_f1"], abs=1e-6)
-    assert grid["dev/ER/macro_f1@o0_0"] != plain["dev/ER/macro_f1"]  # else the check above proves nothing
+    # other offsets: the grid's pair is the evaluation with them, and they decide otherwise than the argmax
+    moved = evaluate_with("moved", "level_offsets={ER:[2,3]}")
+    assert grid["dev/ER/macro_f1@o2_3"] == pytest.approx(moved["dev/ER/macro_f1"], abs=1e-6)
+    assert grid["dev/ER/macro_f1@o2_3"] != grid["dev/ER/macro_f1@o0_0"]  # else the check proves nothing
     # +50 on IP's level 1 predicts level 1 everywhere; the mechanisms it does not name keep theirs
     forced = evaluate_with("forced", "level_offsets={IP:[50,0]}")
     assert forced["dev/IP/f1_level0"] == 0 and forced["dev/IP/f1_level2"] == 0  # every IP row predicted level 1
@@ -437,9 +445,9 @@ def test_level_offsets_decide_levels_in_evaluation_prediction_and_export(joint_r
 
     # prediction and the export decide with the model's offsets, and report the softmax of the same sums
     pairs = [("I lost my job and I feel alone.", "I'm so sorry. That sounds really hard; you are not alone.")] * 2
-    model = load_model(result["best_checkpoint"], "joint")
+    model = load_model(result["best_checkpoint"])
     plain_pred = EmpathyPredictor({"joint": model}).predict(*zip(*pairs, strict=True))
-    model.level_offsets = {**model.level_offsets, "IP": [50.0, 0.0], "EX": [0.0, 50.0]}
+    model.hparams["level_offsets"] = {**model.hparams["level_offsets"], "IP": [50.0, 0.0], "EX": [0.0, 50.0]}
     got = EmpathyPredictor({"joint": model}).predict(*zip(*pairs, strict=True))
     assert (got["IP"].levels == 1).all() and (got["EX"].levels == 2).all()
     assert (got["ER"].levels == plain_pred["ER"].levels).all()
@@ -454,12 +462,9 @@ def test_level_offsets_decide_levels_in_evaluation_prediction_and_export(joint_r
 
 
 def test_reproduce_table_rescore_evaluates_kept_checkpoints_with_todays_decisions(joint_run, tmp_path):
-    import importlib.util
     import shutil
 
-    spec = importlib.util.spec_from_file_location("reproduce_table", Path(__file__).parents[1] / "scripts" / "reproduce_table.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from empathy.study import reproduce as script
     cfg, result = joint_run
     source = tmp_path / "sweep"
     (source / "0").mkdir(parents=True)
@@ -498,7 +503,7 @@ def _perturbed_checkpoint(source: str, target: Path, seed: int) -> Path:
 
 
 def test_an_ensemble_averages_its_members_probabilities_in_evaluation_and_prediction(joint_run, joint_data, tmp_path):
-    from empathy.models.biencoder import EnsembleNet
+    from empathy.models.ensemble import EnsembleNet
 
     cfg, result = joint_run
     first = result["best_checkpoint"]
@@ -532,7 +537,7 @@ def test_an_ensemble_averages_its_members_probabilities_in_evaluation_and_predic
         "predict", [f"input={source}", f"output={output}", f"models.joint=[{first},{second}]", "progress=false"]))
     with output.open(encoding="utf-8", newline="") as f:
         scored = list(csv.DictReader(f))
-    members = [JointEmpathyModule.from_checkpoint(p).eval() for p in (first, second)]
+    members = [EmpathyModule.from_checkpoint(p).eval() for p in (first, second)]
     tokenizer = load_tokenizer(members[0].hparams.encoder)
     with torch.no_grad():
         for row, (seeker, response) in zip(scored, pairs, strict=True):
@@ -546,7 +551,7 @@ def test_an_ensemble_averages_its_members_probabilities_in_evaluation_and_predic
                 for c in range(3):
                     assert float(row[f"{m}_prob{c}"]) == pytest.approx(float(probs[c]), abs=1e-4)
     # members that cannot share a seeker pass, or one member, are refused
-    other = JointEmpathyModule.from_checkpoint(first).net
+    other = EmpathyModule.from_checkpoint(first).net
     with torch.no_grad():
         next(other.seeker_encoder.parameters()).add_(1.0)
     with pytest.raises(ValueError, match="member 1's seeker encoder differs from member 0's"):

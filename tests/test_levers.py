@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from empathy.data.synthetic import write_synthetic_epitome
-from empathy.models.biencoder import BiEncoder, BiEncoderOutput, JointBiEncoder, multitask_loss
+from empathy.models.biencoder import BiEncoder, BiEncoderOutput, multitask_loss
 from empathy.models.module import layerwise_param_groups
 from empathy.train import train
 from tests.test_biencoder import TINY
@@ -47,7 +47,7 @@ def test_focal_gamma_zero_is_cross_entropy_and_gamma_down_weights_easy_rows():
 
 
 def test_layerwise_lr_decay_groups():
-    net = BiEncoder(TINY)  # 2 layers
+    net = BiEncoder(TINY, mechanisms=("ER",))  # 2 layers
     assert len(layerwise_param_groups(net, 1e-3, 1.0)) == 1
     groups = layerwise_param_groups(net, 1e-3, 0.5)
     lrs = sorted((g["lr"] for g in groups), reverse=True)
@@ -59,13 +59,13 @@ def test_layerwise_lr_decay_groups():
     enc = net.response_encoder
     assert by_id[id(enc.embeddings.word_embeddings.weight)] == pytest.approx(1.25e-4)
     assert by_id[id(enc.encoder.layer[1].output.dense.weight)] == pytest.approx(5e-4)
-    assert by_id[id(net.level_head[1].weight)] == pytest.approx(1e-3)
+    assert by_id[id(net.heads['ER'].level_head[1].weight)] == pytest.approx(1e-3)
 
 
 def _step(net: BiEncoder, optimizer: torch.optim.Optimizer) -> None:
     ids = torch.randint(5, 100, (4, 7))
     outputs = net(ids, torch.ones_like(ids), ids[:, :5], torch.ones(4, 5, dtype=torch.long))
-    outputs = outputs.values() if isinstance(outputs, dict) else [outputs]
+    outputs = outputs.values()
     sum(o.level_logits.sum() + o.rationale_logits.sum() for o in outputs).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -74,8 +74,8 @@ def _step(net: BiEncoder, optimizer: torch.optim.Optimizer) -> None:
 @pytest.mark.parametrize("joint", [False, True])
 def test_frozen_response_layers_keep_their_weights_and_get_no_gradient(joint):
     torch.manual_seed(0)
-    kwargs = {"mechanisms": ("ER", "IP", "EX")} if joint else {}
-    net = (JointBiEncoder if joint else BiEncoder)(TINY, freeze_response_layers=1, **kwargs)  # 2 layers
+    mechanisms = ("ER", "IP", "EX") if joint else ("ER",)
+    net = BiEncoder(TINY, freeze_response_layers=1, mechanisms=mechanisms)  # 2 layers
     enc = net.response_encoder
     frozen = [*enc.embeddings.parameters(), *enc.encoder.layer[0].parameters()]
     trained = [*enc.encoder.layer[1].parameters(), *net.attention.parameters()]
@@ -98,32 +98,32 @@ def test_frozen_response_layers_keep_their_weights_and_get_no_gradient(joint):
 
 
 def test_freezing_zero_layers_trains_everything_and_too_many_is_an_error():
-    net = BiEncoder(TINY, freeze_response_layers=0)
+    net = BiEncoder(TINY, mechanisms=("ER",), freeze_response_layers=0)
     assert all(p.requires_grad for p in net.response_encoder.parameters())
-    every = BiEncoder(TINY, freeze_response_layers=2)  # the whole encoder: only attention and heads train
+    every = BiEncoder(TINY, mechanisms=("ER",), freeze_response_layers=2)  # the whole encoder: only attention and heads train
     assert not any(p.requires_grad for p in every.response_encoder.parameters())
-    assert all(p.requires_grad for p in every.level_head.parameters())
+    assert all(p.requires_grad for p in every.heads['ER'].level_head.parameters())
     with pytest.raises(ValueError, match="freeze_response_layers=3, but the response encoder has 2 numbered layers"):
-        BiEncoder(TINY, freeze_response_layers=3)
+        BiEncoder(TINY, mechanisms=("ER",), freeze_response_layers=3)
     with pytest.raises(ValueError, match="must be >= 0"):
-        BiEncoder(TINY, freeze_response_layers=-1)
+        BiEncoder(TINY, mechanisms=("ER",), freeze_response_layers=-1)
 
 
 def test_encoder_dropout_replaces_the_response_encoders_own_and_leaves_the_seekers():
     ids = torch.randint(5, 100, (2, 6))
-    default = BiEncoder(TINY)
+    default = BiEncoder(TINY, mechanisms=("ER",))
     hidden, attention = default.response_encoder.config.hidden_dropout_prob, default.response_encoder.config.attention_probs_dropout_prob
     assert hidden > 0 and attention > 0
     default.train()
     assert not torch.equal(default.response_encoder(input_ids=ids).last_hidden_state,
                            default.response_encoder(input_ids=ids).last_hidden_state)
-    off = JointBiEncoder(TINY, mechanisms=("ER", "IP", "EX"), encoder_dropout=0, encoder_attention_dropout=0)
+    off = BiEncoder(TINY, mechanisms=("ER", "IP", "EX"), encoder_dropout=0, encoder_attention_dropout=0)
     assert off.response_encoder.config.hidden_dropout_prob == 0.0
     assert off.response_encoder.config.attention_probs_dropout_prob == 0.0
     assert off.seeker_encoder.config.hidden_dropout_prob == hidden  # frozen: always in eval mode anyway
     off.train()  # no dropout left in the encoder: training-mode outputs repeat exactly
     assert torch.equal(off.response_encoder(input_ids=ids).last_hidden_state, off.response_encoder(input_ids=ids).last_hidden_state)
-    only_attention = BiEncoder(TINY, encoder_attention_dropout=0.0)
+    only_attention = BiEncoder(TINY, mechanisms=("ER",), encoder_attention_dropout=0.0)
     assert only_attention.response_encoder.config.hidden_dropout_prob == hidden
     assert only_attention.response_encoder.config.attention_probs_dropout_prob == 0.0
 
@@ -136,7 +136,7 @@ def test_pooling_reads_the_first_token_or_the_mean_of_the_real_tokens():
     assert torch.equal(pool(states, mask, "cls"), torch.tensor([[1.0, 0.0], [2.0, 4.0]]))
     assert torch.equal(pool(states, mask, "mean"), torch.tensor([[2.0, 1.0], [2.0, 2.0]]))
     with pytest.raises(ValueError, match="pooling must be one of \\('cls', 'mean'\\), not 'max'"):
-        BiEncoder(TINY, pooling="max")
+        BiEncoder(TINY, mechanisms=("ER",), pooling="max")
 
 
 def test_mean_pooled_level_logits_ignore_response_padding_and_differ_from_cls():
@@ -145,8 +145,8 @@ def test_mean_pooled_level_logits_ignore_response_padding_and_differ_from_cls():
     response = torch.randint(5, 100, (2, 4))
     padded = torch.cat([response, torch.zeros(2, 3, dtype=torch.long)], 1)
     padded_mask = torch.cat([torch.ones(2, 4, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)], 1)
-    mean = JointBiEncoder(TINY, mechanisms=("ER", "IP"), pooling="mean").eval()
-    cls = JointBiEncoder(TINY, mechanisms=("ER", "IP"), pooling="cls").eval()
+    mean = BiEncoder(TINY, mechanisms=("ER", "IP"), pooling="mean").eval()
+    cls = BiEncoder(TINY, mechanisms=("ER", "IP"), pooling="cls").eval()
     cls.load_state_dict(mean.state_dict())  # the same weights: only what the level heads read differs
     with torch.no_grad():
         a = mean(response, torch.ones_like(response), seeker, torch.ones_like(seeker))
@@ -161,10 +161,10 @@ def test_mean_pooled_level_logits_ignore_response_padding_and_differ_from_cls():
 def test_encoder_dropout_errors_name_the_setting():
     from types import SimpleNamespace
 
-    from empathy.models.encoders import set_dropout
+    from empathy.encoders import set_dropout
 
     with pytest.raises(ValueError, match=r"the hidden dropout of encoder 'tiny' must be in \[0, 1\), not 1.5"):
-        BiEncoder(TINY, encoder_dropout=1.5)
+        BiEncoder(TINY, mechanisms=("ER",), encoder_dropout=1.5)
     config = SimpleNamespace(model_type="toy", dropout=0.1)  # DistilBERT-like names
     set_dropout(config, {"hidden": 0.0, "attention": None}, "toy")
     assert config.dropout == 0.0
@@ -182,15 +182,15 @@ def synthetic_dir(tmp_path_factory) -> Path:
 def test_levers_train_through_the_entry_point_with_a_cv_fold(synthetic_dir, tmp_path):
     cfg = train_cfg(
         synthetic_dir, tmp_path / "run", "model=biencoder", "mechanism=EX", "trainer.max_epochs=1", "test=false",
-        "loss.focal_gamma=2", "model.layerwise_lr_decay=0.8", "model.decoding_grid=true",
+        "loss.focal_gamma=2", "model.layerwise_lr_decay=0.8", "grid=decoding",
         "model.net.encoder_dropout=0", "model.net.encoder_attention_dropout=0.05",
         "model.rationale_decoding.threshold=0.3", "model.rationale_decoding.fill_gaps=1",
         "data.cv_folds=3", "data.cv_fold=1",
     )
     result = train(cfg, Path(cfg.paths.output_dir))
     metrics = result["metrics"]
-    grid = {k for k in metrics if k.startswith("dev/rationale_iou_f1@")}
-    assert len(grid) == 63 and "dev/rationale_iou_f1@t0.3g1" in grid and "dev/rationale_iou_f1@t0.05g32" in grid
+    grid = {k for k in metrics if k.startswith("dev/EX/rationale_iou_f1@")}
+    assert len(grid) == 63 and "dev/EX/rationale_iou_f1@t0.3g1" in grid and "dev/EX/rationale_iou_f1@t0.05g32" in grid
     assert not any(k.startswith("test/") for k in metrics)  # cross-validation never touches test
     split = (tmp_path / "run" / "split.csv").read_text().splitlines()
     assert sum(line.endswith(",dev") for line in split) > 10  # a fold of train+dev, not the 5 % dev
@@ -204,7 +204,7 @@ def test_levers_train_through_the_entry_point_with_a_cv_fold(synthetic_dir, tmp_
 def test_joint_model_scores_the_decoding_grid_per_mechanism(synthetic_dir, tmp_path):
     cfg = train_cfg(
         synthetic_dir, tmp_path / "run", "model=joint", "trainer.max_epochs=1", "test=false",
-        "model.decoding_grid=true", "loss.focal_gamma=1", "data.cv_folds=3", "data.cv_fold=0",
+        "grid=decoding", "loss.focal_gamma=1", "data.cv_folds=3", "data.cv_fold=0",
         "model.net.freeze_response_layers=1", "model.net.pooling=mean",
     )
     metrics = train(cfg, Path(cfg.paths.output_dir))["metrics"]
@@ -227,8 +227,8 @@ def test_compiled_response_encoder_matches_eager_and_trains_through_the_entry_po
     from empathy.models.module import compile_response_encoder
 
     torch.manual_seed(0)
-    eager = BiEncoder(TINY).eval()
-    compiled = BiEncoder(TINY).eval()
+    eager = BiEncoder(TINY, mechanisms=("ER",)).eval()
+    compiled = BiEncoder(TINY, mechanisms=("ER",)).eval()
     compiled.load_state_dict(eager.state_dict())
     compile_response_encoder(compiled)
     assert not any("_orig_mod" in key for key in compiled.state_dict())  # checkpoint keys unchanged
@@ -239,7 +239,7 @@ def test_compiled_response_encoder_matches_eager_and_trains_through_the_entry_po
         torch.manual_seed(1)
         response, seeker = torch.randint(5, 100, (3, ids)), torch.randint(5, 100, (3, 9))
         out = net(response, torch.ones_like(response), seeker, torch.ones_like(seeker))
-        loss = multitask_loss(out, level, rationale[:, :ids], mask[:, :ids])["loss"]
+        loss = multitask_loss(out["ER"], level, rationale[:, :ids], mask[:, :ids])["loss"]
         loss.backward()
         grads.append((loss.item(), net.response_encoder.embeddings.word_embeddings.weight.grad.clone()))
         net.zero_grad()
@@ -249,21 +249,19 @@ def test_compiled_response_encoder_matches_eager_and_trains_through_the_entry_po
     cfg = train_cfg(synthetic_dir, tmp_path / "run", "trainer.max_epochs=1", "model=biencoder", "mechanism=ER",
                     "model.compile=true")
     metrics = train(cfg, Path(cfg.paths.output_dir))["metrics"]
-    assert 0.0 <= metrics["test/macro_f1"] <= 1.0
+    assert 0.0 <= metrics["test/ER/macro_f1"] <= 1.0
     ckpt = torch.load(next((tmp_path / "run" / "checkpoints").glob("*.ckpt")), weights_only=True)
     assert ckpt["hyper_parameters"]["compile"] is True
     assert not any("_orig_mod" in key for key in ckpt["state_dict"])
 
 
 def test_level_offsets_move_the_argmax_and_the_grid_scores_each_pair():
-    from empathy.levels import (
-        LevelOffsetGrid,
-        decide,
-        level_offsets,
-        macro_f1,
-        offset_tag,
-        offsets_from_tag,
-    )
+    from empathy.decisions import decisions
+    from empathy.levels import level_offsets
+    from empathy.study.grids import LevelOffsetGrid, macro_f1, offset_tag, offsets_from_tag
+
+    def decide(logits, offsets):
+        return decisions(["ER"], None, {"ER": offsets}).get("ER").levels(logits)
 
     logits = torch.tensor([[2.0, 1.5, 0.0], [0.0, 1.0, 0.8], [1.0, 0.0, 0.9], [0.0, 0.2, 3.0]])
     gold = torch.tensor([1, 2, 2, 2])

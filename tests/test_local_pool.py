@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from empathy.data.synthetic import write_synthetic_epitome
-from empathy.local_pool import LocalPool, PoolJob, core_shares
 from empathy.models.callbacks import ThreadShare
+from empathy.study.local_pool import LocalPool, PoolJob, core_shares
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,8 @@ ROWS = [
 
 @pytest.fixture
 def data_dir(tmp_path, write_csv):
-    write_csv(ROWS, name="emotional-reactions-reddit.csv")
+    for name in ("emotional-reactions-reddit.csv", "interpretations-reddit.csv", "explorations-reddit.csv"):
+        write_csv(ROWS, name=name)
     return tmp_path
 
 
@@ -32,7 +33,7 @@ def test_config_composes():
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         cfg = compose(config_name="prepare", overrides=["mechanism=IP", "data.max_len=32"])
     assert cfg.task_name == "prepare"
-    assert cfg.mechanism.file == "interpretations-reddit.csv" and cfg.encoder.name == "minilm"
+    assert list(cfg.mechanism.mechanisms) == ["IP"] and cfg.encoder.name == "minilm"
     assert cfg.data.max_len == 32 and cfg.data.on_conflict == "drop"
 
 
@@ -47,17 +48,34 @@ def test_run_writes_outputs_and_prints_summary(data_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert (out / "split.csv").is_file() and (out / "unaligned_rationales.csv").is_file()
     assert (out / "split.csv").read_bytes() == prepared.split_csv.read_bytes()
-    for text in ("rows read 40", "train", "dev", "test", "aligned 26, unaligned 0", "cache written", str(out)):
+    for text in ("ER:", "IP:", "EX:", "rows read 40", "train", "dev", "test", "aligned 26, unaligned 0", "cache written",
+                 str(out)):
         assert text in printed
     run(cfg, tmp_path / "run2")
     assert "cache hit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mechanism", ["all", "IP"])
+def test_prepare_writes_the_split_that_training_uses(mechanism, data_dir, tmp_path):
+    """The split prepare writes (for data.split_file) is the one a training run with the same
+    settings copies into its run folder: the shared split, not one per mechanism."""
+    from empathy import runner
+    from empathy.data.split import read_split_csv
+
+    overrides = [f"mechanism={mechanism}", "encoder=tiny", "data.max_len=32"]
+    prepared = run(runner.compose_config("prepare", overrides, data_dir=data_dir, output_dir=tmp_path / "p"), tmp_path / "p")
+    training = runner.build_datamodule(runner.compose_config("train", overrides, data_dir=data_dir, output_dir=tmp_path / "t"))
+    training.setup()
+    assert (tmp_path / "p" / "split.csv").read_bytes() == Path(training.prepared.split_csv).read_bytes()
+    assert read_split_csv(tmp_path / "p" / "split.csv") == read_split_csv(prepared.split_csv)
+    assert training.split_scope == "shared"
 
 
 def test_module_runs_from_the_command_line(data_dir, tmp_path):
     env = {**os.environ, "EMPATHY_DATA_DIR": str(data_dir), "EMPATHY_CACHE_DIR": str(tmp_path / "cache"),
            "EMPATHY_LOG_DIR": str(tmp_path / "logs")}
     result = subprocess.run(
-        [sys.executable, "-m", "empathy.prepare", "mechanism=ER", "encoder=tiny"],
+        [sys.executable, "-m", "empathy.prepare", "encoder=tiny"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr

@@ -251,8 +251,8 @@ def test_masked_position_loss_equals_the_full_forward_loss(model_type):
 def test_saved_folder_loads_as_automodel_and_as_the_biencoders_encoders(pretrained):
     from transformers import AutoModel, AutoModelForMaskedLM
 
+    from empathy.encoders import load_tokenizer
     from empathy.models.biencoder import BiEncoder
-    from empathy.models.encoders import load_tokenizer
 
     folder = pretrained[0] / "encoder"
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
@@ -262,14 +262,14 @@ def test_saved_folder_loads_as_automodel_and_as_the_biencoders_encoders(pretrain
     assert torch.equal(base.state_dict()[key], mlm.base_model.state_dict()[key])
 
     encoder = {"name": "local", "path": str(folder)}
-    net = BiEncoder(encoder).eval()
+    net = BiEncoder(encoder, mechanisms=["ER"]).eval()
     assert torch.equal(net.seeker_encoder.state_dict()[key], net.response_encoder.state_dict()[key])
     assert torch.equal(net.response_encoder.state_dict()[key], base.state_dict()[key])
     tokenizer = load_tokenizer(encoder)
     seeker = tokenizer(["I feel so alone."], return_tensors="pt")
     response = tokenizer(["That sounds really hard.", "Hang in there."], return_tensors="pt", padding=True)
     out = net(response["input_ids"], response["attention_mask"],
-              seeker["input_ids"].expand(2, -1), seeker["attention_mask"].expand(2, -1))
+              seeker["input_ids"].expand(2, -1), seeker["attention_mask"].expand(2, -1))["ER"]
     assert out.level_logits.shape == (2, 3)
     assert out.rationale_logits.shape[:2] == response["input_ids"].shape
 

@@ -14,8 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from empathy import CONFIG_DIR, results, runner
+from empathy import CONFIG_DIR, runner
 from empathy.data.synthetic import write_synthetic_epitome
+from empathy.study import results
 from empathy.sweep import summary_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

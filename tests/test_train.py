@@ -53,10 +53,13 @@ def test_fast_dev_run_train_then_evaluate(synthetic_dir, tmp_path):
     result = train(cfg, Path(cfg.paths.output_dir))
     metrics = result["metrics"]
     for key in ("acc", "macro_f1", "rationale_token_f1", "rationale_iou_f1"):
-        assert 0.0 <= metrics[f"test/{key}"] <= 1.0
-        assert 0.0 <= metrics[f"dev/{key}"] <= 1.0
+        assert 0.0 <= metrics[f"test/IP/{key}"] <= 1.0
+        assert 0.0 <= metrics[f"dev/IP/{key}"] <= 1.0
+    assert metrics["test/macro_f1"] == metrics["test/IP/macro_f1"]  # the mean over its one mechanism
+    assert not any(k.startswith(("test/ER", "test/EX")) for k in metrics)
     for policy in ("paper", "strict"):
-        assert f"test/rationale_iou_f1_{policy}" in metrics
+        assert f"test/IP/rationale_iou_f1_{policy}" in metrics
+    assert result["mechanism"] == "IP" and result["mechanisms"] == ["IP"]
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["metrics"] == pytest.approx(metrics)
     assert (tmp_path / "run" / "split.csv").exists()
@@ -77,13 +80,15 @@ def test_train_writes_best_checkpoint_and_evaluate_reproduces_it(trained_run, sy
     assert (best.parent / "last.ckpt").exists()
     # The checkpoint loads with weights_only=True: nothing but tensors and plain containers.
     checkpoint = torch.load(best, weights_only=True)
-    assert checkpoint["hyper_parameters"]["mechanism"] == "ER"
+    assert checkpoint["hyper_parameters"]["mechanisms"] == ["ER"]
+    assert set(checkpoint["hyper_parameters"]["class_weights"]) == {"ER"}
     for split in ("test", "dev"):
         eval_cfg = compose_cfg("evaluate", [f"ckpt_path={best}", f"split={split}", "++trainer.enable_progress_bar=false"], synthetic_dir, tmp_path)
         with open_dict(eval_cfg):
             eval_cfg.paths.cache_dir = cfg.paths.cache_dir
         metrics = evaluate(eval_cfg, tmp_path)
-        for key in ("acc", "macro_f1", "rationale_token_f1", "rationale_iou_f1", "rationale_iou_f1_paper"):
+        for key in ("macro_f1", *(f"ER/{k}" for k in ("acc", "macro_f1", "rationale_token_f1", "rationale_iou_f1",
+                                                        "rationale_iou_f1_paper"))):
             assert metrics[f"{split}/{key}"] == pytest.approx(result["metrics"][f"{split}/{key}"], abs=1e-6)
         assert (tmp_path / f"eval_{split}.json").exists()
 
@@ -92,7 +97,7 @@ def test_evaluate_refuses_a_checkpoint_of_another_mechanism_or_encoder(trained_r
     _, result = trained_run
     best = result["best_checkpoint"]
     cfg = compose_cfg("evaluate", [f"ckpt_path={best}", "mechanism=IP"], synthetic_dir, tmp_path)
-    with pytest.raises(ValueError, match="is a ER model, but mechanism=IP"):
+    with pytest.raises(ValueError, match="is a model of ER, but mechanism=IP"):
         evaluate(cfg, tmp_path)
     cfg = compose_cfg("evaluate", [f"ckpt_path={best}", "encoder=minilm"], synthetic_dir, tmp_path)
     with pytest.raises(ValueError, match="trained with encoder tiny"):
@@ -169,14 +174,13 @@ def test_frozen_seeker_is_unchanged_and_response_is_trained(synthetic_dir, tmp_p
     assert len(changed) > len(snapshot.response) // 2
 
 
-# a single-mechanism model logs test/confusion_matrix; the joint model (the default) one per
-# mechanism, test/<M>/confusion_matrix
-@pytest.mark.parametrize(("model", "image_folders"), [("biencoder", ["test"]), ("joint", ["test/ER", "test/IP", "test/EX"])],
-                         ids=["biencoder", "joint"])
-def test_wandb_offline_run_has_metrics_and_confusion_image(model, image_folders, synthetic_dir, tmp_path, monkeypatch):
+# a confusion matrix per mechanism, test/<M>/confusion_matrix
+@pytest.mark.parametrize(("mechanism", "image_folders"), [("IP", ["test/IP"]), ("all", ["test/ER", "test/IP", "test/EX"])],
+                         ids=["one", "joint"])
+def test_wandb_offline_run_has_metrics_and_confusion_image(mechanism, image_folders, synthetic_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = train_cfg(synthetic_dir, tmp_path, f"model={model}", "logger=wandb", "trainer.max_epochs=1", "group=pytest")
+    cfg = train_cfg(synthetic_dir, tmp_path, f"mechanism={mechanism}", "logger=wandb", "trainer.max_epochs=1", "group=pytest")
     result = train(cfg, tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -187,31 +191,17 @@ def test_wandb_offline_run_has_metrics_and_confusion_image(model, image_folders,
 
 
 # ------------------------------------------------------------------------------------- mechanism=
-# The joint model (the default) trains ER, IP and EX at once: mechanism= with it is an error.
-@pytest.mark.parametrize("override", ["mechanism=IP", "+mechanism=IP", "++mechanism=IP", "mechanism.name=IP"])
-def test_a_mechanism_override_of_the_joint_model_is_an_error_naming_model_biencoder(override, tmp_path):
-    cfg = compose_cfg("train", [], tmp_path, tmp_path)
-    assert runner.is_joint(cfg)  # the default model
-    with pytest.raises(ValueError, match="add model=biencoder") as error:
-        runner.check_mechanism_override(cfg, ["encoder=tiny", override, "seed=3"])
-    assert "model=biencoder mechanism=IP" in str(error.value)
-    assert override in str(error.value)
-    joint = compose_cfg("train", ["model=joint"], tmp_path, tmp_path)
-    with pytest.raises(ValueError, match="model=biencoder mechanism=IP"):
-        runner.check_mechanism_override(joint, ["model=joint", override])
+def test_mechanism_chooses_the_mechanisms_of_the_one_model(tmp_path):
+    """mechanism=all (the default) trains ER, IP and EX in one model; mechanism=IP a model of IP
+    alone, with either preset (model=joint, the default, or model=biencoder)."""
+    assert runner.config_mechanisms(compose_cfg("train", [], tmp_path, tmp_path)) == ["ER", "IP", "EX"]
+    for overrides in (["mechanism=IP"], ["model=biencoder", "mechanism=IP"]):
+        cfg = compose_cfg("train", overrides, tmp_path, tmp_path)
+        assert runner.config_mechanisms(cfg) == ["IP"] and cfg.model._target_ == "empathy.models.module.EmpathyModule"
+    assert runner.mechanisms_label(["IP"]) == "IP" and runner.mechanisms_label(["ER", "IP", "EX"]) == "joint"
 
 
-def test_one_mechanism_with_model_biencoder_and_the_joint_model_without_mechanism_are_accepted(tmp_path):
-    overrides = ["model=biencoder", "mechanism=IP"]
-    biencoder = compose_cfg("train", overrides, tmp_path, tmp_path)
-    assert not runner.is_joint(biencoder) and biencoder.mechanism.name == "IP"
-    runner.check_mechanism_override(biencoder, overrides)
-    runner.check_mechanism_override(compose_cfg("train", [], tmp_path, tmp_path), [])
-    runner.check_mechanism_override(compose_cfg("train", ["seed=3"], tmp_path, tmp_path), ["encoder=tiny", "seed=3"])
-    runner.check_mechanism_override(compose_cfg("train", ["model=joint"], tmp_path, tmp_path), ["model=joint"])
-
-
-def test_the_entry_point_refuses_mechanism_with_the_joint_model_before_training(synthetic_dir, tmp_path):
+def test_the_entry_point_trains_one_mechanism_with_the_joint_preset(synthetic_dir, tmp_path):
     logs, cache = tmp_path / "logs", tmp_path / "cache"
     command = [
         sys.executable, "-m", "empathy.train", "mechanism=IP", "encoder=tiny", "debug=fast", "logger=csv",
@@ -221,12 +211,10 @@ def test_the_entry_point_refuses_mechanism_with_the_joint_model_before_training(
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("EMPATHY_LOG_DIR", None)
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0
-    assert "model=biencoder mechanism=IP" in done.stderr, done.stderr[-3000:]
-    # nothing was prepared or trained: no cache, no resolved config, no checkpoint, no metrics
-    assert not cache.exists()
-    written = {p.name for p in logs.rglob("*")} if logs.exists() else set()
-    assert not written & {"resolved_config.yaml", "split.csv", "checkpoints", "metrics.json", "csv"}, written
+    assert done.returncode == 0, done.stderr[-3000:]
+    (metrics,) = logs.rglob("metrics.json")
+    result = json.loads(metrics.read_text())
+    assert result["mechanisms"] == ["IP"] and "test/IP/macro_f1" in result["metrics"]
 
 
 def test_resumable_checkpoint_saves_mid_epoch_by_minutes_or_steps(tmp_path, monkeypatch):

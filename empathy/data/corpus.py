@@ -501,7 +501,7 @@ class CorpusDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.heldout_batches is not None:
             return
-        from empathy.models.encoders import load_tokenizer
+        from empathy.encoders import load_tokenizer
 
         self.tokenizer = load_tokenizer(self.encoder)
         with no_progress_bars():

@@ -1,4 +1,4 @@
-"""LightningDataModule: wires the pure data functions (read, align, split, cache) to loaders."""
+"""LightningDataModule: wires the pure data functions (read, align, split, cache, merge) to loaders."""
 
 from __future__ import annotations
 
@@ -9,11 +9,18 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from empathy import MECHANISMS
 from empathy.data.collate import Collator
+from empathy.data.merge import (
+    POLICIES,
+    level_column,
+    level_counts,
+    merge_prepared,
+    rationale_column,
+)
 from empathy.data.processing import PreparedData, prepare_mechanism
-from empathy.models.encoders import load_tokenizer
-
-SPLITS = ("train", "dev", "test")
+from empathy.data.split import SPLITS
+from empathy.encoders import load_tokenizer
 
 
 class ResumableSampler(Sampler[int]):
@@ -67,14 +74,29 @@ class ResumableSampler(Sampler[int]):
         return self.size
 
 
+# The EPITOME file of each mechanism (data.mechanism_files), for settings saved without one.
+DEFAULT_FILES = {
+    "ER": "emotional-reactions-reddit.csv",
+    "IP": "interpretations-reddit.csv",
+    "EX": "explorations-reddit.csv",
+}
+
+
 class EpitomeDataModule(pl.LightningDataModule):
+    """The EPITOME pairs of one or several mechanisms (``mechanisms``, each read from its file in
+    ``mechanism_files``): each mechanism is prepared alone (read, validate, align, split, cache:
+    :func:`~empathy.data.processing.prepare_mechanism`) and the mechanisms are merged by pair
+    (:func:`~empathy.data.merge.merge_prepared`). Batches hold the shared inputs plus
+    ``level_M``, ``rationale_strict_M`` and ``rationale_paper_M`` per mechanism ``M`` (-100 where
+    ``M``'s file lacks the pair)."""
+
     def __init__(
         self,
         *,
         data_dir: str,
-        mechanism: str,
-        mechanism_file: str,
         encoder: Mapping[str, Any],
+        mechanisms: Sequence[str] | None = None,
+        mechanism_files: Mapping[str, str] | None = None,
         cache_dir: str = ".cache/empathy",
         max_len: int = 64,
         rationale_policy: str = "strict",
@@ -83,8 +105,7 @@ class EpitomeDataModule(pl.LightningDataModule):
         split_fractions: Sequence[float] = (0.75, 0.05, 0.2),
         split_seed: int = 12,
         split_file: str | None = None,
-        split_scope: str = "mechanism",
-        mechanism_files: Mapping[str, str] | None = None,
+        split_scope: str = "shared",
         cv_folds: int = 0,
         cv_fold: int = 0,
         batch_size: int = 32,
@@ -94,9 +115,16 @@ class EpitomeDataModule(pl.LightningDataModule):
         seed: int = 12,
     ) -> None:
         super().__init__()
+        self.mechanism_files = dict(mechanism_files or DEFAULT_FILES)
+        mechanisms = list(mechanisms) if mechanisms else [m for m in MECHANISMS if m in self.mechanism_files]
+        unknown = [m for m in mechanisms if m not in MECHANISMS]
+        if unknown or not mechanisms or len(set(mechanisms)) != len(mechanisms):
+            raise ValueError(f"mechanisms: expected one or more distinct of {', '.join(MECHANISMS)}, got {mechanisms}")
+        missing = [m for m in mechanisms if m not in self.mechanism_files]
+        if missing:
+            raise ValueError(f"data.mechanism_files names no file for {', '.join(missing)} (mechanism -> CSV file name)")
+        self.mechanisms = tuple(m for m in MECHANISMS if m in mechanisms)
         self.data_dir = data_dir
-        self.mechanism = mechanism
-        self.mechanism_file = mechanism_file
         self.encoder = encoder
         self.cache_dir = cache_dir
         self.max_len = max_len
@@ -107,7 +135,6 @@ class EpitomeDataModule(pl.LightningDataModule):
         self.split_seed = split_seed
         self.split_file = split_file
         self.split_scope = split_scope
-        self.mechanism_files = dict(mechanism_files or {})
         self.cv_folds = cv_folds
         self.cv_fold = cv_fold
         self.batch_size = batch_size
@@ -121,22 +148,22 @@ class EpitomeDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         # Builds the on-disk cache once (rank 0); setup() then loads it on every process. Lightning
-        # calls this at each fit / validate / test: once this process has set up, the cache exists
-        # (2.4 s a call saved for the joint data on the 2-core CPU).
+        # calls this at each fit / validate / test: once this process has set up, the cache exists.
         if self.prepared is None:
             self._prepare()
 
     def _prepare(self) -> PreparedData:
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.encoder)
-        return prepare_mechanism(**self.prepare_kwargs(self.mechanism, self.mechanism_file))
+        parts = {m: prepare_mechanism(**self.prepare_kwargs(m)) for m in self.mechanisms}
+        return merge_prepared(parts, self.cache_dir)
 
-    def prepare_kwargs(self, mechanism: str, mechanism_file: str) -> dict[str, Any]:
+    def prepare_kwargs(self, mechanism: str) -> dict[str, Any]:
         """The arguments of ``prepare_mechanism`` for one mechanism under this module's settings."""
         return dict(
             data_dir=self.data_dir,
             mechanism=mechanism,
-            mechanism_file=mechanism_file,
+            mechanism_file=self.mechanism_files[mechanism],
             encoder_cfg=self.encoder,
             max_len=self.max_len,
             on_conflict=self.on_conflict,
@@ -159,30 +186,32 @@ class EpitomeDataModule(pl.LightningDataModule):
             dataset = prepared.datasets[split]
             prepared.datasets[split] = dataset.add_column("index", list(range(len(dataset))))
         self.prepared = prepared
-        self.collator = Collator(self.tokenizer.pad_token_id)
+        self.collator = Collator(
+            self.tokenizer.pad_token_id,
+            token_columns=[rationale_column(m, p) for m in self.mechanisms for p in POLICIES],
+            label_columns=[level_column(m) for m in self.mechanisms],
+        )
 
     def dataset(self, split: str):
         if self.prepared is None:
             self.setup()
         return self.prepared.datasets[split]
 
-    def level_counts(self, split: str = "train") -> list[int]:
-        levels = self.dataset(split)["level"]
-        return [sum(1 for level in levels if level == c) for c in range(3)]
+    def level_counts(self, mechanism: str, split: str = "train") -> list[int]:
+        """Rows per level (0, 1, 2) of ``mechanism`` in ``split`` (its unlabelled rows left out)."""
+        return level_counts(self.dataset(split), mechanism)
 
-    def inverse_frequency_weights(self) -> list[float]:
-        """Level-loss weights n / (3 * n_c) from the train split."""
-        counts = self.level_counts("train")
-        total = sum(counts)
-        return [total / (3 * max(1, c)) for c in counts]
+    def inverse_frequency_weights(self) -> dict[str, list[float]]:
+        """Per mechanism, level-loss weights n / (3 * n_c) from its labelled train rows."""
+        weights = {}
+        for m in self.mechanisms:
+            counts = self.level_counts(m)
+            total = sum(counts)
+            weights[m] = [total / (3 * max(1, c)) for c in counts]
+        return weights
 
     def _loader(self, split: str, **kwargs) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            collate_fn=self.collator,
-            num_workers=self.num_workers,
-            **kwargs,
-        )
+        return DataLoader(self.dataset(split), collate_fn=self.collator, num_workers=self.num_workers, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train")
@@ -200,10 +229,9 @@ class EpitomeDataModule(pl.LightningDataModule):
 
     def split_dataloader(self, split: str) -> DataLoader:
         """A split for evaluation, its rows in order of response length (ties in dataset order), so
-        that each batch is padded to about its own rows' length: the test split is 34k padded tokens
-        instead of 77k in dataset order, and its evaluation 2.4x faster at one thread
-        (``scripts/bench_eval.py``). The metrics are sums over rows, which the order does not change;
-        the logged loss, a mean of per-batch means, moves a little with the batches."""
+        that each batch is padded to about its own rows' length rather than to the longest row of
+        the split (``scripts/bench_eval.py`` times both). The metrics are sums over rows, which the
+        order does not change; the logged loss, a mean of per-batch means, moves a little."""
         dataset = self.dataset(split)
         lengths = [len(r) for r in dataset["response_input_ids"]]
         order = sorted(range(len(dataset)), key=lengths.__getitem__)
@@ -212,9 +240,7 @@ class EpitomeDataModule(pl.LightningDataModule):
     def seeker_dataloader(self) -> DataLoader:
         """Each distinct seeker post once (all splits), for the seeker cache: sorted by length, then
         seeker_id (a fixed order and batching, so the cache is the same in every run), so that a
-        batch is padded to about its own posts' length. Seeker posts are short (median 40 tokens,
-        80 of 2978 reach max_len 128): in seeker_id order the batches were padded to 124 tokens on
-        average and the cache took 87 s of each joint run on the 2-core CPU."""
+        batch is padded to about its own posts' length (seeker posts are mostly short)."""
         rows: dict[int, list[int]] = {}
         for split in SPLITS:
             dataset = self.dataset(split)

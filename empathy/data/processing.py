@@ -312,7 +312,7 @@ def prepare_mechanism(
 
     The split: see :func:`split_population` (``split_scope``) and :func:`assign_splits`
     (``split_file``, ``cv_folds`` / ``cv_fold``)."""
-    from empathy.models.encoders import load_tokenizer
+    from empathy.encoders import load_tokenizer
 
     csv_path = (Path(data_dir) / mechanism_file).resolve()
     if not csv_path.is_file():

@@ -2,14 +2,13 @@
 
 A seeker encoder (frozen by default) and a response encoder (fine-tuned) read the two posts
 separately; the response's token states attend over the seeker's (response-to-seeker attention,
-added residually); an empathy head on the response's first token (or the mean of its tokens,
-``pooling``) predicts the level (0 / 1 / 2) and a per-token head marks the response tokens that
-justify it (rationales).
+added residually); for each mechanism it scores (one, or ER, IP and EX at once), an empathy head
+on the response's first token (or the mean of its tokens, ``pooling``) predicts the level
+(0 / 1 / 2) and a per-token head marks the response tokens that justify it (rationales).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from empathy.models.encoders import load_encoder
+from empathy.encoders import load_encoder
 
 NUM_LEVELS = 3
 IGNORE_INDEX = -100
@@ -89,11 +88,33 @@ def make_rationale_head(hidden: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, 2))
 
 
+class MechanismHeads(nn.Module):
+    """One mechanism's level and rationale heads."""
+
+    def __init__(self, hidden: int, dropout: float, num_levels: int = NUM_LEVELS) -> None:
+        super().__init__()
+        self.level_head = make_level_head(hidden, dropout, num_levels)
+        self.rationale_head = make_rationale_head(hidden, dropout)
+
+    def forward(self, states: Tensor, pooled: Tensor) -> BiEncoderOutput:
+        """``states``: the response's token states; ``pooled``: what the level head reads (:func:`pool`)."""
+        return BiEncoderOutput(level_logits=self.level_head(pooled), rationale_logits=self.rationale_head(states))
+
+
 class BiEncoder(nn.Module):
+    """The bi-encoder with one pair of heads per mechanism (one or several) on one response
+    encoder, one seeker pass and one response-to-seeker attention.
+
+    ``forward`` returns ``{mechanism: BiEncoderOutput}``. Parameter names: ``response_encoder.*``,
+    ``seeker_encoder.*``, ``attention.*`` and ``heads.<M>.level_head.*`` /
+    ``heads.<M>.rationale_head.*``.
+    """
+
     def __init__(
         self,
         encoder: Mapping[str, Any],
         *,
+        mechanisms: Sequence[str],
         attention_heads: int = 1,
         use_attention: bool = True,
         freeze_seeker: bool = True,
@@ -105,8 +126,11 @@ class BiEncoder(nn.Module):
         num_levels: int = NUM_LEVELS,
     ) -> None:
         super().__init__()
+        if not mechanisms or len(set(mechanisms)) != len(mechanisms):
+            raise ValueError(f"the bi-encoder needs one or more distinct mechanisms, got {list(mechanisms or [])}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+        self.mechanisms = tuple(mechanisms)
         self.pooling = pooling
         # The response encoder's own dropout (None: its pretrained config's). The seeker encoder's
         # does not matter while it is frozen (always in eval mode); fine-tuned, it keeps its own.
@@ -121,15 +145,12 @@ class BiEncoder(nn.Module):
             self.seeker_encoder = load_encoder(encoder)
             if freeze_seeker:
                 self.seeker_encoder.requires_grad_(False)
-            self.attention = nn.MultiheadAttention(
-                hidden, attention_heads, dropout=dropout, batch_first=True
-            )
+            self.attention = nn.MultiheadAttention(hidden, attention_heads, dropout=dropout, batch_first=True)
         else:
             self.seeker_encoder = None
             self.attention = None
         self.dropout = nn.Dropout(dropout)
-        self.level_head = make_level_head(hidden, dropout, num_levels)
-        self.rationale_head = make_rationale_head(hidden, dropout)
+        self.heads = nn.ModuleDict({m: MechanismHeads(hidden, dropout, num_levels) for m in self.mechanisms})
         # from_pretrained returns encoders in eval mode, and Lightning keeps each submodule's mode:
         # without this the response encoder would fine-tune with its dropout switched off.
         self.train()
@@ -160,14 +181,12 @@ class BiEncoder(nn.Module):
         seeker_input_ids: Tensor | None = None,
         seeker_attention_mask: Tensor | None = None,
         seeker_states: Tensor | None = None,
-    ) -> BiEncoderOutput:
+    ) -> dict[str, BiEncoderOutput]:
         states = self.response_states(
             response_input_ids, response_attention_mask, seeker_input_ids, seeker_attention_mask, seeker_states
         )
-        return BiEncoderOutput(
-            level_logits=self.level_head(pool(states, response_attention_mask, self.pooling)),
-            rationale_logits=self.rationale_head(states),
-        )
+        pooled = pool(states, response_attention_mask, self.pooling)
+        return {m: head(states, pooled) for m, head in self.heads.items()}
 
     def response_states(
         self,
@@ -199,159 +218,8 @@ class BiEncoder(nn.Module):
         return states
 
 
-class MechanismHeads(nn.Module):
-    """One mechanism's level and rationale heads (the joint model has one per mechanism)."""
-
-    def __init__(self, hidden: int, dropout: float, num_levels: int = NUM_LEVELS) -> None:
-        super().__init__()
-        self.level_head = make_level_head(hidden, dropout, num_levels)
-        self.rationale_head = make_rationale_head(hidden, dropout)
-
-    def forward(self, states: Tensor, pooled: Tensor) -> BiEncoderOutput:
-        """``states``: the response's token states; ``pooled``: what the level head reads (:func:`pool`)."""
-        return BiEncoderOutput(level_logits=self.level_head(pooled), rationale_logits=self.rationale_head(states))
-
-
-class JointBiEncoder(BiEncoder):
-    """The bi-encoder with one pair of heads per mechanism on one response encoder, one seeker
-    pass and one response-to-seeker attention (``model=joint``).
-
-    ``forward`` returns ``{mechanism: BiEncoderOutput}``. Parameter names: the shared body keeps
-    the bi-encoder's (``response_encoder.*``, ``seeker_encoder.*``, ``attention.*``); the heads
-    are ``heads.<M>.level_head.*`` and ``heads.<M>.rationale_head.*`` (no ``level_head.*`` /
-    ``rationale_head.*`` at the top level, so a joint state dict never loads into a
-    single-mechanism model or the reverse).
-    """
-
-    def __init__(
-        self,
-        encoder: Mapping[str, Any],
-        *,
-        mechanisms: Sequence[str],
-        dropout: float = 0.1,
-        num_levels: int = NUM_LEVELS,
-        **kwargs: Any,
-    ) -> None:
-        if not mechanisms or len(set(mechanisms)) != len(mechanisms):
-            raise ValueError(f"a joint bi-encoder needs distinct mechanisms, got {list(mechanisms)}")
-        super().__init__(encoder, dropout=dropout, num_levels=num_levels, **kwargs)
-        # One pair of heads per mechanism in place of the single pair.
-        del self.level_head, self.rationale_head
-        self.mechanisms = tuple(mechanisms)
-        self.heads = nn.ModuleDict({m: MechanismHeads(self.hidden_size, dropout, num_levels) for m in self.mechanisms})
-        self.train(self.training)
-
-    def forward(
-        self,
-        response_input_ids: Tensor,
-        response_attention_mask: Tensor,
-        seeker_input_ids: Tensor | None = None,
-        seeker_attention_mask: Tensor | None = None,
-        seeker_states: Tensor | None = None,
-    ) -> dict[str, BiEncoderOutput]:
-        states = self.response_states(
-            response_input_ids, response_attention_mask, seeker_input_ids, seeker_attention_mask, seeker_states
-        )
-        pooled = pool(states, response_attention_mask, self.pooling)
-        return {m: head(states, pooled) for m, head in self.heads.items()}
-
-
-def mean_log_probs(logits: Sequence[Tensor]) -> Tensor:
-    """The log of the members' mean softmax over the last dimension: logits whose softmax is the
-    mean of the members' probabilities."""
-    stacked = torch.stack([x.float().log_softmax(-1) for x in logits])
-    return torch.logsumexp(stacked, dim=0) - math.log(len(logits))
-
-
-class EnsembleNet(nn.Module):
-    """Trained bi-encoders of one kind (seeds of one configuration, say) as one network: the seeker
-    post is encoded once (the members' seeker encoders must be frozen and the same weights, as the
-    pretrained encoder is), each member reads the response and attends over it, and the outputs
-    are :func:`mean_log_probs` of the members' level and rationale logits: their softmax is the
-    members' mean probability. A response pass per member: n members cost about n times one model
-    to predict (``scripts/bench_predict.py --ensemble``)."""
-
-    def __init__(self, members: Sequence[BiEncoder]) -> None:
-        super().__init__()
-        if len(members) < 2:
-            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
-        first = members[0]
-        for k, member in enumerate(members[1:], start=1):
-            if type(member) is not type(first) or getattr(member, "mechanisms", None) != getattr(first, "mechanisms", None):
-                raise ValueError(f"ensemble member {k} is a {type(member).__name__} of {getattr(member, 'mechanisms', '-')}, "
-                                 f"member 0 a {type(first).__name__} of {getattr(first, 'mechanisms', '-')}")
-            if member.use_attention != first.use_attention:
-                raise ValueError(f"ensemble member {k} has use_attention={member.use_attention}, member 0 {first.use_attention}")
-        if first.use_attention:
-            reference = first.seeker_encoder.state_dict()
-            for k, member in enumerate(members[1:], start=1):
-                if not member.freeze_seeker or not first.freeze_seeker:
-                    raise ValueError("an ensemble shares one seeker pass: its members' seeker encoders must be frozen")
-                other = member.seeker_encoder.state_dict()
-                if other.keys() != reference.keys() or any(not torch.equal(other[n], t) for n, t in reference.items()):
-                    raise ValueError(f"ensemble member {k}'s seeker encoder differs from member 0's: one seeker pass cannot serve both")
-        self.members = nn.ModuleList(members)
-
-    @property
-    def use_attention(self) -> bool:
-        return self.members[0].use_attention
-
-    @property
-    def freeze_seeker(self) -> bool:
-        return self.members[0].freeze_seeker
-
-    @property
-    def seeker_encoder(self) -> nn.Module | None:
-        return self.members[0].seeker_encoder
-
-    @property
-    def hidden_size(self) -> int:
-        return self.members[0].hidden_size
-
-    @property
-    def mechanisms(self) -> tuple[str, ...] | None:
-        return getattr(self.members[0], "mechanisms", None)
-
-    def train(self, mode: bool = True) -> EnsembleNet:
-        super().train(mode)
-        for member in self.members:
-            member.train(mode)
-        return self
-
-    def encode_seeker(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.members[0].encode_seeker(input_ids, attention_mask)
-
-    def forward(
-        self,
-        response_input_ids: Tensor,
-        response_attention_mask: Tensor,
-        seeker_input_ids: Tensor | None = None,
-        seeker_attention_mask: Tensor | None = None,
-        seeker_states: Tensor | None = None,
-    ) -> BiEncoderOutput | dict[str, BiEncoderOutput]:
-        if self.use_attention and seeker_states is None:
-            if seeker_input_ids is None or seeker_attention_mask is None:
-                raise ValueError("the bi-encoder needs the seeker post (or its encoded states)")
-            seeker_states = self.encode_seeker(seeker_input_ids, seeker_attention_mask)
-        outputs = [m(response_input_ids, response_attention_mask, seeker_attention_mask=seeker_attention_mask,
-                     seeker_states=seeker_states) for m in self.members]
-
-        def combine(outs: Sequence[BiEncoderOutput]) -> BiEncoderOutput:
-            return BiEncoderOutput(level_logits=mean_log_probs([o.level_logits for o in outs]),
-                                   rationale_logits=mean_log_probs([o.rationale_logits for o in outs]))
-
-        if isinstance(outputs[0], dict):
-            return {m: combine([o[m] for o in outputs]) for m in outputs[0]}
-        return combine(outputs)
-
-
 def build_net(encoder: Mapping[str, Any], net: Mapping[str, Any]) -> BiEncoder:
-    """The network a ``net`` config describes: a :class:`JointBiEncoder` when it names
-    ``mechanisms``, else the single-mechanism :class:`BiEncoder`."""
-    net = dict(net)
-    if net.get("mechanisms"):
-        return JointBiEncoder(encoder, **net)
-    net.pop("mechanisms", None)
+    """The network a ``net`` config (with its ``mechanisms``) describes."""
     return BiEncoder(encoder, **net)
 
 

@@ -123,7 +123,7 @@ class EpochSummary(pl.Callback):
     """One log line per epoch (train loss, dev metrics, seconds), readable in the run's log file
     and on a terminal without a progress bar (cluster jobs, CI)."""
 
-    KEYS = ("train/loss", "dev/loss", "dev/acc", "dev/macro_f1", "dev/rationale_iou_f1")
+    KEYS = ("train/loss", "dev/loss", "dev/macro_f1")
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._started = time.perf_counter()
@@ -132,7 +132,8 @@ class EpochSummary(pl.Callback):
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
-        values = " ".join(f"{k}={float(metrics[k]):.4f}" for k in self.KEYS if k in metrics)
+        keys = [*self.KEYS, *(f"dev/{m}/{k}" for m in getattr(pl_module, "mechanisms", ()) for k in ("macro_f1", "rationale_iou_f1"))]
+        values = " ".join(f"{k}={float(metrics[k]):.4f}" for k in keys if k in metrics)
         seconds = time.perf_counter() - getattr(self, "_started", time.perf_counter())
         log.info("epoch %d/%d  %s  (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, values, seconds)
 
@@ -140,7 +141,7 @@ class EpochSummary(pl.Callback):
 class ThreadShare(pl.Callback):
     """This job's share of the machine's CPU cores, re-read from ``path`` while it runs.
 
-    ``scripts/reproduce_table.py --jobs N`` (``empathy.local_pool``) runs N training jobs at once on
+    ``scripts/reproduce_table.py --jobs N`` (``empathy.study.local_pool``) runs N training jobs at once on
     one machine and writes each one's thread count to a file: 2 jobs of 1 thread each train about
     1.2x faster in all than one job of 2 threads on the 2-core CPU (``scripts/bench_threads.py``),
     and when one job finishes the pool gives its cores to those still running. The file holds one

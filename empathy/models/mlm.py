@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from empathy import allowlist
-from empathy.models.encoders import resolve_path
+from empathy.encoders import resolve_path
 from empathy.models.module import _plain
 
 log = logging.getLogger(__name__)

@@ -1,40 +1,31 @@
-"""LightningModule around the bi-encoder: optimiser, steps, metrics over whole splits."""
+"""LightningModule around the bi-encoder: optimiser, steps, decisions, metrics over whole splits."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.optim.lr_scheduler import LambdaLR
 
-from empathy import JOINT, allowlist
-from empathy.decoding import (
-    EXTENDED_GRID,
-    DecodingGrid,
-    RationaleDecoding,
-    decoding_config,
-    rationale_probs,
-)
+from empathy import MECHANISMS, allowlist
+from empathy.data.merge import IGNORE_INDEX, level_column, rationale_column
+from empathy.decisions import decisions
+from empathy.decoding import decoding_config
 from empathy.io import atomic_output, file_lock
-from empathy.levels import LevelOffsetGrid, decide, level_offsets
 from empathy.metrics import RationaleMetrics, level_metrics
-from empathy.models.biencoder import (
-    LAYER_INDEX,
-    BiEncoderOutput,
-    EnsembleNet,
-    build_net,
-    multitask_loss,
-)
-from empathy.models.checkpoint import read_checkpoint
+from empathy.models.biencoder import LAYER_INDEX, BiEncoderOutput, build_net, multitask_loss
+from empathy.models.checkpoint import load_model
 
 STAGE_PREFIX = {"val": "dev", "test": "test"}
 # The seeker cache's files (EmpathyModule.build_seeker_cache) live in <data cache_dir>/seeker_states.
@@ -53,9 +44,29 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_r
     return LambdaLR(optimizer, factor)
 
 
-def new_grid(extended: bool = False) -> DecodingGrid:
-    """The decoding grid scored in validation: the default one, or :data:`EXTENDED_GRID`."""
-    return DecodingGrid(**EXTENDED_GRID) if extended else DecodingGrid()
+# The keywords of multitask_loss a loss config may set (lambda_EI, lambda_RE and any later one);
+# class_weights is per mechanism.
+LOSS_KEYWORDS = tuple(
+    name
+    for name, p in inspect.signature(multitask_loss).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "class_weights"
+)
+
+
+def _rows(output: BiEncoderOutput, keep: Tensor) -> BiEncoderOutput:
+    return BiEncoderOutput(level_logits=output.level_logits[keep], rationale_logits=output.rationale_logits[keep])
+
+
+def _weights_per_mechanism(weights: Any, mechanisms: Sequence[str]) -> dict[str, list[float]] | None:
+    """Class weights as ``{mechanism: [w0, w1, w2]}`` from a mapping or one list for all."""
+    if weights is None:
+        return None
+    if isinstance(weights, Mapping):
+        missing = [m for m in mechanisms if m not in weights]
+        if missing:
+            raise ValueError(f"class_weights has no weights for {missing}")
+        return {m: [float(w) for w in weights[m]] for m in mechanisms}
+    return {m: [float(w) for w in weights] for m in mechanisms}
 
 
 def _plain(value: Any) -> Any:
@@ -103,100 +114,121 @@ def compile_response_encoder(net: torch.nn.Module) -> None:
         net.response_encoder.compile(dynamic=True)
 
 
+@dataclass
+class HeadRows:
+    """One mechanism's share of an evaluation batch (its labelled rows): what the metrics, and
+    any callback that scores more (``empathy.study.grids``), read from ``validation_step``'s
+    output."""
+
+    level_logits: Tensor  # [rows, 3], the head's own
+    rationale_logits: Tensor  # [rows, tokens, 2]
+    level: Tensor  # [rows] gold
+    predicted_level: Tensor  # [rows], with the model's level offsets
+    rationale: Tensor  # [rows, tokens] decided rationale tokens
+    rationale_strict: Tensor  # [rows, tokens] gold, strict labelling
+    rationale_paper: Tensor  # [rows, tokens] gold, the paper's labelling
+    mask: Tensor  # [rows, tokens] real response tokens
+
+
 class EmpathyModule(pl.LightningModule):
+    """The bi-encoder (:class:`~empathy.models.biencoder.BiEncoder`) trained on one mechanism or
+    several at once (``mechanisms``; the default model scores ER, IP and EX).
+
+    - Loss: the sum over mechanisms of :func:`~empathy.models.biencoder.multitask_loss` on the
+      rows labelled for that mechanism (level -100: unlabelled, counted neither in its level nor
+      in its rationale loss), each with its own class weights (``class_weights``:
+      ``{mechanism: [w0, w1, w2]}``, one list for all, or None).
+    - Decisions: each mechanism's level offsets and rationale decoding (:mod:`empathy.decisions`).
+    - Metrics: per mechanism ``{dev,test}/<M>/acc``, ``/macro_f1``, ``/f1_level<c>`` and the
+      rationale metrics under both labellings (``/rationale_iou_f1_paper`` ...; the unsuffixed
+      ones are the strict ones), and ``{dev,test}/macro_f1``, the mean over the mechanisms (the
+      checkpoint monitor and what ``empathy.train`` returns).
+    """
+
     def __init__(
         self,
         encoder: Mapping[str, Any],
-        mechanism: str,
         net: Mapping[str, Any],
         loss: Mapping[str, Any],
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
+        mechanisms: Sequence[str] | None = None,
         cache_seeker: bool = True,
         rationale_policy: str = "strict",
         max_len: int = 64,
-        class_weights: list[float] | None = None,
+        class_weights: Mapping[str, Sequence[float]] | Sequence[float] | None = None,
         data_config: Mapping[str, Any] | None = None,
         layerwise_lr_decay: float = 1.0,
         rationale_decoding: Mapping[str, Any] | None = None,
-        decoding_grid: bool = False,
         level_offsets: Mapping[str, Any] | None = None,
         compile: bool = False,
+        trained_net: nn.Module | None = None,
     ) -> None:
+        """``trained_net``: a network already built and loaded (a checkpoint's, or an
+        ensemble: :meth:`from_checkpoints`) instead of a fresh one from ``encoder`` and ``net``."""
         super().__init__()
         if not 0 < layerwise_lr_decay <= 1:
             raise ValueError(f"layerwise_lr_decay must be in (0, 1], not {layerwise_lr_decay}")
         if rationale_policy not in ("strict", "paper"):
             raise ValueError(f"rationale_policy must be 'strict' or 'paper', not {rationale_policy!r}")
+        net = dict(_plain(net))
+        saved = tuple(net.get("mechanisms") or ())
+        mechanisms = tuple(mechanisms or saved or MECHANISMS)
+        if saved and saved != mechanisms:
+            raise ValueError(f"mechanisms {list(mechanisms)} differ from net.mechanisms {list(saved)}")
+        net["mechanisms"] = list(mechanisms)
         self.save_hyperparameters(
             {
                 "encoder": _plain(encoder),
-                "mechanism": mechanism,
-                "net": _plain(net),
+                "mechanisms": list(mechanisms),
+                "net": net,
                 "loss": _plain(loss),
                 "optimizer": _plain(optimizer),
                 "scheduler": _plain(scheduler),
                 "cache_seeker": cache_seeker,
                 "rationale_policy": rationale_policy,
                 "max_len": max_len,
-                "class_weights": None if class_weights is None else [float(w) for w in class_weights],
+                "class_weights": _weights_per_mechanism(_plain(class_weights), mechanisms),
                 "data_config": _plain(data_config) or {},
                 "layerwise_lr_decay": float(layerwise_lr_decay),
-                "rationale_decoding": decoding_config(_plain(rationale_decoding), (mechanism,)),
-                "decoding_grid": bool(decoding_grid),
+                "rationale_decoding": decoding_config(_plain(rationale_decoding), mechanisms),
                 "level_offsets": _plain(level_offsets),
                 "compile": bool(compile),
             }
         )
-        # Dev-set scores of several rationale decodings at once (choosing one by cross-validation).
-        self.val_decoding_grid = DecodingGrid() if decoding_grid else None
-        # Dev-set macro-F1 of every pair of level offsets (choosing them by cross-validation).
-        self.val_level_grid: LevelOffsetGrid | None = None
-        self.net = build_net(self.hparams.encoder, self.hparams.net)
-        self._load_decodings()
+        self.net = trained_net if trained_net is not None else build_net(self.hparams.encoder, net)
+        self.decisions = decisions(mechanisms, self.hparams.rationale_decoding, self.hparams.level_offsets)
         weights = self.hparams.class_weights
-        self.register_buffer(
-            "class_weights", None if weights is None else torch.tensor(weights, dtype=torch.float32), persistent=False
-        )
-        self.val_level = level_metrics()
-        self.test_level = level_metrics()
-        self.val_rationale = RationaleMetrics()
-        self.test_rationale = RationaleMetrics()
+        for m in mechanisms:
+            w = None if weights is None else torch.tensor(weights[m], dtype=torch.float32)
+            self.register_buffer(f"class_weights_{m}", w, persistent=False)
+        self.split_metrics = nn.ModuleDict()
+        for stage in STAGE_PREFIX:
+            for m in mechanisms:
+                self.split_metrics[f"{stage}_{m}_level"] = level_metrics()
+                self.split_metrics[f"{stage}_{m}_rationale"] = RationaleMetrics()
+        self.last_confusion: dict[str, Tensor] = {}
         self._seeker_cache: dict[int, Tensor] | None = None
 
-    @classmethod
-    def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> EmpathyModule:
-        """Load a checkpoint safely (:func:`~empathy.models.checkpoint.read_checkpoint`: no pickle
-        code runs, and its hyper-parameters can name no class to build)."""
-        checkpoint = read_checkpoint(path, map_location)
-        if cls is EmpathyModule and checkpoint["hyper_parameters"].get("mechanism") == JOINT:
-            from empathy.models.joint import JointEmpathyModule  # a joint model's checkpoint
-
-            cls = JointEmpathyModule
-        module = cls(**checkpoint["hyper_parameters"])
-        module.load_state_dict(checkpoint["state_dict"])
-        return module
+    @property
+    def mechanisms(self) -> tuple[str, ...]:
+        return tuple(self.hparams.mechanisms)
 
     @classmethod
-    def from_checkpoints(cls, paths: Sequence[str], map_location: str | torch.device = "cpu") -> EmpathyModule:
-        """One checkpoint (:meth:`from_checkpoint`), or several of one kind as an ensemble: the
-        first's module (its settings, decodings, level offsets and metrics) with an
-        :class:`~empathy.models.biencoder.EnsembleNet` of every checkpoint's network. The
-        checkpoints must share the mechanism, encoder, max_len and data settings (their split)."""
-        paths = [str(p) for p in paths]
-        module = cls.from_checkpoint(paths[0], map_location)
-        if len(paths) == 1:
-            return module
-        members = [module.net]
-        for path in paths[1:]:
-            other = cls.from_checkpoint(path, map_location)
-            for key in ("mechanism", "encoder", "max_len", "data_config", "rationale_policy"):
-                if other.hparams.get(key) != module.hparams.get(key):
-                    raise ValueError(f"{path}: its {key} ({other.hparams.get(key)}) differs from {paths[0]}'s "
-                                     f"({module.hparams.get(key)}): an ensemble's checkpoints must be of one kind")
-            members.append(other.net)
-        module.net = EnsembleNet(members)
-        module.hparams["ensemble"] = paths
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> EmpathyModule:
+        """A training checkpoint (:func:`~empathy.models.checkpoint.load_model`)."""
+        return cls.from_checkpoints([path], map_location)
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | Path], map_location: str | torch.device = "cpu") -> EmpathyModule:
+        """One checkpoint, or several of one kind as an ensemble (the first's settings, an
+        :class:`~empathy.models.ensemble.EnsembleNet` of every network): see
+        :func:`~empathy.models.checkpoint.load_model`."""
+        loaded = load_model([str(p) for p in paths], map_location=map_location)
+        settings = {k: v for k, v in loaded.hparams.items() if k in inspect.signature(cls).parameters}
+        module = cls(**settings, trained_net=loaded.net)
+        if len(paths) > 1:
+            module.hparams["ensemble"] = [str(p) for p in paths]
         return module
 
     # ---------------------------------------------------------------- seeker cache
@@ -295,7 +327,7 @@ class EmpathyModule(pl.LightningModule):
         return pad_sequence([self._seeker_cache[i] for i in ids], batch_first=True)
 
     # ---------------------------------------------------------------- steps
-    def forward(self, batch: Mapping[str, Tensor]) -> BiEncoderOutput:
+    def forward(self, batch: Mapping[str, Tensor]) -> dict[str, BiEncoderOutput]:
         return self.net(
             response_input_ids=batch["response_input_ids"],
             response_attention_mask=batch["response_attention_mask"],
@@ -304,38 +336,126 @@ class EmpathyModule(pl.LightningModule):
             seeker_states=self._cached_seeker_states(batch),
         )
 
-    def _loss(self, output: BiEncoderOutput, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return multitask_loss(
-            output,
-            batch["level"],
-            batch[f"rationale_{self.hparams.rationale_policy}"],
-            batch["rationale_mask"],
-            lambda_EI=self.hparams.loss["lambda_EI"],
-            lambda_RE=self.hparams.loss["lambda_RE"],
-            class_weights=self.class_weights,
-            focal_gamma=float(self.hparams.loss.get("focal_gamma", 0.0)),
-        )
+    def _loss(self, outputs: Mapping[str, BiEncoderOutput], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``loss`` (the sum over mechanisms), ``level_loss``, ``rationale_loss`` (sums) and the
+        same per mechanism as ``<M>/loss`` ...; a mechanism without a labelled row in the batch
+        adds nothing."""
+        keywords = {k: v for k, v in self.hparams.loss.items() if k in LOSS_KEYWORDS}
+        policy = self.hparams.rationale_policy
+        out: dict[str, Tensor] = {}
+        for m in self.mechanisms:
+            level = batch[level_column(m)]
+            keep = level != IGNORE_INDEX
+            if not bool(keep.any()):
+                continue
+            losses = multitask_loss(
+                _rows(outputs[m], keep),
+                level[keep],
+                batch[rationale_column(m, policy)][keep],
+                batch["rationale_mask"][keep],
+                class_weights=getattr(self, f"class_weights_{m}"),
+                **keywords,
+            )
+            for name, value in losses.items():
+                out[f"{m}/{name}"] = value
+                out[name] = out[name] + value if name in out else value
+        if "loss" not in out:  # no labelled row at all: a zero that keeps the graph
+            zero = sum(o.level_logits.sum() for o in outputs.values()) * 0.0
+            out.update(loss=zero, level_loss=zero, rationale_loss=zero)
+        return out
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        output = self(batch)
-        losses = self._loss(output, batch)
-        size = batch["level"].shape[0]
+        losses = self._loss(self(batch), batch)
+        size = batch["response_input_ids"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
-        self.log("train/level_loss", losses["level_loss"], batch_size=size)
-        self.log("train/rationale_loss", losses["rationale_loss"], batch_size=size)
+        for name, value in losses.items():
+            if name != "loss":
+                self.log(f"train/{name}", value, batch_size=size)
         return losses["loss"]
 
-    def enable_decoding_grid(self, extended: bool = False) -> None:
-        """Score the decoding grid on every validation from now on (a trained model's dev grid:
-        ``python -m empathy.evaluate split=dev decoding_grid=true``); ``extended``: the grid of
-        :data:`~empathy.decoding.EXTENDED_GRID` instead (``decoding_grid=extended``)."""
-        self.hparams["decoding_grid"] = True
-        self.val_decoding_grid = new_grid(extended)
+    def head_rows(self, outputs: Mapping[str, BiEncoderOutput], batch: Mapping[str, Tensor]) -> dict[str, HeadRows]:
+        """Each mechanism's labelled rows of a batch with the model's decisions on them."""
+        rows = {}
+        for m in self.mechanisms:
+            gold = batch[level_column(m)]
+            keep = gold != IGNORE_INDEX
+            if not bool(keep.any()):
+                continue
+            output = _rows(outputs[m], keep)
+            mask = batch["rationale_mask"][keep].bool()
+            decision = self.decisions[m]
+            level = decision.levels(output.level_logits)
+            rows[m] = HeadRows(
+                level_logits=output.level_logits,
+                rationale_logits=output.rationale_logits,
+                level=gold[keep],
+                predicted_level=level,
+                rationale=decision.rationale(output.rationale_logits, mask, level),
+                rationale_strict=batch[rationale_column(m, "strict")][keep],
+                rationale_paper=batch[rationale_column(m, "paper")][keep],
+                mask=mask,
+            )
+        return rows
 
-    def enable_level_grid(self) -> None:
-        """Score every pair of level offsets (:class:`~empathy.levels.LevelOffsetGrid`) on every
-        validation from now on (``python -m empathy.evaluate split=dev level_offset_grid=true``)."""
-        self.val_level_grid = LevelOffsetGrid()
+    def _eval_step(self, batch: Mapping[str, Tensor], stage: str) -> dict[str, HeadRows]:
+        outputs = self(batch)
+        rows = self.head_rows(outputs, batch)
+        for m, r in rows.items():
+            paper_preds = (
+                r.rationale if self.hparams.rationale_policy == "paper"
+                else to_paper_predictions(r.rationale, r.predicted_level, r.mask)
+            )
+            self.split_metrics[f"{stage}_{m}_level"].update(r.predicted_level, r.level)
+            self.split_metrics[f"{stage}_{m}_rationale"].update(
+                preds=r.rationale,
+                preds_paper=paper_preds,
+                target_paper=r.rationale_paper,
+                target_strict=r.rationale_strict,
+                mask=r.mask,
+                level=r.level,
+            )
+        size = batch["response_input_ids"].shape[0]
+        self.log(f"{STAGE_PREFIX[stage]}/loss", self._loss(outputs, batch)["loss"], batch_size=size, sync_dist=True)
+        return rows
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, HeadRows]:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, HeadRows]:
+        return self._eval_step(batch, "test")
+
+    def _log_mechanism(self, prefix: str, stage: str, mechanism: str) -> Tensor:
+        """Log one mechanism's metrics of the split under ``prefix`` (``dev/ER``), reset them,
+        and return its macro-F1."""
+        level_metric = self.split_metrics[f"{stage}_{mechanism}_level"]
+        rationale_metric = self.split_metrics[f"{stage}_{mechanism}_rationale"]
+        values = level_metric.compute()
+        self.log(f"{prefix}/acc", values["acc"])
+        self.log(f"{prefix}/macro_f1", values["macro_f1"])
+        for cls, f1 in enumerate(values["f1_per_class"]):
+            self.log(f"{prefix}/f1_level{cls}", f1)
+        rationale = rationale_metric.compute()
+        for name, value in rationale.items():
+            self.log(f"{prefix}/{name}", value)
+        # The unsuffixed rationale metrics are the strict ones (rows with gold level > 0).
+        self.log(f"{prefix}/rationale_token_f1", rationale["rationale_token_f1_strict"])
+        self.log(f"{prefix}/rationale_iou_f1", rationale["rationale_iou_f1_strict"])
+        self.last_confusion[prefix] = values["confusion"].detach().cpu()
+        level_metric.reset()
+        rationale_metric.reset()
+        return values["macro_f1"]
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        prefix = STAGE_PREFIX[stage]
+        self.last_confusion = {}
+        macro_f1 = [self._log_mechanism(f"{prefix}/{m}", stage, m) for m in self.mechanisms]
+        self.log(f"{prefix}/macro_f1", torch.stack(macro_f1).mean(), prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
 
     def set_level_offsets(self, config: Mapping[str, Any] | None) -> None:
         """Decide levels with ``config`` (``model.level_offsets``) from now on (``python -m
@@ -345,104 +465,13 @@ class EmpathyModule(pl.LightningModule):
         if isinstance(config, Mapping) and isinstance(saved, Mapping):
             config = {**saved, **config}
         self.hparams["level_offsets"] = config
-        self._load_decodings()
+        self.decisions = decisions(self.mechanisms, self.hparams.rationale_decoding, config)
 
     def set_rationale_decoding(self, config: Mapping[str, Any] | None) -> None:
         """Decode rationales with ``config`` from now on (a trained model evaluated with another
         decoding: ``python -m empathy.evaluate rationale_decoding=...``); stored in hparams."""
-        self.hparams["rationale_decoding"] = decoding_config(_plain(config), (self.hparams.mechanism,))
-        self._load_decodings()
-
-    def _load_decodings(self) -> None:
-        """``self.decoding`` from ``hparams.rationale_decoding`` and ``self.offsets`` from
-        ``hparams.level_offsets`` (the model's mechanism's settings)."""
-        self.decoding = RationaleDecoding.from_config(self.hparams.rationale_decoding, self.hparams.mechanism)
-        self.offsets = level_offsets(self.hparams.get("level_offsets"), self.hparams.mechanism)
-
-    def predictions(self, output: BiEncoderOutput, mask: Tensor, mechanism: str | None = None) -> tuple[Tensor, Tensor]:
-        """Predicted levels [batch] and rationale tokens [batch, tokens] (0 outside ``mask``),
-        with ``mechanism``'s level offsets and rationale decoding (a joint model's head) or the
-        model's own."""
-        level = decide(output.level_logits, self.mechanism_offsets[mechanism] if mechanism is not None else self.offsets)
-        decoding = self.decodings[mechanism] if mechanism is not None else self.decoding
-        rationale = decoding.decode(rationale_probs(output.rationale_logits), mask, level)
-        return level, rationale
-
-    def _eval_step(self, batch: Mapping[str, Tensor], stage: str) -> None:
-        output = self(batch)
-        losses = self._loss(output, batch)
-        mask = batch["rationale_mask"].bool()
-        level, rationale = self.predictions(output, mask)
-        paper_preds = rationale if self.hparams.rationale_policy == "paper" else to_paper_predictions(rationale, level, mask)
-        level_metric = self.val_level if stage == "val" else self.test_level
-        rationale_metric = self.val_rationale if stage == "val" else self.test_rationale
-        level_metric.update(level, batch["level"])
-        rationale_metric.update(
-            preds=rationale,
-            preds_paper=paper_preds,
-            target_paper=batch["rationale_paper"],
-            target_strict=batch["rationale_strict"],
-            mask=mask,
-            level=batch["level"],
-        )
-        self.log(f"{STAGE_PREFIX[stage]}/loss", losses["loss"], batch_size=level.shape[0], sync_dist=True)
-        if stage == "val" and self.val_level_grid is not None:
-            self.val_level_grid.update(output.level_logits, batch["level"])
-        if stage == "val" and self.val_decoding_grid is not None:
-            self.val_decoding_grid.update(
-                rationale_probs(output.rationale_logits), batch["rationale_strict"], mask, batch["level"], level
-            )
-
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def _log_split_metrics(self, prefix: str, level_metric, rationale_metric, grid=None, prog_bar: bool = False,
-                           level_grid=None) -> dict:
-        """Log one model's (or one joint head's) metrics under ``prefix``, reset them, and return
-        the level metrics (macro-F1, confusion)."""
-        values = level_metric.compute()
-        self.log(f"{prefix}/acc", values["acc"])
-        self.log(f"{prefix}/macro_f1", values["macro_f1"], prog_bar=prog_bar)
-        for cls, f1 in enumerate(values["f1_per_class"]):
-            self.log(f"{prefix}/f1_level{cls}", f1)
-        rationale = rationale_metric.compute()
-        for name, value in rationale.items():
-            self.log(f"{prefix}/{name}", value)
-        # The unsuffixed rationale metrics are the strict ones (rows with gold level > 0).
-        self.log(f"{prefix}/rationale_token_f1", rationale["rationale_token_f1_strict"])
-        self.log(f"{prefix}/rationale_iou_f1", rationale["rationale_iou_f1_strict"])
-        if grid is not None:
-            for name, value in grid.compute().items():
-                self.log(f"{prefix}/{name}", value)
-            grid.reset()
-        if level_grid is not None:
-            for name, value in level_grid.compute().items():
-                self.log(f"{prefix}/{name}", value)
-            level_grid.reset()
-        level_metric.reset()
-        rationale_metric.reset()
-        return values
-
-    def _eval_epoch_end(self, stage: str) -> None:
-        prefix = STAGE_PREFIX[stage]
-        values = self._log_split_metrics(
-            prefix,
-            self.val_level if stage == "val" else self.test_level,
-            self.val_rationale if stage == "val" else self.test_rationale,
-            self.val_decoding_grid if stage == "val" else None,
-            prog_bar=True,
-            level_grid=self.val_level_grid if stage == "val" else None,
-        )
-        self.last_confusion = {prefix: values["confusion"].detach().cpu()}
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
+        self.hparams["rationale_decoding"] = decoding_config(_plain(config), self.mechanisms)
+        self.decisions = decisions(self.mechanisms, self.hparams.rationale_decoding, self.hparams.level_offsets)
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:

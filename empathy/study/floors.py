@@ -40,20 +40,30 @@ def floor_metrics(train_levels: Sequence[int], test: Mapping[str, Sequence]) -> 
     return out
 
 
+def datamodule_floors(datamodule, mechanism: str) -> dict[str, float]:
+    """The floors of ``mechanism`` on a data module's split (set up here)."""
+    from empathy.data.merge import IGNORE_INDEX, level_column, rationale_column
+
+    datamodule.setup()
+    test = datamodule.dataset("test")
+    level = level_column(mechanism)
+    labelled = [i for i, v in enumerate(test[level]) if v != IGNORE_INDEX]
+    columns = {"level": level, "response_mask": "response_mask",
+               "rationale_paper": rationale_column(mechanism, "paper"), "rationale_strict": rationale_column(mechanism, "strict")}
+    train = [v for v in datamodule.dataset("train")[level] if v != IGNORE_INDEX]
+    return floor_metrics(train, {k: [test[c][i] for i in labelled] for k, c in columns.items()})
+
+
 def floors_for_run(folder, mechanism: str | None = None) -> dict[str, float]:
-    """The floors on the split of a finished training run (its ``resolved_config.yaml``); for a
-    joint run (``model=joint``), those of ``mechanism`` on the same data settings."""
-    from omegaconf import OmegaConf, open_dict
+    """The floors of ``mechanism`` (default: the run's only one) on the split of a finished
+    training run, rebuilt from its ``resolved_config.yaml`` (checked plain: it is loaded data)."""
+    from omegaconf import OmegaConf
 
     from empathy import runner
-    from empathy.results import is_joint_run
 
     source = f"{folder}/resolved_config.yaml"
     cfg = OmegaConf.load(source)
-    if mechanism is not None and is_joint_run(OmegaConf.to_container(cfg)):
-        with open_dict(cfg):
-            cfg.mechanism = {"name": mechanism, "file": cfg.data.mechanism_files[mechanism]}
-            cfg.data._target_ = "empathy.data.datamodule.EpitomeDataModule"
-    datamodule = runner.build_datamodule(cfg, source=source)
-    datamodule.setup()
-    return floor_metrics(datamodule.dataset("train")["level"], datamodule.dataset("test"))
+    mechanisms = [mechanism] if mechanism else runner.config_mechanisms(cfg)
+    if len(mechanisms) != 1:
+        raise ValueError(f"{source}: a run of {', '.join(mechanisms)}: name the mechanism to compute floors for")
+    return datamodule_floors(runner.build_datamodule(cfg, mechanisms=mechanisms, source=source), mechanisms[0])

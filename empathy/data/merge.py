@@ -1,8 +1,9 @@
-"""The three mechanisms' datasets merged into one, for a joint model (``model=joint``).
+"""The mechanisms' prepared datasets merged into one dataset per split (pure functions).
 
 The EPITOME files annotate the same (sp_id, rp_id) pairs for ER, IP and EX. Each mechanism is
-prepared as for a separate model (``prepare_mechanism``: read, align, split, cache); then
-:func:`merge_mechanisms` (pure) joins the prepared splits by pair into one dataset per split:
+prepared alone (``prepare_mechanism``: read, align, split, cache); then :func:`merge_mechanisms`
+joins the prepared splits by pair into one dataset per split (with one mechanism, its rows as
+they are, the labels renamed):
 
 - the shared columns (``sp_id``, ``rp_id``, the posts, ``seeker_input_ids``,
   ``response_input_ids``, ``response_offsets``, ``response_mask``), checked to agree across
@@ -15,7 +16,7 @@ prepared as for a separate model (``prepare_mechanism``: read, align, split, cac
   ``M``'s file lacks the pair (e.g. a level conflict dropped there) the level is -100 and every
   rationale label -100, and the model ignores them (loss and metrics).
 
-:class:`JointEpitomeDataModule` wires this to the loaders of :class:`EpitomeDataModule`.
+:class:`~empathy.data.datamodule.EpitomeDataModule` wires this to the loaders.
 """
 
 from __future__ import annotations
@@ -29,19 +30,9 @@ from typing import Any
 
 import datasets
 
-from empathy import JOINT, MECHANISMS
-from empathy.data.collate import Collator
-from empathy.data.datamodule import SPLITS, EpitomeDataModule
-from empathy.data.processing import (
-    FEATURES,
-    UNALIGNED_CSV,
-    PreparedData,
-    cache_key,
-    prepare_mechanism,
-)
-from empathy.data.split import write_split_csv
+from empathy.data.processing import FEATURES, UNALIGNED_CSV, PreparedData, cache_key
+from empathy.data.split import SPLITS, write_split_csv
 from empathy.io import atomic_output
-from empathy.models.encoders import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +177,7 @@ def level_counts(dataset: Any, mechanism: str) -> list[int]:
     return [sum(1 for level in levels if level == c) for c in range(3)]
 
 
-def _joint_summary(parts: Mapping[str, PreparedData], merged: datasets.DatasetDict) -> dict:
+def merged_summary(parts: Mapping[str, PreparedData], merged: datasets.DatasetDict) -> dict:
     splits = {}
     for split in SPLITS:
         dataset = merged[split]
@@ -195,10 +186,10 @@ def _joint_summary(parts: Mapping[str, PreparedData], merged: datasets.DatasetDi
             "levels": {m: {str(c): n for c, n in enumerate(level_counts(dataset, m))} for m in parts},
             "unlabelled": {m: sum(1 for v in dataset[level_column(m)] if v == IGNORE_INDEX) for m in parts},
         }
-    return {"mechanism": JOINT, "mechanisms": {m: p.summary for m, p in parts.items()}, "splits": splits}
+    return {"mechanisms": {m: p.summary for m, p in parts.items()}, "splits": splits}
 
 
-def _write_unaligned(path: Path, parts: Mapping[str, PreparedData]) -> None:
+def write_unaligned(path: Path, parts: Mapping[str, PreparedData]) -> None:
     """The mechanisms' unaligned-rationale reports in one CSV, with a ``mechanism`` column."""
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
@@ -209,80 +200,36 @@ def _write_unaligned(path: Path, parts: Mapping[str, PreparedData]) -> None:
                     writer.writerow([m, row["sp_id"], row["rp_id"], row["piece"], row["reason"]])
 
 
-class JointEpitomeDataModule(EpitomeDataModule):
-    """Every mechanism of ``mechanism_files`` in one dataset (see the module docstring).
-
-    Takes :class:`EpitomeDataModule`'s settings; ``mechanism`` and ``mechanism_file`` (the
-    ``mechanism=`` config group) are ignored: the mechanisms are the keys of
-    ``mechanism_files``. Batches hold the shared inputs plus ``level_M``,
-    ``rationale_strict_M`` and ``rationale_paper_M`` per mechanism ``M``.
-    """
-
-    def __init__(self, *, mechanism: str | None = None, mechanism_file: str | None = None, **kwargs: Any) -> None:
-        super().__init__(mechanism=JOINT, mechanism_file="", **kwargs)
-        if not self.mechanism_files:
-            raise ValueError(
-                "data.mechanism_files is empty: the joint model needs mechanism -> CSV file name, "
-                "e.g. {ER: emotional-reactions-reddit.csv, IP: interpretations-reddit.csv, EX: explorations-reddit.csv}"
-            )
-        unknown = [m for m in self.mechanism_files if m not in MECHANISMS]
-        if unknown:
-            raise ValueError(f"data.mechanism_files: unknown mechanism(s) {unknown}; expected some of {', '.join(MECHANISMS)}")
-        self.mechanisms = tuple(m for m in MECHANISMS if m in self.mechanism_files)
-
-    def _prepare(self) -> PreparedData:
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.encoder)
-        parts = {m: prepare_mechanism(**self.prepare_kwargs(m, self.mechanism_files[m])) for m in self.mechanisms}
-        mismatched: list[dict] = []
-        merged = merge_mechanisms({m: p.datasets for m, p in parts.items()}, mismatched)
-        # The merged split and unaligned report, beside the mechanisms' cache entries.
-        cache_path = Path(self.cache_dir).resolve() / f"{JOINT}-{cache_key({m: p.cache_path.name for m, p in parts.items()})}"
-        split_csv, unaligned = cache_path / "split.csv", cache_path / UNALIGNED_CSV
-        if not split_csv.is_file() or not unaligned.is_file():
-            cache_path.mkdir(parents=True, exist_ok=True)
-            pairs = [
-                (SimpleNamespace(sp_id=sp, rp_id=rp), split)
-                for split in SPLITS
-                for sp, rp in zip(merged[split]["sp_id"], merged[split]["rp_id"], strict=True)
-            ]
-            write_split_csv(split_csv, [p for p, _ in pairs], [s for _, s in pairs])
-            _write_unaligned(unaligned, parts)
-        mismatch_csv = cache_path / MISMATCHED_CSV
-        if not mismatch_csv.is_file():
-            cache_path.mkdir(parents=True, exist_ok=True)
-            with atomic_output(mismatch_csv) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=["sp_id", "rp_id", "kept", "unlabelled", "reason"])
-                writer.writeheader()
-                writer.writerows(mismatched)
-        if mismatched:
-            log.warning(
-                "joint data: %d (pair, mechanism) labels dropped because that mechanism's file has another text "
-                "for the pair than %s's (listed in %s)", len(mismatched), mismatched[0]["kept"], mismatch_csv,
-            )
-        summary = _joint_summary(parts, merged)
-        summary["mismatched_labels"] = len(mismatched)
-        summary.update(cache_path=str(cache_path), split_csv=str(split_csv), unaligned_report=str(unaligned))
-        return PreparedData(merged, summary, split_csv, cache_path, unaligned)
-
-    def setup(self, stage: str | None = None) -> None:
-        super().setup(stage)
-        self.collator = Collator(
-            self.tokenizer.pad_token_id,
-            token_columns=[rationale_column(m, p) for m in self.mechanisms for p in POLICIES],
-            label_columns=[level_column(m) for m in self.mechanisms],
+def merge_prepared(parts: Mapping[str, PreparedData], cache_dir: str | Path) -> PreparedData:
+    """The prepared mechanisms merged (:func:`merge_mechanisms`), with the merged split CSV, the
+    unaligned-rationale report and the list of labels dropped for a mismatched text, written
+    once beside the mechanisms' cache entries (under a key of theirs)."""
+    mismatched: list[dict] = []
+    merged = merge_mechanisms({m: p.datasets for m, p in parts.items()}, mismatched)
+    key = cache_key({m: p.cache_path.name for m, p in parts.items()})
+    cache_path = Path(cache_dir).resolve() / f"{'+'.join(parts)}-{key}"
+    split_csv, unaligned, mismatch_csv = cache_path / "split.csv", cache_path / UNALIGNED_CSV, cache_path / MISMATCHED_CSV
+    if not split_csv.is_file() or not unaligned.is_file():
+        cache_path.mkdir(parents=True, exist_ok=True)
+        pairs = [
+            (SimpleNamespace(sp_id=sp, rp_id=rp), split)
+            for split in SPLITS
+            for sp, rp in zip(merged[split]["sp_id"], merged[split]["rp_id"], strict=True)
+        ]
+        write_split_csv(split_csv, [p for p, _ in pairs], [s for _, s in pairs])
+        write_unaligned(unaligned, parts)
+    if not mismatch_csv.is_file():
+        cache_path.mkdir(parents=True, exist_ok=True)
+        with atomic_output(mismatch_csv) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["sp_id", "rp_id", "kept", "unlabelled", "reason"])
+            writer.writeheader()
+            writer.writerows(mismatched)
+    if mismatched:
+        log.warning(
+            "%d (pair, mechanism) labels dropped because that mechanism's file has another text for the pair "
+            "than %s's (listed in %s)", len(mismatched), mismatched[0]["kept"], mismatch_csv,
         )
-
-    def level_counts(self, split: str = "train", mechanism: str | None = None) -> list[int]:
-        if mechanism is None:
-            raise ValueError(f"the joint data has one level per mechanism: name one of {', '.join(self.mechanisms)}")
-        return level_counts(self.dataset(split), mechanism)
-
-    def inverse_frequency_weights(self) -> dict[str, list[float]]:
-        """Per mechanism, level-loss weights n / (3 * n_c) from its labelled train rows."""
-        weights = {}
-        for m in self.mechanisms:
-            counts = self.level_counts("train", m)
-            total = sum(counts)
-            weights[m] = [total / (3 * max(1, c)) for c in counts]
-        return weights
+    summary = merged_summary(parts, merged)
+    summary.update(mismatched_labels=len(mismatched), cache_path=str(cache_path), split_csv=str(split_csv),
+                   unaligned_report=str(unaligned))
+    return PreparedData(merged, summary, split_csv, cache_path, unaligned)

@@ -10,9 +10,10 @@ without the keys in ``IGNORED_KEYS``: the seed, output paths, logging). Two diff
 under one experiment name become two rows; the second gets a suffix that names the keys in which
 they differ, e.g. ``default [model.optimizer.lr=0.001]``. Nothing is averaged across them.
 
-A joint run (``model=joint``: one model for ER, IP and EX, metrics ``test/<M>/...``) becomes one
-job per mechanism, under the experiment ``joint`` (``<experiment>+joint`` when an experiment
-was chosen), so its rows sit beside the separate models' in each mechanism's table.
+A run logs its metrics per mechanism (``test/<M>/...``) and becomes one job per mechanism; a run
+of several mechanisms at once (the joint model) gets the experiment ``joint``
+(``<experiment>+joint`` when an experiment was chosen), so its rows sit beside the separate
+models' in each mechanism's table.
 
 Everything here is a pure function of the files it is given, except ``hardware()`` (this machine)
 and ``write_text_atomic``.
@@ -25,7 +26,6 @@ import io
 import json
 import math
 import os
-import platform
 import statistics
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from empathy.hardware import describe_hardware, hardware
 from empathy.io import write_text_atomic
 
 METRICS = ("acc", "macro_f1", "rationale_token_f1", "rationale_iou_f1")
@@ -43,7 +44,6 @@ METRIC_TITLES = {"acc": "acc", "macro_f1": "macro-F1", "rationale_token_f1": "T-
 POLICIES = ("paper", "strict")
 MECHANISM_ORDER = ("ER", "IP", "EX")
 JOINT_EXPERIMENT = "joint"
-JOINT_MODULE = "JointEmpathyModule"
 # Keys (and key prefixes) of the resolved config that do not change a run's results (or differ
 # from run to run by design): they are left out when deciding whether two jobs share a cell.
 IGNORED_KEYS = (
@@ -71,8 +71,9 @@ IGNORED_KEYS = (
 # What reproduce_table.py --jobs writes in its folder: jobs at once, cores, wall minutes.
 POOL_FILE = "pool.json"
 
-# The paper's figures and the floors of /work/shared/reference/paper-results.md (x100).
-# Each: (label, labelling policy, mechanism -> {metric: value}).
+# The paper's figures and the official code's re-run on the public Reddit data (x100), from the
+# project's reference (Sharma et al. 2020, and a re-run of its code). The floors are not copied:
+# aggregate() computes them on the runs' own split. Each: (label, labelling, mechanism -> figures).
 REFERENCE_ROWS: tuple[tuple[str, str, dict[str, dict[str, float]]], ...] = (
     (
         "paper, reported (its full data)",
@@ -92,34 +93,17 @@ REFERENCE_ROWS: tuple[tuple[str, str, dict[str, dict[str, float]]], ...] = (
             "EX": {"acc": 92.30, "macro_f1": 67.74, "rationale_token_f1": 74.0, "rationale_iou_f1": 83.9},
         },
     ),
-    (
-        "floor: majority level",
-        "-",
-        {
-            "ER": {"acc": 66.0, "macro_f1": 26.5},
-            "IP": {"acc": 52.8, "macro_f1": 23.0},
-            "EX": {"acc": 84.4, "macro_f1": 30.5},
-        },
-    ),
-    (
-        "floor: every response token is rationale",
-        "paper",
-        {
-            "ER": {"rationale_token_f1": 85.1, "rationale_iou_f1": 80.3},
-            "IP": {"rationale_token_f1": 91.8, "rationale_iou_f1": 89.4},
-            "EX": {"rationale_token_f1": 93.9, "rationale_iou_f1": 91.7},
-        },
-    ),
-    (
-        "floor: every response token is rationale",
-        "strict",
-        {
-            "ER": {"rationale_token_f1": 56.2, "rationale_iou_f1": 42.0},
-            "IP": {"rationale_token_f1": 82.6, "rationale_iou_f1": 77.5},
-            "EX": {"rationale_token_f1": 60.0, "rationale_iou_f1": 45.5},
-        },
-    ),
 )
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the working directory (the project root, for the committed tables)
+    when it lies below it: results files never name a folder of one machine."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 # ----------------------------------------------------------------------------------- job folders
@@ -213,22 +197,26 @@ def read_job(folder: Path) -> Job:
     )
 
 
-def is_joint_run(config: Mapping[str, Any] | None) -> bool:
-    """Whether a resolved config trained the joint model (``model=joint``)."""
-    target = str(((config or {}).get("model") or {}).get("_target_") or "")
-    return target.rsplit(".", 1)[-1] == JOINT_MODULE
+def run_mechanisms(job: Job) -> list[str]:
+    """The mechanisms whose metrics a run logged per mechanism (``<split>/<M>/<metric>``); none for
+    a single-mechanism run of an earlier version (``<split>/<metric>``)."""
+    found = {key.split("/")[1] for key in job.metrics or {} if key.count("/") == 2}
+    return [m for m in MECHANISM_ORDER if m in found] + sorted(found - set(MECHANISM_ORDER))
 
 
 def split_joint_job(job: Job) -> list[Job]:
-    """A joint run as one job per mechanism: its ``<split>/<M>/<metric>`` as ``<split>/<metric>``,
-    its config with ``mechanism`` set to ``M``, experiment ``joint`` (``<experiment>+joint``).
-    Any other job is returned as it is."""
-    if not job.finished or not is_joint_run(job.config):
+    """A run as one job per mechanism: its ``<split>/<M>/<metric>`` as ``<split>/<metric>``, its
+    config with ``mechanism`` set to ``M``; a run of several mechanisms (the joint model) gets the
+    experiment ``joint`` (``<experiment>+joint``). A run without per-mechanism metrics is returned
+    as it is."""
+    mechanisms = run_mechanisms(job) if job.finished else []
+    if not mechanisms:
         return [job]
-    found = {key.split("/")[1] for key in job.metrics if key.count("/") == 2}
-    mechanisms = [m for m in MECHANISM_ORDER if m in found] + sorted(found - set(MECHANISM_ORDER))
+    joint = len(mechanisms) > 1
     files = ((job.config or {}).get("data") or {}).get("mechanism_files") or {}
-    experiment = JOINT_EXPERIMENT if job.experiment == "default" else f"{job.experiment}+{JOINT_EXPERIMENT}"
+    experiment = job.experiment
+    if joint:
+        experiment = JOINT_EXPERIMENT if job.experiment == "default" else f"{job.experiment}+{JOINT_EXPERIMENT}"
     jobs = []
     for m in mechanisms:
         metrics = {}
@@ -237,7 +225,7 @@ def split_joint_job(job: Job) -> list[Job]:
             if len(parts) == 3 and parts[1] == m:
                 metrics[f"{parts[0]}/{parts[2]}"] = value
         config = {**(job.config or {}), "mechanism": {"name": m, "file": files.get(m)}}
-        jobs.append(Job(job.path, experiment, config, metrics, job.fit_minutes, job.hardware, list(job.overrides), joint=True))
+        jobs.append(Job(job.path, experiment, config, metrics, job.fit_minutes, job.hardware, list(job.overrides), joint=joint))
     return jobs
 
 
@@ -426,32 +414,6 @@ def _reference_text(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
 
 
-def hardware() -> dict[str, Any]:
-    """This machine: CPU model, cores, torch version and GPU (if any)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count()}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:  # pragma: no cover
-        info["torch"] = None
-    return info
-
-
-def describe_hardware(info: Mapping[str, Any]) -> str:
-    text = f"{info.get('cpu')}, {info.get('cores')} cores, torch {info.get('torch')}"
-    return text + (f", GPU {info['gpu']}" if info.get("gpu") else "")
-
-
 def to_markdown(
     rows: Sequence[Mapping[str, Any]],
     cells: Sequence[Cell],
@@ -473,21 +435,21 @@ def to_markdown(
         "# EPITOME results: our runs beside the paper and the floors",
         "",
         f"Generated {generated:%Y-%m-%d %H:%M} UTC by `scripts/reproduce_table.py` from "
-        + ", ".join(f"`{s}`" for s in sources)
+        + ", ".join(f"`{display_path(s)}`" for s in sources)
         + ".",
         f"{len(jobs)} runs; {total:.1f} training minutes in all; hardware: {hardware_text}.",
         "Test split; numbers x100, mean ± sample standard deviation over the training seeds (n). "
         "acc and macro-F1 do not depend on the labelling; rationale T-F1 / IOU-F1 are under the "
         "paper's labelling (level-0 rows: every token) or the strict one (rows with gold level > 0). "
-        "Reference rows are copied from the paper and from the floors measured on this data "
-        "(seeded 75/5/20 split, seed 12).",
+        "Rows in italics are copied from the paper and from a re-run of its official code (their own "
+        "splits); the floors in bold are computed on the split of our runs.",
     ]
     for source, pool in (pools or {}).items():
         lines.append(
-            f"`{source}`: {pool['count']} jobs, {pool['jobs']} at a time sharing {pool['cores']} cores "
+            f"`{display_path(source)}`: {pool['count']} jobs, {pool['jobs']} at a time sharing {pool['cores']} cores "
             f"(`reproduce_table.py --jobs`), {pool['wall_minutes']:.1f} minutes of wall time from the first "
             "start to the last end; min/run is each job's own training time while it shared the cores."
-            + (f" Test figures: those runs' kept best checkpoints evaluated again from `{pool['rescored_from']}` "
+            + (f" Test figures: those runs' kept best checkpoints evaluated again from `{display_path(pool['rescored_from'])}` "
                "with the rationale decodings and level offsets of today's configuration (`reproduce_table.py --rescore`)."
                if pool.get("rescored_from") else "")
         )
@@ -530,7 +492,7 @@ def aggregate(
 ) -> dict[str, Any]:
     """Read every job under ``roots``, write ``<out_dir>/<name>.md`` and ``.csv``; return what was
     written (rows, cells, skipped jobs, paths). ``floors(job_folder)``, when given, computes the
-    floors on that job's split (``empathy.floors.floors_for_run``), shown per mechanism; for a
+    floors on that job's split (``empathy.study.floors.floors_for_run``), shown per mechanism; for a
     mechanism that only a joint run trained, ``floors(job_folder, mechanism=M)``."""
     finished, skipped = read_jobs(roots)
     if not finished:
