@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
-# The Hydra config tree (conf/ beside the package in a checkout or editable install).
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# The Hydra config tree: empathy/conf in an installed package (pyproject.toml ships the checkout's
+# conf/ there), else conf/ beside the package (a checkout or an editable install).
+_PACKAGED_CONFIG = Path(__file__).resolve().parent / "conf"
+CONFIG_DIR = str(_PACKAGED_CONFIG if _PACKAGED_CONFIG.is_dir() else Path(__file__).resolve().parents[1] / "conf")
 
 MECHANISMS = ("ER", "IP", "EX")
 # The mechanism name of a joint model (model=joint): one model scoring all of MECHANISMS.

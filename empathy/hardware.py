@@ -37,3 +37,11 @@ def hardware() -> dict[str, Any]:
 def describe_hardware(info: Mapping[str, Any]) -> str:
     text = f"{info.get('cpu')}, {info.get('cores')} cores, torch {info.get('torch')}"
     return text + (f", GPU {info['gpu']}" if info.get("gpu") else "")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a cluster allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -1,5 +1,5 @@
 """Time the evaluation of a trained checkpoint on a split with its rows in dataset order against
-length-sorted order (what ``EpitomeDataModule.split_dataloader`` gives since session 8), in one
+length-sorted order (what ``EpitomeDataModule.split_dataloader`` gives), in one
 process, taking turns; and check that both give the same metrics. As in a training run, the seeker
 states come from the seeker cache (built first, not timed).
 
@@ -36,8 +36,8 @@ def main() -> None:
 
     from empathy import runner
     from empathy.evaluate import checkpoint_datamodule
+    from empathy.hardware import usable_cores
     from empathy.models.module import EmpathyModule
-    from empathy.study.local_pool import usable_cores
 
     runner.quiet_libraries()
     torch.set_num_threads(args.threads or usable_cores())
@@ -70,7 +70,7 @@ def main() -> None:
     scores = [k for k in a if not k.endswith("loss")]  # the loss is a mean of batch means: it moves with the batches
     worst = max(scores, key=lambda k: abs(a[k] - b[k]))
     print(f"largest difference of a metric between the orders: {worst} {a[worst]:.6f} vs {b[worst]:.6f}; "
-          f"loss {a[f'{args.split}/loss']:.4f} vs {b[f'{args.split}/loss']:.4f}")
+          f"loss {a['test/loss']:.4f} vs {b['test/loss']:.4f}")
 
 
 if __name__ == "__main__":

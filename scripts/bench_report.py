@@ -146,10 +146,10 @@ class DevToolsPipe:
         self._next_id = 0
         self._events: list[dict] = []
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)[
+        self.attached = self.call("Target.attachToTarget", targetId=target, flatten=True)[
             "sessionId"
         ]
-        self.call("Page.enable", session=self.session)
+        self.call("Page.enable", attached=self.attached)
 
     def _read_message(self, timeout: float = 120.0) -> dict:
         while b"\0" not in self._buffer:
@@ -162,11 +162,11 @@ class DevToolsPipe:
         message, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(message)
 
-    def call(self, method: str, session: str | None = None, **params) -> dict:
+    def call(self, method: str, attached: str | None = None, **params) -> dict:
         self._next_id += 1
         message = {"id": self._next_id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = session
+        if attached:
+            message["sessionId"] = attached
         os.write(self._to_browser, json.dumps(message).encode() + b"\0")
         while True:
             reply = self._read_message()
@@ -188,7 +188,7 @@ class DevToolsPipe:
     def evaluate(self, expression: str):
         result = self.call(
             "Runtime.evaluate",
-            session=self.session,
+            attached=self.attached,
             expression=expression,
             awaitPromise=True,
             returnByValue=True,
@@ -200,7 +200,7 @@ class DevToolsPipe:
     def open(self, url: str) -> None:
         """Navigate and wait for the load event (a change of the hash alone loads nothing)."""
         self._events.clear()
-        navigation = self.call("Page.navigate", session=self.session, url=url)
+        navigation = self.call("Page.navigate", attached=self.attached, url=url)
         if navigation.get("loaderId"):
             self.wait_event("Page.loadEventFired")
 

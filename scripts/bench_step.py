@@ -83,7 +83,7 @@ def main() -> None:
     import torch
 
     from empathy import runner
-    from empathy.study.local_pool import usable_cores
+    from empathy.hardware import usable_cores
 
     runner.quiet_libraries()
     torch.set_num_threads(args.threads or usable_cores())

@@ -82,7 +82,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from empathy.study.local_pool import usable_cores
+    from empathy.hardware import usable_cores
 
     cores = usable_cores()
     one = run_mode(1, cores, args.steps, args.overrides)

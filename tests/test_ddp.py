@@ -64,8 +64,10 @@ def test_ddp_on_two_cpu_processes_matches_one_process_and_writes_once(tmp_path):
             cfg.paths.data_dir, cfg.paths.cache_dir = str(data), str(cache)
             cfg.paths.output_dir = cfg.paths.log_dir = str(tmp_path / "eval")
         single = evaluate(cfg, tmp_path / "eval")
-        for key in ("acc", "macro_f1", "f1_level0", "rationale_token_f1_paper", "rationale_token_f1_strict",
-                    "rationale_iou_f1_paper", "rationale_iou_f1_strict"):  # fmt: skip
+        keys = ["macro_f1", *(f"{m}/{key}" for m in ("ER", "IP", "EX") for key in (
+            "acc", "macro_f1", "f1_level0", "rationale_token_f1_paper", "rationale_token_f1_strict",
+            "rationale_iou_f1_paper", "rationale_iou_f1_strict"))]  # fmt: skip
+        for key in keys:
             assert result["metrics"][f"{split}/{key}"] == pytest.approx(single[f"{split}/{key}"], abs=1e-6, nan_ok=True), (split, key)
 
 

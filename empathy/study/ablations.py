@@ -65,7 +65,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from empathy import CONFIG_DIR, MECHANISMS
-from empathy.study.local_pool import usable_cores
+from empathy.hardware import usable_cores
 
 RESCORE = "rescore"  # a job's subfolder with its best checkpoint's dev grid scored again
 RESCORE_EXTENDED = "rescore_extended"  # ... with the extended grid (min_span, fallback): `run --extended-grid`

@@ -21,17 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from empathy.hardware import usable_cores
 from empathy.io import write_text_atomic
 
 THREADS_FILE_ENV = "EMPATHY_THREADS_FILE"
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. a cluster allocation)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def core_shares(cores: int, running: int) -> list[int]:

@@ -74,7 +74,7 @@ def uses_launcher(overrides: list[str]) -> bool:
 def default_jobs(overrides: list[str]) -> int:
     """2 when the jobs train on this machine's CPU (and it has 2 cores or more), else 1."""
     from empathy import runner
-    from empathy.study import local_pool
+    from empathy.hardware import usable_cores
 
     if uses_launcher(overrides):
         return 1
@@ -83,7 +83,7 @@ def default_jobs(overrides: list[str]) -> int:
         import torch
 
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    return min(2, local_pool.usable_cores()) if accelerator == "cpu" else 1
+    return min(2, usable_cores()) if accelerator == "cpu" else 1
 
 
 def pool_jobs(experiments: list[str], mechanisms: list[str], seeds: list[int], folder: Path, overrides: list[str]):
