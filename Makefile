@@ -1,18 +1,21 @@
-# make train   set up .venv (torch==2.13.0 CPU first, then the project) and train the default model
+# make train   set up .venv (torch==2.13.0 CPU first, then the project), get the data, train the default model
 # make test    set up .venv and run the tests (slow ones excluded; `make test-slow` for all)
+# make lint    ruff format --check and ruff check (line length and rules: pyproject.toml)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
-# The EPITOME CSVs: EMPATHY_DATA_DIR if set, else ../shared/data/epitome-reddit when present,
-# else data/epitome-reddit (see data/README.md to fetch them).
-EMPATHY_DATA_DIR ?= $(if $(wildcard ../shared/data/epitome-reddit/*.csv),$(abspath ../shared/data/epitome-reddit),$(abspath data/epitome-reddit))
-export EMPATHY_DATA_DIR
+# Every command reads the EPITOME CSVs from EMPATHY_DATA_DIR when it is set, else from
+# data/epitome-reddit (conf/paths/default.yaml). `make data` puts them there: a link to
+# ../shared/data/epitome-reddit when that folder exists beside the checkout, else a download
+# (scripts/fetch_data.py, see data/README.md).
+DATA := data/epitome-reddit
+SHARED_DATA := ../shared/data/epitome-reddit
 export WANDB_MODE ?= offline
 ARGS ?=
 
-.PHONY: setup train prepare test test-slow lint bench clean
+.PHONY: setup data train prepare test test-slow lint bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -22,11 +25,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-train: setup
+data: setup
+	@if [ -n "$$EMPATHY_DATA_DIR" ]; then echo "data: EMPATHY_DATA_DIR=$$EMPATHY_DATA_DIR"; \
+	elif [ -f $(DATA)/emotional-reactions-reddit.csv ]; then echo "data: $(DATA)"; \
+	elif [ -f $(SHARED_DATA)/emotional-reactions-reddit.csv ]; then ln -sfn ../$(SHARED_DATA) $(DATA) && echo "data: $(DATA) -> $(SHARED_DATA)"; \
+	else $(PY) scripts/fetch_data.py --dest $(DATA); fi
+
+train: data
 	$(PY) -m empathy.train $(ARGS)
 
-prepare: setup
-	for m in ER IP EX; do $(PY) -m empathy.prepare mechanism=$$m || exit 1; done
+prepare: data
+	$(PY) -m empathy.prepare $(ARGS)
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(ARGS)
@@ -35,7 +44,8 @@ test-slow: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check empathy tests scripts
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) .cache .pytest_cache build dist

@@ -77,9 +77,7 @@ def check_callable(config: Any, where: str, kind: str) -> None:
         raise UnsafeConfigError(f"{where}: expected a mapping with _target_, got {config!r:.80}")
     extra = sorted(set(config) & HYDRA_KEYS - {"_target_", "_partial_"})
     if extra or config.get("_partial_", True) is not True:
-        raise UnsafeConfigError(
-            f"{where}: only _target_ and _partial_: true may be set, got {sorted(config)}"
-        )
+        raise UnsafeConfigError(f"{where}: only _target_ and _partial_: true may be set, got {sorted(config)}")
     resolve = optimizer_class if kind == "optimizer" else scheduler_function
     resolve(config["_target_"], where)
     check_plain({k: v for k, v in config.items() if k not in ("_target_", "_partial_")}, where)
@@ -113,9 +111,7 @@ def scheduler_function(target: str, where: str = "scheduler") -> Callable:
     return _import(module, name)
 
 
-def _partial(
-    config: Mapping[str, Any], resolve: Callable[[str, str], Callable], where: str
-) -> functools.partial:
+def _partial(config: Mapping[str, Any], resolve: Callable[[str, str], Callable], where: str) -> functools.partial:
     check_callable(config, where, kind="optimizer" if resolve is optimizer_class else "scheduler")
     kwargs = {k: v for k, v in config.items() if k not in ("_target_", "_partial_")}
     return functools.partial(resolve(config["_target_"], where), **kwargs)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from empathy import CONFIG_DIR
 from empathy.analysis import OverTimeResult, analyse_over_time, read_predictions, write_outputs
+from empathy.errors import user_errors
 
 
 def analyze(cfg: DictConfig) -> OverTimeResult:
@@ -50,7 +51,8 @@ def analyze(cfg: DictConfig) -> OverTimeResult:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="analyze")
 def main(cfg: DictConfig) -> None:
-    analyze(cfg)
+    with user_errors():
+        analyze(cfg)
 
 
 if __name__ == "__main__":

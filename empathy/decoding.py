@@ -67,21 +67,12 @@ def _check_bool(value: object, name: str) -> bool:
 
 def _check_probs_and_mask(probs: Tensor, mask: Tensor) -> None:
     if not isinstance(probs, Tensor) or not isinstance(mask, Tensor):
-        raise ValueError(
-            f"probs and mask must be torch.Tensors, got {type(probs).__name__} and "
-            f"{type(mask).__name__}"
-        )
+        raise ValueError(f"probs and mask must be torch.Tensors, got {type(probs).__name__} and {type(mask).__name__}")
     if probs.ndim != 2:
-        hint = (
-            "; for rationale logits [batch, tokens, 2] use rationale_probs(logits) first"
-            if probs.ndim == 3
-            else ""
-        )
+        hint = "; for rationale logits [batch, tokens, 2] use rationale_probs(logits) first" if probs.ndim == 3 else ""
         raise ValueError(f"probs must have shape [batch, tokens], got {tuple(probs.shape)}{hint}")
     if not probs.is_floating_point():
-        raise ValueError(
-            f"probs must be a floating-point tensor of probabilities, got {probs.dtype}"
-        )
+        raise ValueError(f"probs must be a floating-point tensor of probabilities, got {probs.dtype}")
     if mask.shape != probs.shape:
         raise ValueError(
             f"probs and mask must have the same shape [batch, tokens], got probs "
@@ -181,7 +172,9 @@ def decode_rationales(
         if level is not None:
             if not isinstance(level, Tensor) or level.shape != probs.shape[:1]:
                 got = tuple(level.shape) if isinstance(level, Tensor) else type(level).__name__
-                raise ValueError(f"level must be a tensor of one predicted level per row ({probs.shape[0]},), got {got}")
+                raise ValueError(
+                    f"level must be a tensor of one predicted level per row ({probs.shape[0]},), got {got}"
+                )
             empty = empty & (level.to(probs.device) > 0)
         on = on | (empty[:, None] & mask)
     return on.long()
@@ -253,7 +246,11 @@ class RationaleDecoding:
         return cls(**values)
 
     def to_dict(self) -> dict[str, float | int | bool]:
-        out: dict[str, float | int | bool] = {"threshold": self.threshold, "fill_gaps": self.fill_gaps, "min_span": self.min_span}
+        out: dict[str, float | int | bool] = {
+            "threshold": self.threshold,
+            "fill_gaps": self.fill_gaps,
+            "min_span": self.min_span,
+        }
         if self.fallback:  # absent when off: checkpoints and configs from before the option read the same
             out["fallback"] = True
         return out

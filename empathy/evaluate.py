@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from empathy import CONFIG_DIR, runner
 from empathy.data.split import SPLITS
+from empathy.errors import user_errors
 from empathy.io import write_json_atomic
 from empathy.models.module import EmpathyModule
 
@@ -61,7 +62,9 @@ def checkpoint_datamodule(cfg: DictConfig, module: EmpathyModule):
 
 def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     runner.quiet_libraries()
-    paths = list(cfg.ckpt_path) if OmegaConf.is_list(cfg.ckpt_path) or isinstance(cfg.ckpt_path, list) else [cfg.ckpt_path]
+    paths = (
+        list(cfg.ckpt_path) if OmegaConf.is_list(cfg.ckpt_path) or isinstance(cfg.ckpt_path, list) else [cfg.ckpt_path]
+    )
     if not paths:
         raise ValueError("ckpt_path is an empty list")
     if cfg.split not in SPLITS:
@@ -101,7 +104,8 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
+    with user_errors():
+        evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

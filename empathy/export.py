@@ -6,7 +6,8 @@
 
 The folder (safetensors, tokenizer files, config.json; no optimizer state, no pickle) loads with
 ``EmpathyPredictor.from_pretrained({"ER": "models/ER"})`` or ``python -m empathy.predict
-models.ER=models/ER ...`` (a joint model: ``{"joint": "models/joint"}``, ``models.joint=models/joint``); see :func:`empathy.predict.predictor.export_model` for its layout.
+models.ER=models/ER ...`` (a joint model: ``{"joint": "models/joint"}``,
+``models.joint=models/joint``); see :func:`empathy.models.export.export_model` for its layout.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from empathy import CONFIG_DIR, runner
+from empathy.errors import user_errors
 from empathy.models.export import CONFIG_FILE, export_model
 
 
@@ -33,14 +35,17 @@ def export(cfg: DictConfig) -> Path:
     config = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
     seeker = config.get("seeker") or {}
     how = {"stored": f"stored in {seeker.get('file')}", "pretrained": f"referenced: {seeker.get('pretrained_path')}"}
-    print(f"exported the model of {', '.join(config['mechanisms'])} to {out} (seeker encoder "
-          f"{how.get(seeker.get('source'), 'none')})")
+    print(
+        f"exported the model of {', '.join(config['mechanisms'])} to {out} (seeker encoder "
+        f"{how.get(seeker.get('source'), 'none')})"
+    )
     return out
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
-    export(cfg)
+    with user_errors():
+        export(cfg)
 
 
 if __name__ == "__main__":

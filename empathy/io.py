@@ -7,8 +7,8 @@ A temporary file is named ``.<target name>.<host>.<pid>.<random>.tmp``. A failed
 it; a process killed before it can (``kill -9``, a power cut) leaves it beside the target. The
 next :func:`atomic_output` for the same target, on the same host, removes the temporary files of
 that target whose process no longer runs. Those of a running process (also one that was given a
-dead writer's PID) and those written on another host sharing the folder are left alone. Where processes cannot be checked
-(outside POSIX), nothing is removed.
+dead writer's PID) and those written on another host sharing the folder are left alone. Where
+processes cannot be checked (outside POSIX), nothing is removed.
 """
 
 from __future__ import annotations
@@ -78,9 +78,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[P
     remove_stale_temporaries(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
-    fd, name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp"
-    )
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:
@@ -130,10 +128,6 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = T
     return Path(path)
 
 
-def write_json_atomic(
-    path: str | os.PathLike, payload: Mapping[str, Any], *, overwrite: bool = True
-) -> Path:
+def write_json_atomic(path: str | os.PathLike, payload: Mapping[str, Any], *, overwrite: bool = True) -> Path:
     """Write JSON (indented, sorted keys) atomically."""
-    return write_text_atomic(
-        path, json.dumps(payload, indent=2, sort_keys=True) + "\n", overwrite=overwrite
-    )
+    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n", overwrite=overwrite)

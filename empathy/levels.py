@@ -25,7 +25,9 @@ from empathy import MECHANISMS
 NUM_LEVELS = 3
 
 
-def level_offsets(config: Mapping[str, Any] | Sequence[float] | None, mechanism: str | None) -> tuple[float, float] | None:
+def level_offsets(
+    config: Mapping[str, Any] | Sequence[float] | None, mechanism: str | None
+) -> tuple[float, float] | None:
     """A mechanism's offsets (levels 1 and 2) from ``model.level_offsets``: a mapping with a value
     per mechanism, or one pair for a single-mechanism model; None (or a null value): none."""
     if config is None:

@@ -62,9 +62,7 @@ def _check_token_inputs(preds: Tensor, target: Tensor, mask: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 2:
-            raise ValueError(
-                f"{name} must have shape [batch, tokens], got {tuple(x.shape)} ({x.ndim} dims)"
-            )
+            raise ValueError(f"{name} must have shape [batch, tokens], got {tuple(x.shape)} ({x.ndim} dims)")
         if x.is_floating_point() or x.is_complex():
             raise ValueError(
                 f"{name} must be a bool or integer tensor of 0/1 token labels, got {x.dtype}; "
@@ -95,9 +93,7 @@ def _masked_labels(labels: Tensor, mask: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------
 
 
-def spans_from_labels(
-    labels: Tensor | Sequence[int], mask: Tensor | Sequence[int] | None = None
-) -> list[Span]:
+def spans_from_labels(labels: Tensor | Sequence[int], mask: Tensor | Sequence[int] | None = None) -> list[Span]:
     """Contiguous runs of 1s in a 1-D label sequence as half-open ``(start, end)`` spans.
 
     Positions where ``mask`` is 0 count as 0: a 1 there is ignored and it splits a run.
@@ -115,8 +111,7 @@ def spans_from_labels(
         mask_t = torch.as_tensor(mask, device=labels_t.device)
         if mask_t.shape != labels_t.shape:
             raise ValueError(
-                f"labels and mask must have the same shape, got {tuple(labels_t.shape)} "
-                f"and {tuple(mask_t.shape)}"
+                f"labels and mask must have the same shape, got {tuple(labels_t.shape)} and {tuple(mask_t.shape)}"
             )
     on = _masked_labels(labels_t, mask_t).detach().cpu().to(torch.int8)
     edges = torch.diff(on, prepend=on.new_zeros(1), append=on.new_zeros(1))
@@ -169,16 +164,12 @@ def iou_f1(pred_spans: Sequence[Span], gold_spans: Sequence[Span], threshold: fl
     for name, spans in (("pred_spans", pred_spans), ("gold_spans", gold_spans)):
         for span in spans:
             if len(span) != 2 or span[0] >= span[1]:
-                raise ValueError(
-                    f"{name} must hold half-open (start, end) spans with start < end, got {span}"
-                )
+                raise ValueError(f"{name} must hold half-open (start, end) spans with start < end, got {span}")
     if not pred_spans and not gold_spans:
         return 1.0
     if not pred_spans or not gold_spans:
         return 0.0
-    adjacency = [
-        [j for j, g in enumerate(gold_spans) if _iou_at_least(p, g, threshold)] for p in pred_spans
-    ]
+    adjacency = [[j for j, g in enumerate(gold_spans) if _iou_at_least(p, g, threshold)] for p in pred_spans]
     matched = _max_matching(adjacency, len(gold_spans))
     if matched == 0:
         return 0.0
@@ -333,8 +324,7 @@ class RationaleMetrics(nn.Module):
         if not isinstance(level, Tensor) or level.ndim != 1 or level.shape[0] != preds.shape[0]:
             got = tuple(level.shape) if isinstance(level, Tensor) else type(level).__name__
             raise ValueError(
-                f"level must be a 1-D tensor with one gold level per example "
-                f"({preds.shape[0]}), got {got}"
+                f"level must be a 1-D tensor with one gold level per example ({preds.shape[0]}), got {got}"
             )
         self.metrics["rationale_token_f1_paper"].update(preds_paper, target_paper, mask)
         self.metrics["rationale_iou_f1_paper"].update(preds_paper, target_paper, mask)
@@ -388,9 +378,7 @@ def level_metrics(num_classes: int = 3) -> MetricCollection:
         {
             "acc": MulticlassAccuracy(num_classes=num_classes, average="micro"),
             "macro_f1": MulticlassMacroF1(num_classes=num_classes),
-            "f1_per_class": MulticlassF1Score(
-                num_classes=num_classes, average="none", zero_division=0
-            ),
+            "f1_per_class": MulticlassF1Score(num_classes=num_classes, average="none", zero_division=0),
             "confusion": MulticlassConfusionMatrix(num_classes=num_classes),
         }
     )

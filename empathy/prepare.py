@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from empathy import CONFIG_DIR, runner
 from empathy.data.merge import MISMATCHED_CSV
 from empathy.data.processing import PreparedData
+from empathy.errors import user_errors
 
 
 def format_summary(summary: dict, outputs: dict[str, Path]) -> str:
@@ -68,7 +69,8 @@ def run(cfg: DictConfig, output_dir: Path) -> PreparedData:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    with user_errors():
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Domain-adaptive pre-training: continue masked-LM training of an encoder on unlabelled text.
 
     python -m empathy.pretrain corpus=epitome encoder=minilm trainer.max_steps=2000
-    python -m empathy.pretrain corpus=table 'corpus.files=[posts.parquet]' 'corpus.text_columns=[seeker_post,response_post]'
+    python -m empathy.pretrain corpus=table 'corpus.files=[posts.parquet]' \
+        'corpus.text_columns=[seeker_post,response_post]'
     python -m empathy.train encoder=local encoder.path=<run folder>/encoder       # then fine-tune
 
 Writes into the run folder: pretrain_metrics.json (held-out MLM loss and perplexity before and
@@ -23,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from empathy import CONFIG_DIR, runner
+from empathy.errors import user_errors
 from empathy.hardware import hardware
 from empathy.io import write_json_atomic
 
@@ -63,7 +65,9 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
-    module = hydra.utils.instantiate(cfg.model, encoder=OmegaConf.to_container(cfg.encoder, resolve=True), _recursive_=False)
+    module = hydra.utils.instantiate(
+        cfg.model, encoder=OmegaConf.to_container(cfg.encoder, resolve=True), _recursive_=False
+    )
     loggers = runner.build_loggers(
         cfg,
         output_dir,
@@ -112,13 +116,23 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         module.save_encoder(folder, datamodule.tokenizer)
         write_json_atomic(output_dir / METRICS_FILE, result)
         if fresh_head:
-            log.info("head warm-up (%d steps, encoder frozen): held-out perplexity %.2f -> %.2f",
-                     warmup_steps, fresh_head["perplexity"], before["perplexity"])
+            log.info(
+                "head warm-up (%d steps, encoder frozen): held-out perplexity %.2f -> %.2f",
+                warmup_steps,
+                fresh_head["perplexity"],
+                before["perplexity"],
+            )
         log.info(
             "held-out MLM loss %.4f -> %.4f, perplexity %.2f -> %.2f after %d steps (%.1f min); "
             "encoder saved to %s (train with encoder=local encoder.path=%s)",
-            before["mlm_loss"], after["mlm_loss"], before["perplexity"], after["perplexity"],
-            trainer.global_step, fit_minutes, folder, folder,
+            before["mlm_loss"],
+            after["mlm_loss"],
+            before["perplexity"],
+            after["perplexity"],
+            trainer.global_step,
+            fit_minutes,
+            folder,
+            folder,
         )
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
@@ -131,8 +145,9 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain")
 def main(cfg: DictConfig) -> float | None:
-    result = pretrain(cfg, Path(HydraConfig.get().runtime.output_dir))
-    return result["heldout_after"].get("mlm_loss")
+    with user_errors():
+        result = pretrain(cfg, Path(HydraConfig.get().runtime.output_dir))
+        return result["heldout_after"].get("mlm_loss")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,17 @@ from empathy.data.datamodule import EpitomeDataModule
 # Data settings that define the split and the labels; stored in checkpoints so that evaluation
 # rebuilds exactly the data a model was trained on.
 DATA_KEYS = (
-    "max_len", "rationale_policy", "on_conflict", "unescape_html", "split_fractions", "split_seed", "split_file",
-    "split_scope", "mechanism_files", "cv_folds", "cv_fold",
+    "max_len",
+    "rationale_policy",
+    "on_conflict",
+    "unescape_html",
+    "split_fractions",
+    "split_seed",
+    "split_file",
+    "split_scope",
+    "mechanism_files",
+    "cv_folds",
+    "cv_fold",
 )
 DATAMODULE = "empathy.data.datamodule.EpitomeDataModule"
 # What a checkpoint written before a data key existed was trained with.
@@ -34,7 +43,11 @@ def quiet_libraries() -> None:
 
 
 def compose_config(
-    name: str, overrides: Sequence[str] = (), *, data_dir: str | Path | None = None, output_dir: str | Path | None = None
+    name: str,
+    overrides: Sequence[str] = (),
+    *,
+    data_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
 ) -> DictConfig:
     """Compose ``conf/<name>.yaml`` outside a Hydra run (tests, notebooks, scripts). With
     ``output_dir``, the run folder, cache and logs go there (no Hydra run folder exists)."""
@@ -194,16 +207,16 @@ def build_loggers(
                 extra["job_type"] = job_type
             if job:
                 extra["id"] = f"{job}-{output_dir.name}"
-        loggers.append(hydra.utils.instantiate({**OmegaConf.to_container(logger_cfg, resolve=True), **extra, "_recursive_": False, "_convert_": "all"}))
+        loggers.append(
+            hydra.utils.instantiate(
+                {**OmegaConf.to_container(logger_cfg, resolve=True), **extra, "_recursive_": False, "_convert_": "all"}
+            )
+        )
     return loggers
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    return [
-        hydra.utils.instantiate(cb)
-        for cb in (cfg.get("callbacks") or {}).values()
-        if cb and "_target_" in cb
-    ]
+    return [hydra.utils.instantiate(cb) for cb in (cfg.get("callbacks") or {}).values() if cb and "_target_" in cb]
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -2,8 +2,9 @@
 
 ``sweep_summary.md`` in the sweep folder: one line per job with its own overrides (those shared
 by every job are listed once above the table), its dev and test macro-F1 and its training
-minutes, or "unfinished" for a job without metrics.json. It is rewritten after each job (so a sweep that stops on a failed job still leaves one) and at the end
-of the multirun, when it is also printed. Works with any launcher: it reads the job folders.
+minutes, or "unfinished" for a job without metrics.json. It is rewritten after each job (so a
+sweep that stops on a failed job still leaves one) and at the end of the multirun, when it is also
+printed. Works with any launcher: it reads the job folders.
 """
 
 from __future__ import annotations
@@ -36,15 +37,21 @@ class SweepJob:
 
 def read_sweep_jobs(sweep_dir: Path) -> list[SweepJob]:
     """The job folders of a multirun (those with a ``.hydra`` folder), in job order."""
-    folders = sorted((p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()),
-                     key=lambda p: (int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else 1 << 30, str(p)))
+    folders = sorted(
+        (p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()),
+        key=lambda p: (int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else 1 << 30, str(p)),
+    )
     jobs = []
     for folder in folders:
         overrides_file = folder / ".hydra" / "overrides.yaml"
-        overrides = [str(o) for o in (yaml.safe_load(overrides_file.read_text()) or [])] if overrides_file.is_file() else []
+        overrides = (
+            [str(o) for o in (yaml.safe_load(overrides_file.read_text()) or [])] if overrides_file.is_file() else []
+        )
         payload = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else None
         metrics = None if payload is None else {k: float(v) for k, v in payload.get("metrics", {}).items()}
-        jobs.append(SweepJob(folder.resolve(), overrides, metrics, None if payload is None else payload.get("fit_minutes")))
+        jobs.append(
+            SweepJob(folder.resolve(), overrides, metrics, None if payload is None else payload.get("fit_minutes"))
+        )
     return jobs
 
 

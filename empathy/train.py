@@ -27,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from empathy import CONFIG_DIR, runner
+from empathy.errors import user_errors
 from empathy.hardware import hardware
 from empathy.io import write_json_atomic
 from empathy.models.callbacks import ThreadShare
@@ -68,15 +69,24 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         shutil.copyfile(datamodule.prepared.split_csv, output_dir / "split.csv")
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, output_dir, cfg.get("resume", "never")), weights_only=True)
+    trainer.fit(
+        module,
+        datamodule=datamodule,
+        ckpt_path=resolve_ckpt_path(cfg.ckpt_path, output_dir, cfg.get("resume", "never")),
+        weights_only=True,
+    )
     fit_minutes = (time.perf_counter() - started) / 60
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     best = best or None  # fast_dev_run and runs without checkpoints evaluate the last weights
     metrics: dict[str, Any] = {}
-    metrics.update(runner.scalar_metrics(trainer.validate(module, datamodule=datamodule, ckpt_path=best, weights_only=True)[0]))
+    metrics.update(
+        runner.scalar_metrics(trainer.validate(module, datamodule=datamodule, ckpt_path=best, weights_only=True)[0])
+    )
     if cfg.get("test"):
-        metrics.update(runner.scalar_metrics(trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)[0]))
+        metrics.update(
+            runner.scalar_metrics(trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)[0])
+        )
         runner.log_confusion(loggers, module, "test")
     result = {
         "metrics": metrics,
@@ -106,8 +116,9 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    result = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    return result["metrics"].get(cfg.optimized_metric)
+    with user_errors():
+        result = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        return result["metrics"].get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,9 @@ def main() -> None:
     runner.quiet_libraries()
     torch.set_num_threads(args.threads or usable_cores())
     module = EmpathyModule.from_checkpoint(args.checkpoint)
-    cfg = runner.compose_config("evaluate", [f"ckpt_path={args.checkpoint}", f"split={args.split}"],
-                                output_dir=Path(tempfile.mkdtemp()))
+    cfg = runner.compose_config(
+        "evaluate", [f"ckpt_path={args.checkpoint}", f"split={args.split}"], output_dir=Path(tempfile.mkdtemp())
+    )
     datamodule = checkpoint_datamodule(cfg, module)
     if module.caches_seeker:  # as in a training run's evaluation: seeker states from the cache
         module.build_seeker_cache(datamodule.seeker_dataloader())
@@ -69,8 +70,10 @@ def main() -> None:
     a, b = metrics["dataset order"], metrics["length-sorted"]
     scores = [k for k in a if not k.endswith("loss")]  # the loss is a mean of batch means: it moves with the batches
     worst = max(scores, key=lambda k: abs(a[k] - b[k]))
-    print(f"largest difference of a metric between the orders: {worst} {a[worst]:.6f} vs {b[worst]:.6f}; "
-          f"loss {a['test/loss']:.4f} vs {b['test/loss']:.4f}")
+    print(
+        f"largest difference of a metric between the orders: {worst} {a[worst]:.6f} vs {b[worst]:.6f}; "
+        f"loss {a['test/loss']:.4f} vs {b['test/loss']:.4f}"
+    )
 
 
 if __name__ == "__main__":

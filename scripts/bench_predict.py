@@ -50,9 +50,19 @@ from empathy.predict import EmpathyPredictor, LoadedModel, load_model, predict_f
 from empathy.predict.predictor import MECHANISMS, autocast_dtype, length_sorted_batches
 
 MINILM = {"name": "minilm", "path": "packaged:all-MiniLM-L6-v2"}
-TINY = {"name": "tiny", "path": None, "tokenizer": "packaged:all-MiniLM-L6-v2",
-        "config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                   "intermediate_size": 64, "max_position_embeddings": 512}}
+TINY = {
+    "name": "tiny",
+    "path": None,
+    "tokenizer": "packaged:all-MiniLM-L6-v2",
+    "config": {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 512,
+    },
+}
 # Beside a checkout (as the project's CI and tests find it), else EMPATHY_DATA_DIR.
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "epitome-reddit"
 NET = {"attention_heads": 1, "use_attention": True, "freeze_seeker": True, "dropout": 0.1}
@@ -80,10 +90,20 @@ def random_head_models(encoder: dict, max_len: int, joint: bool) -> dict[str, Lo
     for seed, (name, mechanisms) in enumerate(groups.items()):
         torch.manual_seed(0)
         net = _random_heads(BiEncoder(encoder, mechanisms=mechanisms, **NET), seed + 1)
-        hparams = {"encoder": dict(encoder), "mechanisms": mechanisms, "net": {**NET, "mechanisms": mechanisms},
-                   "max_len": max_len, "rationale_policy": "strict"}
-        models[name] = LoadedModel(hparams, net, f"{encoder['name']}, random heads",
-                                   seeker_sha256=state_dict_sha256(net.seeker_encoder), tokenizer_override=tokenizer)
+        hparams = {
+            "encoder": dict(encoder),
+            "mechanisms": mechanisms,
+            "net": {**NET, "mechanisms": mechanisms},
+            "max_len": max_len,
+            "rationale_policy": "strict",
+        }
+        models[name] = LoadedModel(
+            hparams,
+            net,
+            f"{encoder['name']}, random heads",
+            seeker_sha256=state_dict_sha256(net.seeker_encoder),
+            tokenizer_override=tokenizer,
+        )
     return models
 
 
@@ -96,8 +116,11 @@ def source_pairs(synthetic: bool) -> tuple[list[tuple[str, str]], str]:
     else:
         label = str(path)
     with path.open(encoding="utf-8", newline="") as f:
-        pairs = [(r["seeker_post"], r["response_post"]) for r in csv.DictReader(f)
-                 if r["seeker_post"].strip() and r["response_post"].strip()]
+        pairs = [
+            (r["seeker_post"], r["response_post"])
+            for r in csv.DictReader(f)
+            if r["seeker_post"].strip() and r["response_post"].strip()
+        ]
     return pairs, label
 
 
@@ -134,8 +157,8 @@ def bare_forward(predictor: EmpathyPredictor, seekers: list[str], responses: lis
     window = predictor.batch_size * predictor.sort_window
     batches = []
     for w0 in range(0, len(responses), window):
-        s_ids = tok(seekers[w0:w0 + window], **kwargs)["input_ids"]
-        r_ids = tok(responses[w0:w0 + window], **kwargs)["input_ids"]
+        s_ids = tok(seekers[w0 : w0 + window], **kwargs)["input_ids"]
+        r_ids = tok(responses[w0 : w0 + window], **kwargs)["input_ids"]
         lengths = [(len(r), len(s)) for r, s in zip(r_ids, s_ids, strict=True)]
         for rows in length_sorted_batches(lengths, predictor.batch_size):
             batches.append((*_pad([s_ids[i] for i in rows], pad), *_pad([r_ids[i] for i in rows], pad)))
@@ -151,8 +174,12 @@ def bare_forward(predictor: EmpathyPredictor, seekers: list[str], responses: lis
                 encoded = models[group[0]].net.encode_seeker(s_ids, s_mask)
                 states.update(dict.fromkeys(group, encoded))
             for m, model in models.items():
-                out = model.net(response_input_ids=r_ids, response_attention_mask=r_mask,
-                                seeker_attention_mask=s_mask, seeker_states=states.get(m))
+                out = model.net(
+                    response_input_ids=r_ids,
+                    response_attention_mask=r_mask,
+                    seeker_attention_mask=s_mask,
+                    seeker_states=states.get(m),
+                )
                 for o in out.values():
                     o.level_logits.float().argmax(-1).cpu()
                     o.rationale_logits.argmax(-1).cpu()
@@ -175,8 +202,12 @@ def naive_loop(models: dict[str, LoadedModel], seekers: list[str], responses: li
             for m, model in model_of.items():
                 s_enc = model.tokenizer(s, **kwargs)
                 r_enc = model.tokenizer(r, **kwargs)
-                out = model.net(response_input_ids=r_enc["input_ids"], response_attention_mask=r_enc["attention_mask"],
-                                seeker_input_ids=s_enc["input_ids"], seeker_attention_mask=s_enc["attention_mask"])[m]
+                out = model.net(
+                    response_input_ids=r_enc["input_ids"],
+                    response_attention_mask=r_enc["attention_mask"],
+                    seeker_input_ids=s_enc["input_ids"],
+                    seeker_attention_mask=s_enc["attention_mask"],
+                )[m]
                 levels[m].append(int(model.decisions[m].levels(out.level_logits.float())))
                 out.rationale_logits.argmax(-1).tolist()
     return time.perf_counter() - started, levels
@@ -186,22 +217,35 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2000, help="rows to score in (a) and (b) (input rows repeated)")
     parser.add_argument("--naive-rows", type=int, default=200, help="rows for the naive loop (c)")
-    parser.add_argument("--models", nargs="*", default=[], metavar="M=PATH",
-                        help="ER=... IP=... EX=... or joint=... (ckpt or export)")
-    parser.add_argument("--joint", action="store_true",
-                        help="without --models: one random-head joint model (model=joint) instead of three bi-encoders")
+    parser.add_argument(
+        "--models", nargs="*", default=[], metavar="M=PATH", help="ER=... IP=... EX=... or joint=... (ckpt or export)"
+    )
+    parser.add_argument(
+        "--joint",
+        action="store_true",
+        help="without --models: one random-head joint model (model=joint) instead of three bi-encoders",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sort-window", type=int, default=50)
     parser.add_argument("--chunk-rows", type=int, default=10000)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--encoder", choices=("minilm", "tiny"), default="minilm",
-                        help="without --models: the encoder of the random-head models (tiny: the tests' 32-wide "
-                        "BERT, for a quick memory figure on many rows)")
+    parser.add_argument(
+        "--encoder",
+        choices=("minilm", "tiny"),
+        default="minilm",
+        help="without --models: the encoder of the random-head models (tiny: the tests' 32-wide "
+        "BERT, for a quick memory figure on many rows)",
+    )
     parser.add_argument("--synthetic", action="store_true", help="synthetic rows instead of the real data")
-    parser.add_argument("--ensemble", type=int, default=1, metavar="N",
-                        help="also time (a) with an ensemble of N copies of each model (e): a seed ensemble's cost")
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        metavar="N",
+        help="also time (a) with an ensemble of N copies of each model (e): a seed ensemble's cost",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -223,8 +267,9 @@ def main(argv: list[str] | None = None) -> None:
         kind = "joint bi-encoder (one body, three pairs of heads)" if args.joint else "bi-encoders"
         model_label = f"{name} {kind}, random-init heads (ER, IP, EX)"
     load_seconds = time.perf_counter() - started
-    predictor = EmpathyPredictor(models, device=args.device, precision=args.precision, batch_size=args.batch_size,
-                                 sort_window=args.sort_window)
+    predictor = EmpathyPredictor(
+        models, device=args.device, precision=args.precision, batch_size=args.batch_size, sort_window=args.sort_window
+    )
     pairs, data_label = source_pairs(args.synthetic)
 
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
@@ -241,13 +286,23 @@ def main(argv: list[str] | None = None) -> None:
 
         ensemble_seconds = None
         if args.ensemble > 1:
-            ensembles = {m: dataclasses.replace(model, net=EnsembleNet([model.net] + [copy.deepcopy(model.net)
-                                                                                      for _ in range(args.ensemble - 1)]).eval())
-                         for m, model in models.items()}
-            ensemble_predictor = EmpathyPredictor(ensembles, device=args.device, precision=args.precision,
-                                                  batch_size=args.batch_size, sort_window=args.sort_window)
-            ensemble_seconds = predict_file(ensemble_predictor, src, Path(tmp) / "ensemble.csv", chunk_rows=args.chunk_rows,
-                                            progress=False).seconds
+            ensembles = {
+                m: dataclasses.replace(
+                    model,
+                    net=EnsembleNet([model.net] + [copy.deepcopy(model.net) for _ in range(args.ensemble - 1)]).eval(),
+                )
+                for m, model in models.items()
+            }
+            ensemble_predictor = EmpathyPredictor(
+                ensembles,
+                device=args.device,
+                precision=args.precision,
+                batch_size=args.batch_size,
+                sort_window=args.sort_window,
+            )
+            ensemble_seconds = predict_file(
+                ensemble_predictor, src, Path(tmp) / "ensemble.csv", chunk_rows=args.chunk_rows, progress=False
+            ).seconds
 
         k = min(args.naive_rows, len(responses))
         naive_seconds, naive_levels = naive_loop(models, seekers[:k], responses[:k])
@@ -261,27 +316,43 @@ def main(argv: list[str] | None = None) -> None:
     a, b, c = n / e2e_seconds, n / forward_seconds, k / naive_seconds
     dtype = predictor.dtype
     print("bench_predict")
-    print(f"  machine      {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} (other jobs share the CPU)")
-    print(f"  device       {predictor.device}, precision {'fp32' if dtype is None else dtype} "
-          f"(autocast: {autocast_dtype(args.precision, predictor.device)}), torch {torch.__version__}")
+    print(
+        f"  machine      {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} (other jobs share the CPU)"
+    )
+    print(
+        f"  device       {predictor.device}, precision {'fp32' if dtype is None else dtype} "
+        f"(autocast: {autocast_dtype(args.precision, predictor.device)}), torch {torch.__version__}"
+    )
     print(f"  models       {model_label} (loaded in {load_seconds:.1f} s)")
     print(f"  seeker pass  shared by {predictor.seeker_groups}")
-    print(f"  rows         {n} from {data_label} ({len(pairs)} distinct pairs, repeated); batch {args.batch_size}, "
-          f"sort window {args.sort_window} batches, chunk {args.chunk_rows} rows")
+    print(
+        f"  rows         {n} from {data_label} ({len(pairs)} distinct pairs, repeated); batch {args.batch_size}, "
+        f"sort window {args.sort_window} batches, chunk {args.chunk_rows} rows"
+    )
     print(f"  (a) end-to-end predict_file CSV -> CSV   {a:9.1f} pairs/s   ({e2e_seconds:.1f} s for {n} rows)")
     print(f"  (b) bare forward passes (the limit)      {b:9.1f} pairs/s   ({forward_seconds:.1f} s for {n} rows)")
-    print(f"  (c) naive: 3 models, per row, fp32, pad 64 {c:7.1f} pairs/s   (the first {k} rows: {naive_seconds:.1f} s)")
+    print(
+        f"  (c) naive: 3 models, per row, fp32, pad 64 {c:7.1f} pairs/s   (the first {k} rows: {naive_seconds:.1f} s)"
+    )
     joint = any(len(model.mechanisms) > 1 for model in models.values())
-    print(f"  a/c = {a / c:5.2f}   (target >= {10 if joint else 5}: {'a joint model' if joint else 'one model per mechanism'})")
+    print(
+        f"  a/c = {a / c:5.2f}   (target >= {10 if joint else 5}: "
+        f"{'a joint model' if joint else 'one model per mechanism'})"
+    )
     print(f"  a/b = {a / b:5.2f}   (target >= 0.7)")
     if ensemble_seconds is not None:
         e = n / ensemble_seconds
-        print(f"  (e) (a) with ensembles of {args.ensemble}          {e:9.1f} pairs/s   ({ensemble_seconds:.1f} s for {n} rows); "
-              f"a/e = {a / e:4.2f}: the ensemble's inference cost")
+        print(
+            f"  (e) (a) with ensembles of {args.ensemble}          {e:9.1f} pairs/s   ({ensemble_seconds:.1f} s for "
+            f"{n} rows); "
+            f"a/e = {a / e:4.2f}: the ensemble's inference cost"
+        )
     print(f"  levels of (a) and (c) agree on {agree}/{k * len(predictor.mechanisms)} (row, mechanism) pairs")
-    print(f"  peak RSS     {rss_before:.0f} MiB after loading and writing the input, {rss_after_e2e:.0f} MiB after (a), "
-          f"{peak_rss_mib():.0f} MiB at the end ((b) holds all {n} rows' tokens in memory; (a) streams)")
+    print(
+        f"  peak RSS     {rss_before:.0f} MiB after loading and writing the input, {rss_after_e2e:.0f} MiB after (a), "
+        f"{peak_rss_mib():.0f} MiB at the end ((b) holds all {n} rows' tokens in memory; (a) streams)"
+    )
     sys.stdout.flush()
 
 

@@ -146,9 +146,7 @@ class DevToolsPipe:
         self._next_id = 0
         self._events: list[dict] = []
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self.attached = self.call("Target.attachToTarget", targetId=target, flatten=True)[
-            "sessionId"
-        ]
+        self.attached = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         self.call("Page.enable", attached=self.attached)
 
     def _read_message(self, timeout: float = 120.0) -> dict:
@@ -302,8 +300,7 @@ def browser_figures(binary: str, page: Path, query: str, key_gap: int, repeats: 
                 browser.open(page.resolve().as_uri())
                 loads.append(browser.evaluate(LOAD_JS))
             typing = [
-                browser.evaluate(TYPING_JS % (FRAME_JS, json.dumps(query), key_gap, settle))
-                for _ in range(repeats)
+                browser.evaluate(TYPING_JS % (FRAME_JS, json.dumps(query), key_gap, settle)) for _ in range(repeats)
             ]
             checkbox = [t for _ in range(repeats) for t in browser.evaluate(CHECKBOX_JS)]
             scroll = browser.evaluate(SCROLL_JS.replace("{settle}", str(settle)))
@@ -336,9 +333,7 @@ def report_browser(figures: dict, query: str, key_gap: int) -> None:
         f"max {max(figures['checkbox']):.0f} ms ({len(figures['checkbox'])} toggles)"
     )
     scroll = figures["scroll"]
-    print(
-        f"  scroll: {scroll['deep']:.0f} px deep, {scroll['after_filter']:.0f} px after a filter change"
-    )
+    print(f"  scroll: {scroll['deep']:.0f} px deep, {scroll['after_filter']:.0f} px after a filter change")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -350,9 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--query", default="sorry")
     parser.add_argument("--key-gap", type=int, default=50, help="milliseconds between keystrokes")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser")
-    )
+    parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"))
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:

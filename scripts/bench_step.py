@@ -70,7 +70,9 @@ def seconds_per_step(overrides: list[str], steps: int, folder: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("configs", nargs="+", help='space-separated train overrides per configuration ("" = the default)')
+    parser.add_argument(
+        "configs", nargs="+", help='space-separated train overrides per configuration ("" = the default)'
+    )
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: every core)")
@@ -97,13 +99,23 @@ def main() -> None:
     first = statistics.mean(times[args.configs[0]])
     for c, values in times.items():
         mean = statistics.mean(values)
-        print(f"{c or '(default)'}: {mean:.3f} s/step (rounds: {', '.join(f'{v:.3f}' for v in values)}), "
-              f"{first / mean:.2f}x the first", flush=True)
+        print(
+            f"{c or '(default)'}: {mean:.3f} s/step (rounds: {', '.join(f'{v:.3f}' for v in values)}), "
+            f"{first / mean:.2f}x the first",
+            flush=True,
+        )
     if args.json:
         from empathy.io import write_json_atomic
 
-        write_json_atomic(args.json, {"threads": torch.get_num_threads(), "steps": args.steps, "rounds": args.rounds,
-                                      "seconds_per_step": {c: statistics.mean(v) for c, v in times.items()}})
+        write_json_atomic(
+            args.json,
+            {
+                "threads": torch.get_num_threads(),
+                "steps": args.steps,
+                "rounds": args.rounds,
+                "seconds_per_step": {c: statistics.mean(v) for c, v in times.items()},
+            },
+        )
 
 
 if __name__ == "__main__":

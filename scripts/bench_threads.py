@@ -43,8 +43,9 @@ def worker(args: argparse.Namespace) -> None:
     for batch in batches[1:]:
         step(batch)
     seconds = time.perf_counter() - started
-    Path(args.folder, f"result{args.index}.json").write_text(json.dumps(
-        {"threads": torch.get_num_threads(), "steps": len(batches) - 1, "seconds": seconds}))
+    Path(args.folder, f"result{args.index}.json").write_text(
+        json.dumps({"threads": torch.get_num_threads(), "steps": len(batches) - 1, "seconds": seconds})
+    )
 
 
 def run_mode(jobs: int, cores: int, steps: int, overrides: list[str]) -> dict:
@@ -54,8 +55,18 @@ def run_mode(jobs: int, cores: int, steps: int, overrides: list[str]) -> dict:
         processes = []
         for index, threads in enumerate(core_shares(cores, jobs)):
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-            command = [sys.executable, __file__, "--worker", "--index", str(index), "--folder", folder,
-                       "--steps", str(steps), *overrides]
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--index",
+                str(index),
+                "--folder",
+                folder,
+                "--steps",
+                str(steps),
+                *overrides,
+            ]
             processes.append(subprocess.Popen(command, env=env))
         while sum(Path(folder, f"ready{i}").exists() for i in range(jobs)) < jobs:
             if any(p.poll() not in (None, 0) for p in processes):
@@ -66,8 +77,12 @@ def run_mode(jobs: int, cores: int, steps: int, overrides: list[str]) -> dict:
             raise SystemExit("a benchmark job failed")
         results = [json.loads(Path(folder, f"result{i}.json").read_text()) for i in range(jobs)]
     rate = sum(r["steps"] / r["seconds"] for r in results)
-    return {"jobs": jobs, "threads": [r["threads"] for r in results], "steps_per_s": rate,
-            "wall_s": max(r["seconds"] for r in results)}
+    return {
+        "jobs": jobs,
+        "threads": [r["threads"] for r in results],
+        "steps_per_s": rate,
+        "wall_s": max(r["seconds"] for r in results),
+    }
 
 
 def main() -> None:
@@ -89,8 +104,10 @@ def main() -> None:
     shared = run_mode(args.jobs, cores, args.steps, args.overrides)
     print(f"cores={cores} steps/job={args.steps} overrides={args.overrides or '(defaults)'}")
     for name, mode in (("one job, all cores", one), (f"{args.jobs} jobs sharing them", shared)):
-        print(f"{name:>22}: threads {mode['threads']}  {mode['steps_per_s']:.3f} steps/s in all  "
-              f"({mode['wall_s']:.1f} s wall)")
+        print(
+            f"{name:>22}: threads {mode['threads']}  {mode['steps_per_s']:.3f} steps/s in all  "
+            f"({mode['wall_s']:.1f} s wall)"
+        )
     print(f"throughput {args.jobs} jobs / one job: {shared['steps_per_s'] / one['steps_per_s']:.2f}x")
 
 

@@ -51,14 +51,23 @@ def main() -> None:
     parser.add_argument("--mechanism", default="ER")
     parser.add_argument("--precision", choices=["32", "bf16"], default="32", help="ours only; naive is fp32")
     parser.add_argument("--max-len", type=int, default=64, help="data.max_len of both (the original code's: 64)")
-    parser.add_argument("--compile", action="store_true", help="ours: torch.compile the response encoder (model.compile)")
+    parser.add_argument(
+        "--compile", action="store_true", help="ours: torch.compile the response encoder (model.compile)"
+    )
     args = parser.parse_args()
     runner.quiet_libraries()
     torch.manual_seed(0)
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["model=biencoder", f"encoder={args.encoder}", f"mechanism={args.mechanism}",
-                                          f"data.max_len={args.max_len}"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "model=biencoder",
+                f"encoder={args.encoder}",
+                f"mechanism={args.mechanism}",
+                f"data.max_len={args.max_len}",
+            ],
+        )
     with open_dict(cfg):
         cfg.paths.output_dir = "/tmp/empathy-bench"
     datamodule = runner.build_datamodule(cfg)
@@ -82,9 +91,12 @@ def main() -> None:
     steps_per_epoch = len(loader)
     optimizers = {
         name: allowlist.build_optimizer(cfg.model.optimizer, [p for p in module.parameters() if p.requires_grad])
-        for name, module in variants.items() if name != "naive"
+        for name, module in variants.items()
+        if name != "naive"
     }
-    optimizers["naive"] = torch.optim.AdamW([p for p in naive.parameters() if p.requires_grad], lr=cfg.model.optimizer.lr)
+    optimizers["naive"] = torch.optim.AdamW(
+        [p for p in naive.parameters() if p.requires_grad], lr=cfg.model.optimizer.lr
+    )
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
 
     def step(name: str, batch: dict[str, torch.Tensor]) -> float:
@@ -93,15 +105,20 @@ def main() -> None:
         module.train()
         started = time.perf_counter()
         with autocast if name != "naive" else nullcontext():
-            output = module(batch) if name != "naive" else module.net(
-                response_input_ids=batch["response_input_ids"],
-                response_attention_mask=batch["response_attention_mask"],
-                seeker_input_ids=batch["seeker_input_ids"],
-                seeker_attention_mask=batch["seeker_attention_mask"],
+            output = (
+                module(batch)
+                if name != "naive"
+                else module.net(
+                    response_input_ids=batch["response_input_ids"],
+                    response_attention_mask=batch["response_attention_mask"],
+                    seeker_input_ids=batch["seeker_input_ids"],
+                    seeker_attention_mask=batch["seeker_attention_mask"],
+                )
             )
             m = args.mechanism
-            loss = multitask_loss(output[m], batch[level_column(m)], batch[rationale_column(m, "strict")],
-                                  batch["rationale_mask"])["loss"]
+            loss = multitask_loss(
+                output[m], batch[level_column(m)], batch[rationale_column(m, "strict")], batch["rationale_mask"]
+            )["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()
@@ -122,23 +139,38 @@ def main() -> None:
 
     ours_s, naive_s = statistics.mean(times["ours"]), statistics.mean(times["naive"])
     amortised = ours_s + cache_seconds / steps_per_epoch
-    print(f"optimiser ours: {type(optimizers['ours']).__name__} fused={optimizers['ours'].defaults.get('fused')}; "
-          f"naive: fused={optimizers['naive'].defaults.get('fused')}")
-    print(f"encoder={args.encoder} mechanism={args.mechanism} batch={cfg.data.batch_size} max_len={max_len} "
-          f"threads={torch.get_num_threads()} cpu_count={os.cpu_count()} steps={len(times['ours'])}")
+    print(
+        f"optimiser ours: {type(optimizers['ours']).__name__} fused={optimizers['ours'].defaults.get('fused')}; "
+        f"naive: fused={optimizers['naive'].defaults.get('fused')}"
+    )
+    print(
+        f"encoder={args.encoder} mechanism={args.mechanism} batch={cfg.data.batch_size} max_len={max_len} "
+        f"threads={torch.get_num_threads()} cpu_count={os.cpu_count()} steps={len(times['ours'])}"
+    )
     compiled = ", compiled" if args.compile else ""
-    print(f"ours  ({args.precision:>4}, dynamic padding, cached seeker{compiled}): {1 / ours_s:6.3f} steps/s "
-          f"({ours_s:.3f} s/step, mean response width {statistics.mean(widths):.1f} tokens)")
+    print(
+        f"ours  ({args.precision:>4}, dynamic padding, cached seeker{compiled}): {1 / ours_s:6.3f} steps/s "
+        f"({ours_s:.3f} s/step, mean response width {statistics.mean(widths):.1f} tokens)"
+    )
     if args.compile:
         eager_s = statistics.mean(times["eager"])
-        print(f"eager (the same step, not compiled): {1 / eager_s:6.3f} steps/s ({eager_s:.3f} s/step); "
-              f"speed-up eager/naive {naive_s / eager_s:.2f}x, compiled/eager {eager_s / ours_s:.2f}x")
-        print(f"compilation: the first compiled step took {first_step['ours']:.1f} s (eager {first_step['eager']:.1f} s); "
-              "evaluation compiles once more")
-    print(f"naive (fp32, padded to {max_len}, seeker every step):      {1 / naive_s:6.3f} steps/s ({naive_s:.3f} s/step)")
+        print(
+            f"eager (the same step, not compiled): {1 / eager_s:6.3f} steps/s ({eager_s:.3f} s/step); "
+            f"speed-up eager/naive {naive_s / eager_s:.2f}x, compiled/eager {eager_s / ours_s:.2f}x"
+        )
+        print(
+            f"compilation: the first compiled step took {first_step['ours']:.1f} s (eager {first_step['eager']:.1f} "
+            "s); "
+            "evaluation compiles once more"
+        )
+    print(
+        f"naive (fp32, padded to {max_len}, seeker every step):      {1 / naive_s:6.3f} steps/s ({naive_s:.3f} s/step)"
+    )
     print(f"seeker cache: {cache_seconds:.1f} s once per run ({steps_per_epoch} steps per epoch)")
-    print(f"speed-up ours/naive: {naive_s / ours_s:.2f}x per step; {naive_s / amortised:.2f}x with the cache "
-          "amortised over one epoch (more over several)")
+    print(
+        f"speed-up ours/naive: {naive_s / ours_s:.2f}x per step; {naive_s / amortised:.2f}x with the cache "
+        "amortised over one epoch (more over several)"
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,17 @@ def check(run: Path, out: Path) -> bool:
             writer.writerow([i, row["seeker_post"], row["response_post"], *(row[gold_column[m]] for m in mechanisms)])
     scored = out / f"{mechanism}-test-scored.csv"
     subprocess.run(
-        [sys.executable, "-m", "empathy.predict", f"input={pairs}", f"output={scored}", f"models.{mechanism}={ckpt}",
-         "overwrite=true", "progress=false", f"hydra.run.dir={out / ('predict-' + mechanism)}"],
+        [
+            sys.executable,
+            "-m",
+            "empathy.predict",
+            f"input={pairs}",
+            f"output={scored}",
+            f"models.{mechanism}={ckpt}",
+            "overwrite=true",
+            "progress=false",
+            f"hydra.run.dir={out / ('predict-' + mechanism)}",
+        ],
         check=True,
     )
     with scored.open(encoding="utf-8", newline="") as f:
@@ -76,7 +85,9 @@ def check(run: Path, out: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="where the pair and scored files go (default: a temp folder)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where the pair and scored files go (default: a temp folder)"
+    )
     args = parser.parse_args()
     runner.quiet_libraries()
     out = args.out or Path(tempfile.mkdtemp(prefix="check-predictions-"))

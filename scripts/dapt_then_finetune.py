@@ -30,7 +30,7 @@ def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
     args = list(args)
     if "--" in args:
         cut = args.index("--")
-        pretrain, train = args[:cut], args[cut + 1:]
+        pretrain, train = args[:cut], args[cut + 1 :]
     else:
         pretrain, train = args, []
     shared = [a for a in pretrain if a.lstrip("+~").startswith(("data.", "paths."))]
@@ -38,8 +38,21 @@ def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 # Hydra's command-line options that take a value (the others, e.g. -m, stand alone).
-VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-               "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+VALUE_FLAGS = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--info",
+    "-i",
+    "--experimental-rerun",
+}
 
 
 def hydra_flags_first(args: Sequence[str]) -> list[str]:
@@ -62,8 +75,12 @@ def commands(args: Sequence[str], run_dir: Path, python: str = sys.executable) -
     encoder = run_dir / "encoder"
     return [
         [python, "-m", "empathy.pretrain", *hydra_flags_first(pretrain), f"hydra.run.dir={run_dir}"],
-        [python, "-m", "empathy.train", *hydra_flags_first(["experiment=dapt_then_finetune", "encoder=local",
-                                                             f"encoder.path={encoder}", *train])],
+        [
+            python,
+            "-m",
+            "empathy.train",
+            *hydra_flags_first(["experiment=dapt_then_finetune", "encoder=local", f"encoder.path={encoder}", *train]),
+        ],
     ]
 
 

@@ -76,7 +76,9 @@ def bpe_tokenizer_dir(tmp_path_factory) -> Path:
     )
     tok.train_from_iterator(BPE_TRAINING_TEXT, trainer)
     tok.post_processor = processors.RobertaProcessing(
-        ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")), trim_offsets=True,
+        ("</s>", tok.token_to_id("</s>")),
+        ("<s>", tok.token_to_id("<s>")),
+        trim_offsets=True,
         add_prefix_space=False,
     )
     fast = PreTrainedTokenizerFast(

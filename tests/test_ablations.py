@@ -1,5 +1,6 @@
-"""The ablation study (empathy/study/ablations.py) without training: the selection rule, every lever composing into a train
-config, the cross-validation and test jobs, and the report's list of jobs that did not finish."""
+"""The ablation study (empathy/study/ablations.py) without training: the selection rule, every
+lever composing into a train config, the cross-validation and test jobs, and the report's list of
+jobs that did not finish."""
 
 from __future__ import annotations
 
@@ -71,7 +72,10 @@ def test_choose_breaks_equal_costs_by_the_higher_score():
     assert ablations.minutes_per_configuration("joint_combined", {"minutes_per_job": 2.0}) == pytest.approx(2.0)
     tied = _summaries(joint_combined=(70.1, 2.0), joint_epochs4=(70.3, 2.0))
     assert ablations.choose(tied, tolerance=0.5) == "joint_epochs4"
-    assert ablations.choose(_summaries(joint_combined=(70.0, 2.0), separate=(70.3, 1.0)), tolerance=0.5) == "joint_combined"
+    assert (
+        ablations.choose(_summaries(joint_combined=(70.0, 2.0), separate=(70.3, 1.0)), tolerance=0.5)
+        == "joint_combined"
+    )
 
 
 # ------------------------------------------------------------------------------------- levers compose
@@ -85,7 +89,9 @@ def test_every_lever_composes_into_a_train_config_with_its_values(lever, tmp_pat
     parser = OverridesParser.create()
     for mechanism in dict.fromkeys(job.mechanism for job in jobs):
         job = next(j for j in jobs if j.mechanism == mechanism)
-        assert job.overrides[: len(ablations.model_overrides(base, mechanism))] == ablations.model_overrides(base, mechanism)
+        assert job.overrides[: len(ablations.model_overrides(base, mechanism))] == ablations.model_overrides(
+            base, mechanism
+        )
         cfg = runner.compose_config("train", job.overrides, output_dir=tmp_path / "run")
         OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
         choices = runner.config_choices("train", job.overrides)
@@ -137,7 +143,7 @@ def test_test_jobs_see_test_on_the_standard_split(tmp_path):
         assert f"seed={job.seed}" in job.overrides
         assert job.folder == tmp_path / "test" / job.lever / f"{job.mechanism}-seed{job.seed}"
     head = ["model=joint", *ablations.BASES["joint"], "trainer.max_epochs=4"]
-    assert all(j.overrides[:len(head)] == head for j in joint)
+    assert all(j.overrides[: len(head)] == head for j in joint)
     assert all(j.overrides[:2] == ["model=biencoder", f"mechanism={j.mechanism}"] for j in separate)
 
 
@@ -156,26 +162,46 @@ def test_a_lever_replaces_its_base_value_and_the_base_stays_pinned(tmp_path):
 def _record(folder: str, status: str, seconds: float = 60.0) -> str:
     stage, lever, job = folder.split("/")
     mechanism, fold = job.split("-fold")
-    return json.dumps({"stage": stage, "lever": lever, "mechanism": mechanism, "fold": int(fold), "seed": None,
-                       "folder": folder, "status": status, "seconds": seconds, "overrides": []})
+    return json.dumps(
+        {
+            "stage": stage,
+            "lever": lever,
+            "mechanism": mechanism,
+            "fold": int(fold),
+            "seed": None,
+            "folder": folder,
+            "status": status,
+            "seconds": seconds,
+            "overrides": [],
+        }
+    )
 
 
 def test_report_lists_only_jobs_whose_last_record_failed(tmp_path, monkeypatch):
     out = tmp_path / "ablations"
-    metrics = {f"dev/{m}/{key}": value for m in ablations.MECHANISMS
-               for key, value in (("macro_f1", 0.7), ("rationale_iou_f1", 0.5))}
+    metrics = {
+        f"dev/{m}/{key}": value
+        for m in ablations.MECHANISMS
+        for key, value in (("macro_f1", 0.7), ("rationale_iou_f1", 0.5))
+    }
     for fold in (0, 1):  # rerun-then-ok and always-ok jobs have metrics; the failed one has none
         folder = out / "cv" / "joint" / f"joint-fold{fold}"
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "fit_minutes": 1.0}))
-    (out / "jobs.jsonl").write_text("\n".join([
-        _record("cv/joint/joint-fold0", "failed rc=1", 5.0),
-        _record("cv/joint/joint-fold1", "ok", 120.0),
-        _record("cv/joint/joint-fold2", "failed rc=137", 7.0),
-        _record("cv/joint/joint-fold0", "ok", 60.0),
-    ]) + "\n")
-    ablations.report(argparse.Namespace(out=str(out), results=str(tmp_path / "results"), no_floors=True, max_len=128,
-                                        test_runs=[]))
+    (out / "jobs.jsonl").write_text(
+        "\n".join(
+            [
+                _record("cv/joint/joint-fold0", "failed rc=1", 5.0),
+                _record("cv/joint/joint-fold1", "ok", 120.0),
+                _record("cv/joint/joint-fold2", "failed rc=137", 7.0),
+                _record("cv/joint/joint-fold0", "ok", 60.0),
+            ]
+        )
+        + "\n"
+    )
+    ablations.report(
+        argparse.Namespace(out=str(out), results=str(tmp_path / "results"), no_floors=True, max_len=128, test_runs=[])
+    )
 
     md = (tmp_path / "results" / "ablations.md").read_text()
     failed = [line for line in md.splitlines() if "did not finish" in line]
@@ -202,7 +228,9 @@ def test_config_mismatches_checks_the_model_and_every_key_value_override(tmp_pat
     wrong = ablations.config_mismatches(slower, "joint", lever)
     assert len(wrong) == 1 and wrong[0].startswith("model.optimizer.lr=0.0001") and "expected 2e-4" in wrong[0]
     decoded = runner.compose_config("train", ["model.rationale_decoding.fill_gaps=1"], output_dir=tmp_path)
-    assert [w.split("=")[0] for w in ablations.config_mismatches(decoded, "joint", lever)] == ["model.rationale_decoding.fill_gaps"]
+    assert [w.split("=")[0] for w in ablations.config_mismatches(decoded, "joint", lever)] == [
+        "model.rationale_decoding.fill_gaps"
+    ]
 
     separate = runner.compose_config("train", ["model=biencoder", "mechanism=IP", *lever], output_dir=tmp_path)
     assert ablations.config_mismatches(separate, "joint", lever) == ["model: expected the joint model"]
@@ -215,7 +243,9 @@ def test_a_run_from_before_a_setting_existed_ran_with_its_old_value(tmp_path):
     with open_dict(cfg):
         del cfg.model.net["pooling"]  # a resolved config saved before model.net.pooling existed
     assert ablations.config_mismatches(cfg, "joint", ["model.net.pooling=cls"]) == []
-    assert ablations.config_mismatches(cfg, "joint", ["model.net.pooling=mean"]) == ["model.net.pooling=cls (expected mean)"]
+    assert ablations.config_mismatches(cfg, "joint", ["model.net.pooling=mean"]) == [
+        "model.net.pooling=cls (expected mean)"
+    ]
 
 
 def _test_run(folder: Path, overrides: list[str], seed: int, mechanism: str = "joint") -> Path:
@@ -224,7 +254,9 @@ def _test_run(folder: Path, overrides: list[str], seed: int, mechanism: str = "j
     cfg = runner.compose_config("train", [*overrides, f"seed={seed}"], output_dir=folder)
     OmegaConf.save(cfg, folder / "resolved_config.yaml", resolve=True)
     metrics = {f"test/{m}/{key}": 0.7 for m in ablations.MECHANISMS for key in ("macro_f1", "acc")}
-    (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "seed": seed, "mechanism": mechanism, "fit_minutes": 2.0}))
+    (folder / "metrics.json").write_text(
+        json.dumps({"metrics": metrics, "seed": seed, "mechanism": mechanism, "fit_minutes": 2.0})
+    )
     return folder
 
 
@@ -232,22 +264,33 @@ def _grid_runs(lever: str, scores: dict[str, dict[str, list[float]]], stage: str
     """The CV runs (one per fold) of a joint lever that scored ``{mechanism: {tag: [per fold]}}``."""
     folds = max(len(v) for tags in scores.values() for v in tags.values())
     return [
-        {"stage": stage, "lever": lever, "job": f"joint-fold{k}", "seconds": 60.0,
-         "metrics": {f"dev/{m}/macro_f1": 0.7 for m in ablations.MECHANISMS}
-         | {f"dev/{m}/rationale_iou_f1@{tag}": v[k] for m, tags in scores.items() for tag, v in tags.items()}}
+        {
+            "stage": stage,
+            "lever": lever,
+            "job": f"joint-fold{k}",
+            "seconds": 60.0,
+            "metrics": {f"dev/{m}/macro_f1": 0.7 for m in ablations.MECHANISMS}
+            | {f"dev/{m}/rationale_iou_f1@{tag}": v[k] for m, tags in scores.items() for tag, v in tags.items()},
+        }
         for k in range(folds)
     ]
 
 
 def test_best_decodings_per_mechanism_mean_over_folds_ties_and_missing_folds():
-    runs = _grid_runs("joint_lr2e-4", {
-        "ER": {"t0.2g2": [0.5, 0.3], "t0.1g4": [0.45, 0.45]},  # means 0.4 and 0.45
-        "IP": {"t0.3g0": [0.6, 0.6], "t0.5g0": [0.6, 0.6], "t0.5g2": [0.6, 0.6]},  # a tie
-        "EX": {"t0.2g2": [0.7, 0.7], "t0.05g8": [0.9, float("nan")]},  # nan in a fold: not eligible
-    })
+    runs = _grid_runs(
+        "joint_lr2e-4",
+        {
+            "ER": {"t0.2g2": [0.5, 0.3], "t0.1g4": [0.45, 0.45]},  # means 0.4 and 0.45
+            "IP": {"t0.3g0": [0.6, 0.6], "t0.5g0": [0.6, 0.6], "t0.5g2": [0.6, 0.6]},  # a tie
+            "EX": {"t0.2g2": [0.7, 0.7], "t0.05g8": [0.9, float("nan")]},  # nan in a fold: not eligible
+        },
+    )
     best = ablations.best_decodings(runs)
-    assert best == {"ER": ("t0.1g4", pytest.approx(45.0)), "IP": ("t0.5g0", pytest.approx(60.0)),
-                    "EX": ("t0.2g2", pytest.approx(70.0))}
+    assert best == {
+        "ER": ("t0.1g4", pytest.approx(45.0)),
+        "IP": ("t0.5g0", pytest.approx(60.0)),
+        "EX": ("t0.2g2", pytest.approx(70.0)),
+    }
     # a decoding scored in one fold only is not compared with those scored in both
     runs[0]["metrics"]["dev/ER/rationale_iou_f1@t0.6g0"] = 0.99
     assert ablations.best_decodings(runs)["ER"][0] == "t0.1g4"
@@ -267,7 +310,9 @@ def test_the_decoding_stage_replaces_the_cv_grid_and_runs_only_when_the_grid_gre
     new = _grid_runs("joint_lr2e-4", full, stage="decoding")
     assert not ablations.lacks_grid(new, tags)
     # one fold scored with today's grid does not stand for the others
-    partly = _grid_runs("joint_lr2e-4", {m: {t: [0.5, 0.5] for t in tags} for m in ablations.MECHANISMS}, stage="decoding")
+    partly = _grid_runs(
+        "joint_lr2e-4", {m: {t: [0.5, 0.5] for t in tags} for m in ablations.MECHANISMS}, stage="decoding"
+    )
     partly[1]["metrics"] = {k: v for k, v in partly[1]["metrics"].items() if "g32" not in k}
     assert ablations.lacks_grid(partly, tags) and not ablations.run_lacks_grid(partly[0], tags)
     assert ablations.run_lacks_grid(partly[1], tags)
@@ -285,7 +330,9 @@ def test_external_test_runs_accept_runs_of_the_lever_and_refuse_any_other(tmp_pa
         _test_run(sweep / str(seed - 1), chosen, seed)
     offsets = {"ER": [-1.0, -2.0], "IP": None, "EX": None}  # the default's, chosen by --level-offsets
     runs = ablations.external_test_runs(f"joint_lr2e-4={sweep}", cv, offsets=offsets)
-    assert [(r["stage"], r["lever"], r["job"]) for r in runs] == [("test", "joint_lr2e-4", f"joint-seed{s}") for s in (1, 2)]
+    assert [(r["stage"], r["lever"], r["job"]) for r in runs] == [
+        ("test", "joint_lr2e-4", f"joint-seed{s}") for s in (1, 2)
+    ]
     assert all(r["seconds"] == pytest.approx(120.0) and r["metrics"]["test/ER/macro_f1"] == 0.7 for r in runs)
     assert runs[0]["source"] == str(sweep / "0")
     summary = ablations.summarise_test(runs)["joint_lr2e-4"]
@@ -293,7 +340,13 @@ def test_external_test_runs_accept_runs_of_the_lever_and_refuse_any_other(tmp_pa
 
     # the lever's cross-validated decoding per mechanism is part of the check
     other = _grid_runs("joint_lr2e-4", {"ER": {"t0.2g2": [0.5]}, "IP": {"t0.1g4": [0.7]}, "EX": {"t0.3g2": [0.6]}})
-    with pytest.raises(SystemExit, match=re.escape("model.rationale_decoding.IP={'threshold': 0.1, 'fill_gaps': 8, 'min_span': 1, 'fallback': False} (expected {threshold:0.1,fill_gaps:4,")):
+    with pytest.raises(
+        SystemExit,
+        match=re.escape(
+            "model.rationale_decoding.IP={'threshold': 0.1, 'fill_gaps': 8, 'min_span': 1, 'fallback': False} "
+            "(expected {threshold:0.1,fill_gaps:4,"
+        ),
+    ):
         ablations.external_test_runs(f"joint_lr2e-4={sweep}", other, offsets=offsets)
     # and so are the level offsets chosen for it (none: the argmax of the study's base)
     with pytest.raises(SystemExit, match=re.escape("model.level_offsets.ER=[-1.0, -2.0] (expected null)")):
@@ -324,14 +377,32 @@ def test_external_test_runs_need_a_known_lever_and_finished_runs(tmp_path):
 def test_load_runs_takes_the_grid_of_a_rescored_checkpoint_and_nothing_else(tmp_path):
     job = tmp_path / "decoding" / "joint_lr2e-4" / "joint-fold0"
     (job / ablations.RESCORE).mkdir(parents=True)
-    (job / "metrics.json").write_text(json.dumps({"metrics": {"dev/ER/macro_f1": 0.7, "dev/ER/rationale_iou_f1@t0.2g2": 0.4},
-                                                  "best_checkpoint": str(job / "checkpoints" / "best.ckpt")}))
-    (job / ablations.RESCORE / "eval_dev.json").write_text(json.dumps({"metrics": {
-        "dev/ER/macro_f1": 0.1, "dev/ER/rationale_iou_f1@t0.2g2": 0.4, "dev/ER/rationale_iou_f1@t0.05g32": 0.5}}))
+    (job / "metrics.json").write_text(
+        json.dumps(
+            {
+                "metrics": {"dev/ER/macro_f1": 0.7, "dev/ER/rationale_iou_f1@t0.2g2": 0.4},
+                "best_checkpoint": str(job / "checkpoints" / "best.ckpt"),
+            }
+        )
+    )
+    (job / ablations.RESCORE / "eval_dev.json").write_text(
+        json.dumps(
+            {
+                "metrics": {
+                    "dev/ER/macro_f1": 0.1,
+                    "dev/ER/rationale_iou_f1@t0.2g2": 0.4,
+                    "dev/ER/rationale_iou_f1@t0.05g32": 0.5,
+                }
+            }
+        )
+    )
     (run,) = ablations.load_runs(tmp_path)
     assert (run["stage"], run["lever"], run["job"]) == ("decoding", "joint_lr2e-4", "joint-fold0")
-    assert run["metrics"] == {"dev/ER/macro_f1": 0.7, "dev/ER/rationale_iou_f1@t0.2g2": 0.4,
-                              "dev/ER/rationale_iou_f1@t0.05g32": 0.5}
+    assert run["metrics"] == {
+        "dev/ER/macro_f1": 0.7,
+        "dev/ER/rationale_iou_f1@t0.2g2": 0.4,
+        "dev/ER/rationale_iou_f1@t0.05g32": 0.5,
+    }
     assert run["best_checkpoint"].endswith("best.ckpt") and run["folder"] == job
 
 
@@ -339,7 +410,9 @@ def test_runner_jobs_share_the_cores_among_the_workers(tmp_path, monkeypatch):
     monkeypatch.setattr(ablations, "usable_cores", lambda: 4)
     for workers, threads in ((2, "2"), (3, "1"), (8, "1")):
         run = ablations.Runner(argparse.Namespace(out=str(tmp_path), budget_s=60, workers=workers))
-        rc, _ = run.call([sys.executable, "-c", "import os; print(os.environ['OMP_NUM_THREADS'])"], tmp_path / str(workers))
+        rc, _ = run.call(
+            [sys.executable, "-c", "import os; print(os.environ['OMP_NUM_THREADS'])"], tmp_path / str(workers)
+        )
         assert rc == 0 and (tmp_path / str(workers) / "job.log").read_text().strip() == threads
 
 
@@ -347,11 +420,29 @@ def test_the_extended_grid_is_reported_and_chosen_only_when_asked(tmp_path):
     for fold, (plain, short, fallback) in enumerate(((0.40, 0.42, 0.50), (0.44, 0.45, 0.52))):
         job = tmp_path / "decoding" / "joint_lr2e-4" / f"joint-fold{fold}"
         (job / ablations.RESCORE_EXTENDED).mkdir(parents=True)
-        (job / "metrics.json").write_text(json.dumps({"metrics": {
-            "dev/ER/macro_f1": 0.7, "dev/ER/rationale_iou_f1@t0.2g2": plain, "dev/ER/rationale_iou_f1@t0.3g2": plain - 0.01}}))
-        (job / ablations.RESCORE_EXTENDED / "eval_dev.json").write_text(json.dumps({"metrics": {
-            "dev/ER/macro_f1": 0.1, "dev/ER/rationale_iou_f1@t0.2g2": plain, "dev/ER/rationale_iou_f1@t0.2g2m3": short,
-            "dev/ER/rationale_iou_f1@t0.2g2m3f": fallback}}))
+        (job / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "metrics": {
+                        "dev/ER/macro_f1": 0.7,
+                        "dev/ER/rationale_iou_f1@t0.2g2": plain,
+                        "dev/ER/rationale_iou_f1@t0.3g2": plain - 0.01,
+                    }
+                }
+            )
+        )
+        (job / ablations.RESCORE_EXTENDED / "eval_dev.json").write_text(
+            json.dumps(
+                {
+                    "metrics": {
+                        "dev/ER/macro_f1": 0.1,
+                        "dev/ER/rationale_iou_f1@t0.2g2": plain,
+                        "dev/ER/rationale_iou_f1@t0.2g2m3": short,
+                        "dev/ER/rationale_iou_f1@t0.2g2m3f": fallback,
+                    }
+                }
+            )
+        )
     runs = ablations.load_runs(tmp_path)
     # the runs' own metrics keep the default grid: its decodings unless the extended grid is asked for
     assert ablations.best_decodings(ablations.decoding_runs(runs, "joint_lr2e-4"))["ER"][0] == "t0.2g2"
@@ -367,19 +458,40 @@ def test_the_extended_grid_is_reported_and_chosen_only_when_asked(tmp_path):
     fewer = ablations.load_runs(tmp_path)
     assert ablations.lever_decodings(fewer, "joint_lr2e-4", extended=True)["ER"][0] == "t0.2g2"
     (tmp_path / "decoding" / "joint_lr2e-4" / "joint-fold1" / ablations.RESCORE_EXTENDED / "eval_dev.json").write_text(
-        json.dumps({"metrics": {"dev/ER/rationale_iou_f1@t0.2g2": 0.44, "dev/ER/rationale_iou_f1@t0.2g2m3": 0.45,
-                                "dev/ER/rationale_iou_f1@t0.2g2m3f": 0.52}}))
+        json.dumps(
+            {
+                "metrics": {
+                    "dev/ER/rationale_iou_f1@t0.2g2": 0.44,
+                    "dev/ER/rationale_iou_f1@t0.2g2m3": 0.45,
+                    "dev/ER/rationale_iou_f1@t0.2g2m3f": 0.52,
+                }
+            }
+        )
+    )
     runs = ablations.load_runs(tmp_path)
     # the report checks the chosen lever's test runs against the decodings it chose
     sweep = tmp_path / "reproduce"
-    _test_run(sweep / "0", ["model.optimizer.lr=2e-4", "model.rationale_decoding.threshold=0.3", "model.level_offsets.ER=null",
-                            "model.rationale_decoding.ER={threshold:0.2,fill_gaps:2,min_span:3,fallback:true}"], 1)
+    _test_run(
+        sweep / "0",
+        [
+            "model.optimizer.lr=2e-4",
+            "model.rationale_decoding.threshold=0.3",
+            "model.level_offsets.ER=null",
+            "model.rationale_decoding.ER={threshold:0.2,fill_gaps:2,min_span:3,fallback:true}",
+        ],
+        1,
+    )
     assert len(ablations.external_test_runs(f"joint_lr2e-4={sweep}", runs, extended=True)) == 1
     with pytest.raises(SystemExit, match="model.rationale_decoding.ER="):
         ablations.external_test_runs(f"joint_lr2e-4={sweep}", runs)
     assert ablations.extended_grid_lines([]) == []
     # test runs read from another command's folder (report --test-runs) have no job folder
-    assert ablations.extended_grid_lines([*runs, {"stage": "test", "lever": "joint_lr2e-4", "metrics": {}}], "joint_lr2e-4") == lines
+    assert (
+        ablations.extended_grid_lines(
+            [*runs, {"stage": "test", "lever": "joint_lr2e-4", "metrics": {}}], "joint_lr2e-4"
+        )
+        == lines
+    )
 
 
 def test_extended_decodings_become_overrides_with_min_span_and_fallback():
@@ -389,21 +501,44 @@ def test_extended_decodings_become_overrides_with_min_span_and_fallback():
         "model.rationale_decoding.EX={threshold:0.2,fill_gaps:4,min_span:2,fallback:true}",
     ]
     # a run written before min_span and the fallback (two values per mechanism) is the decoding without them
-    old = runner.compose_config("train", ["model.rationale_decoding.IP={threshold:0.3,fill_gaps:16}"], output_dir=Path("."))
+    old = runner.compose_config(
+        "train", ["model.rationale_decoding.IP={threshold:0.3,fill_gaps:16}"], output_dir=Path(".")
+    )
     with open_dict(old):
         old.model.rationale_decoding.IP = {"threshold": 0.3, "fill_gaps": 16}
-    assert ablations.config_mismatches(old, "joint", ["model.rationale_decoding.IP={threshold:0.3,fill_gaps:16,min_span:1,fallback:false}"]) == []
-    assert ablations.config_mismatches(old, "joint", ["model.rationale_decoding.IP={threshold:0.3,fill_gaps:16,min_span:2,fallback:false}"])
+    assert (
+        ablations.config_mismatches(
+            old, "joint", ["model.rationale_decoding.IP={threshold:0.3,fill_gaps:16,min_span:1,fallback:false}"]
+        )
+        == []
+    )
+    assert ablations.config_mismatches(
+        old, "joint", ["model.rationale_decoding.IP={threshold:0.3,fill_gaps:16,min_span:2,fallback:false}"]
+    )
     # they compose, and a run of them passes the report's check
     overrides = ablations.mechanism_decoding_overrides({"ER": "t0.3g8m3f"})
     cfg = runner.compose_config("train", overrides, output_dir=Path("."))
-    assert OmegaConf.to_container(cfg.model.rationale_decoding.ER) == {"threshold": 0.3, "fill_gaps": 8, "min_span": 3, "fallback": True}
+    assert OmegaConf.to_container(cfg.model.rationale_decoding.ER) == {
+        "threshold": 0.3,
+        "fill_gaps": 8,
+        "min_span": 3,
+        "fallback": True,
+    }
     assert ablations.config_mismatches(cfg, "joint", overrides) == []
 
 
 def _machine_runs(lever: str, f1: list[float], machine: str, stage: str = "cv", seconds: float = 60.0) -> list[dict]:
-    return [{"stage": stage, "lever": lever, "job": f"joint-fold{k}", "seconds": seconds, "machine": machine,
-             "metrics": {f"dev/{m}/macro_f1": v for m in ablations.MECHANISMS}} for k, v in enumerate(f1)]
+    return [
+        {
+            "stage": stage,
+            "lever": lever,
+            "job": f"joint-fold{k}",
+            "seconds": seconds,
+            "machine": machine,
+            "metrics": {f"dev/{m}/macro_f1": v for m in ablations.MECHANISMS},
+        }
+        for k, v in enumerate(f1)
+    ]
 
 
 def test_cheaper_variants_are_compared_with_their_configuration_on_the_same_machine_and_folds():
@@ -411,8 +546,10 @@ def test_cheaper_variants_are_compared_with_their_configuration_on_the_same_mach
     assert {epochs5, freeze2} <= set(ablations.CHEAPER[best])
     gpu = _machine_runs(best, [0.72, 0.71, 0.71], "H100")  # its CV on another machine scores higher
     cpu = _machine_runs(best, [0.70, 0.71, 0.70], "CPU", stage="decoding")  # again on the CPU: mean 70.33
-    variants = [*_machine_runs(epochs5, [0.69, 0.70, 0.69], "CPU", seconds=1800.0),  # 69.33: 1.0 below
-                *_machine_runs(freeze2, [0.70, 0.70, 0.70], "CPU", seconds=1500.0)]  # 70.0: 0.33 below
+    variants = [
+        *_machine_runs(epochs5, [0.69, 0.70, 0.69], "CPU", seconds=1800.0),  # 69.33: 1.0 below
+        *_machine_runs(freeze2, [0.70, 0.70, 0.70], "CPU", seconds=1500.0),
+    ]  # 70.0: 0.33 below
     runs = [*gpu, *cpu, *variants]
     found = {v["variant"]: v for v in ablations.cheaper_variants(best, runs, 0.5)}
     assert found[freeze2]["reference_mean_macro_f1"] == pytest.approx(70.333, abs=1e-3)  # the CPU runs, not the H100's
@@ -430,14 +567,20 @@ def test_cheaper_variants_are_compared_with_their_configuration_on_the_same_mach
     assert ablations.cheaper_variants(best, mixed, 0.5) == []
     assert ablations.choose_cheaper("joint", runs, 0.5) == ("joint", [])  # no variants declared
     lines = ablations.cheaper_variant_lines(runs, 0.5)
-    assert any(line.startswith(f"| {freeze2} | {best} | CPU | 3 | 70.0 | 70.0 | 70.0 | 70.0 | 70.3 |")
-               and line.endswith("| 12 | -0.3 | yes |  |") for line in lines)
+    assert any(
+        line.startswith(f"| {freeze2} | {best} | CPU | 3 | 70.0 | 70.0 | 70.0 | 70.0 | 70.3 |")
+        and line.endswith("| 12 | -0.3 | yes |  |")
+        for line in lines
+    )
     assert ablations.cheaper_variant_lines(gpu, 0.5) == []
 
 
 def test_load_runs_names_each_runs_machine(tmp_path):
-    for name, hardware in (("gpu", {"gpu": "NVIDIA H100 80GB HBM3", "cpu": "Xeon", "cores": 16}),
-                           ("cpu", {"gpu": None, "cpu": "AMD EPYC", "cores": 2}), ("old", None)):
+    for name, hardware in (
+        ("gpu", {"gpu": "NVIDIA H100 80GB HBM3", "cpu": "Xeon", "cores": 16}),
+        ("cpu", {"gpu": None, "cpu": "AMD EPYC", "cores": 2}),
+        ("old", None),
+    ):
         job = tmp_path / "cv" / name / "joint-fold0"
         job.mkdir(parents=True)
         (job / "metrics.json").write_text(json.dumps({"metrics": {}, "hardware": hardware}))
@@ -447,18 +590,25 @@ def test_load_runs_names_each_runs_machine(tmp_path):
 
 def test_a_cheaper_variant_is_compared_with_its_configuration_seed_by_seed_on_its_machine():
     best, dropout0 = "joint_lr2e-4", "joint_lr2e-4_dropout0"
-    assert ablations.REPEATS["joint_lr2e-4_seed13"] == best and ablations.REPEATS["joint_lr2e-4_dropout0_seed14"] == dropout0
+    assert (
+        ablations.REPEATS["joint_lr2e-4_seed13"] == best
+        and ablations.REPEATS["joint_lr2e-4_dropout0_seed14"] == dropout0
+    )
     assert ablations.seed_levers(best) == {12: best, 13: "joint_lr2e-4_seed13", 14: "joint_lr2e-4_seed14"}
-    reference = [*_machine_runs(best, [0.72] * 3, "H100"),  # seed 12: 72.0, a lucky seed
-                 *_machine_runs("joint_lr2e-4_seed13", [0.70] * 3, "H100"),  # 70.0
-                 *_machine_runs("joint_lr2e-4_seed14", [0.71] * 3, "H100"),  # 71.0
-                 *_machine_runs("joint_lr2e-4_seed14", [0.60] * 3, "CPU", stage="decoding")]  # another machine
+    reference = [
+        *_machine_runs(best, [0.72] * 3, "H100"),  # seed 12: 72.0, a lucky seed
+        *_machine_runs("joint_lr2e-4_seed13", [0.70] * 3, "H100"),  # 70.0
+        *_machine_runs("joint_lr2e-4_seed14", [0.71] * 3, "H100"),  # 71.0
+        *_machine_runs("joint_lr2e-4_seed14", [0.60] * 3, "CPU", stage="decoding"),
+    ]  # another machine
     variant = _machine_runs(dropout0, [0.706] * 3, "H100")  # seed 12: 70.6
     (found,) = ablations.cheaper_variants(best, [*reference, *variant], 0.5)
     # only the seed both ran: 70.6 against 72.0, not the 71.0 of the configuration's three seeds
     assert found["seeds"] == [12] and found["reference_mean_macro_f1"] == pytest.approx(72.0) and not found["within"]
-    repeats = [*_machine_runs("joint_lr2e-4_dropout0_seed13", [0.698] * 3, "H100"),  # 69.8 against 70.0
-               *_machine_runs("joint_lr2e-4_dropout0_seed14", [0.708] * 3, "H100")]  # 70.8 against 71.0
+    repeats = [
+        *_machine_runs("joint_lr2e-4_dropout0_seed13", [0.698] * 3, "H100"),  # 69.8 against 70.0
+        *_machine_runs("joint_lr2e-4_dropout0_seed14", [0.708] * 3, "H100"),
+    ]  # 70.8 against 71.0
     (found,) = ablations.cheaper_variants(best, [*reference, *variant, *repeats], 0.5)
     assert found["seeds"] == [12, 13, 14] and found["mean_macro_f1"] == pytest.approx(70.4)
     assert found["reference_mean_macro_f1"] == pytest.approx(71.0) and not found["within"]  # -0.6
@@ -468,13 +618,18 @@ def test_a_cheaper_variant_is_compared_with_its_configuration_seed_by_seed_on_it
     assert found["seeds"] == [12, 14]
     (found,) = ablations.cheaper_variants(best, [*reference, *variant, *repeats[:5]], 0.5)
     assert found["seeds"] == [12, 13]
-    assert ablations.cheaper_variant_lines([*reference, *variant, *repeats], 0.61)[-1].endswith("| 12, 13, 14 | -0.6 | yes |  |")
+    assert ablations.cheaper_variant_lines([*reference, *variant, *repeats], 0.61)[-1].endswith(
+        "| 12, 13, 14 | -0.6 | yes |  |"
+    )
 
 
 def test_cheaper_variants_are_ranked_by_the_measured_cpu_step_when_there_is_one():
     best, dropout0, attn0 = "joint_lr2e-4", "joint_lr2e-4_dropout0", "joint_lr2e-4_attndrop0"
-    runs = [*_machine_runs(best, [0.70] * 3, "H100"), *_machine_runs(dropout0, [0.70] * 3, "H100", seconds=200.0),
-            *_machine_runs(attn0, [0.70] * 3, "H100", seconds=100.0)]
+    runs = [
+        *_machine_runs(best, [0.70] * 3, "H100"),
+        *_machine_runs(dropout0, [0.70] * 3, "H100", seconds=200.0),
+        *_machine_runs(attn0, [0.70] * 3, "H100", seconds=100.0),
+    ]
     assert ablations.choose_cheaper(best, runs, 0.5)[0] == attn0  # fewer CV minutes a job on the GPU
     drop_key = " ".join(ablations.variant_overrides(dropout0, best))
     attn_key = " ".join(ablations.variant_overrides(attn0, best))
@@ -492,9 +647,21 @@ def test_cheaper_variants_are_ranked_by_the_measured_cpu_step_when_there_is_one(
 def test_seed_repeats_are_averaged_for_the_report_and_are_never_candidates():
     complete = {
         "joint": {"mean_macro_f1": 70.0, "minutes_per_job": 3.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 70.0)},
-        "joint_lr2e-4": {"mean_macro_f1": 71.0, "minutes_per_job": 4.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 71.0)},
-        "joint_lr2e-4_seed13": {"mean_macro_f1": 72.0, "minutes_per_job": 2.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 72.0)},
-        "joint_lr2e-4_seed14": {"mean_macro_f1": 70.3, "minutes_per_job": 4.0, "macro_f1": dict.fromkeys(ablations.MECHANISMS, 70.3)},
+        "joint_lr2e-4": {
+            "mean_macro_f1": 71.0,
+            "minutes_per_job": 4.0,
+            "macro_f1": dict.fromkeys(ablations.MECHANISMS, 71.0),
+        },
+        "joint_lr2e-4_seed13": {
+            "mean_macro_f1": 72.0,
+            "minutes_per_job": 2.0,
+            "macro_f1": dict.fromkeys(ablations.MECHANISMS, 72.0),
+        },
+        "joint_lr2e-4_seed14": {
+            "mean_macro_f1": 70.3,
+            "minutes_per_job": 4.0,
+            "macro_f1": dict.fromkeys(ablations.MECHANISMS, 70.3),
+        },
     }
     assert ablations.choose(complete, 0.5) == "joint_lr2e-4_seed13"  # what the rule must never see
     assert ablations.choose_configuration(complete, [], 0.5) == ("joint_lr2e-4", [])  # the default seed: 71.0
@@ -509,10 +676,17 @@ def test_seed_repeats_are_averaged_for_the_report_and_are_never_candidates():
 
 
 def test_levers_setting_the_same_key_are_not_combined_only_the_best_of_them():
-    summary = {"joint_lr2e-4": {"mean_macro_f1": 71.0}, "joint_lr3e-4": {"mean_macro_f1": 71.5},
-               "joint_epochs10": {"mean_macro_f1": 70.5}, "joint_focal2": {"mean_macro_f1": 70.1}}
+    summary = {
+        "joint_lr2e-4": {"mean_macro_f1": 71.0},
+        "joint_lr3e-4": {"mean_macro_f1": 71.5},
+        "joint_epochs10": {"mean_macro_f1": 70.5},
+        "joint_focal2": {"mean_macro_f1": 70.1},
+    }
     assert ablations.combinable(["joint_lr2e-4", "joint_epochs10", "joint_lr3e-4", "joint_focal2"], summary) == [
-        "joint_epochs10", "joint_lr3e-4", "joint_focal2"]
+        "joint_epochs10",
+        "joint_lr3e-4",
+        "joint_focal2",
+    ]
     assert ablations.combinable(["joint_lr2e-4", "joint_epochs10"], summary) == ["joint_lr2e-4", "joint_epochs10"]
     assert set(ablations.REPEATS) <= ablations.NOT_COMBINED
     assert set(ablations.CHEAPER["joint_lr2e-4"]) <= ablations.NOT_COMBINED
@@ -523,8 +697,17 @@ def test_a_cheaper_variant_decodes_as_its_configuration(tmp_path):
         for fold in range(2):
             job = tmp_path / "cv" / lever / f"joint-fold{fold}"
             job.mkdir(parents=True)
-            (job / "metrics.json").write_text(json.dumps({"metrics": {
-                "dev/ER/macro_f1": 0.7, f"dev/ER/rationale_iou_f1@{tag}": 0.5, "dev/ER/rationale_iou_f1@t0.4g0": 0.1}}))
+            (job / "metrics.json").write_text(
+                json.dumps(
+                    {
+                        "metrics": {
+                            "dev/ER/macro_f1": 0.7,
+                            f"dev/ER/rationale_iou_f1@{tag}": 0.5,
+                            "dev/ER/rationale_iou_f1@t0.4g0": 0.1,
+                        }
+                    }
+                )
+            )
     runs = ablations.load_runs(tmp_path)
     assert ablations.configuration_of("joint_lr2e-4_dropout0") == "joint_lr2e-4"
     assert ablations.configuration_of("joint_focal2") == "joint_focal2"
@@ -534,13 +717,18 @@ def test_a_cheaper_variant_decodes_as_its_configuration(tmp_path):
 
 def test_a_cheaper_variant_is_never_chosen_on_its_own_score_only_against_its_configuration():
     best, attn0, dropout0 = "joint_lr2e-4", "joint_lr2e-4_attndrop0", "joint_lr2e-4_dropout0"
-    runs = [*_machine_runs(best, [0.70] * 3, "H100", seconds=300.0),
-            *_machine_runs(attn0, [0.705] * 3, "H100", seconds=200.0),  # above its configuration, and faster on the GPU
-            *_machine_runs(dropout0, [0.699] * 3, "H100", seconds=250.0),
-            *_machine_runs("joint", [0.69] * 3, "H100", seconds=300.0)]
+    runs = [
+        *_machine_runs(best, [0.70] * 3, "H100", seconds=300.0),
+        *_machine_runs(attn0, [0.705] * 3, "H100", seconds=200.0),  # above its configuration, and faster on the GPU
+        *_machine_runs(dropout0, [0.699] * 3, "H100", seconds=250.0),
+        *_machine_runs("joint", [0.69] * 3, "H100", seconds=300.0),
+    ]
     complete = {k: v for k, v in ablations.summarise_cv(runs).items() if v["mean_macro_f1"] is not None}
-    steps = {"": 2.0, "model.net.encoder_attention_dropout=0": 1.9,
-             "model.net.encoder_dropout=0 model.net.encoder_attention_dropout=0": 1.5}
+    steps = {
+        "": 2.0,
+        "model.net.encoder_attention_dropout=0": 1.9,
+        "model.net.encoder_dropout=0 model.net.encoder_attention_dropout=0": 1.5,
+    }
     chosen, variants = ablations.choose_configuration(complete, runs, 0.5, steps)
     assert chosen == dropout0 and {v["variant"] for v in variants} == {attn0, dropout0}
     # without the CPU steps the fewest GPU minutes decide among the variants, never the main rule
@@ -570,24 +758,35 @@ def test_a_refinement_replaces_its_configuration_only_when_it_beats_it_on_the_sa
     # never a candidate on its own score: 74.0 on the CPU against 72.0 on the H100 is not compared
     assert chosen([0.74, 0.74, 0.74], tolerance=5.0)[0] == best
     lines = ablations.refinement_lines([*gpu, *cpu, *_machine_runs(meanpool, [0.71] * 3, "CPU")], 0.5)
-    assert f"| {meanpool} | {best} | CPU | 3 | 71.0 | 71.0 | 71.0 | 71.0 | 70.0 | 70.0 | 70.0 | 70.0 | 12 | +1.0 | yes |" in lines
+    assert (
+        f"| {meanpool} | {best} | CPU | 3 | 71.0 | 71.0 | 71.0 | 71.0 | 70.0 | 70.0 | 70.0 | 70.0 | 12 | +1.0 | yes |"
+        in lines
+    )
     assert ablations.configuration_of(meanpool) == meanpool  # it decodes as itself
 
 
 def _level_runs(scores: dict[str, dict[str, list[float]]]) -> list[dict]:
     """One run per fold scored with the level offset grid: ``{mechanism: {tag: [per fold]}}``."""
     folds = max(len(v) for tags in scores.values() for v in tags.values())
-    return [{"stage": "decoding", "lever": "joint_lr2e-4", "job": f"joint-fold{k}",
-             "metrics": {f"dev/{m}/macro_f1@{tag}": v[k] for m, tags in scores.items() for tag, v in tags.items()}}
-            for k in range(folds)]
+    return [
+        {
+            "stage": "decoding",
+            "lever": "joint_lr2e-4",
+            "job": f"joint-fold{k}",
+            "metrics": {f"dev/{m}/macro_f1@{tag}": v[k] for m, tags in scores.items() for tag, v in tags.items()},
+        }
+        for k in range(folds)
+    ]
 
 
 def test_level_offsets_are_kept_only_when_their_cv_gain_beats_the_tolerance():
-    runs = _level_runs({
-        "ER": {"o0_0": [0.70, 0.72, 0.74], "o-1_-1.5": [0.72, 0.73, 0.76], "o-0.5_0": [0.71, 0.73, 0.75]},
-        "IP": {"o0_0": [0.60, 0.61, 0.62], "o0.5_0": [0.605, 0.613, 0.622]},  # +0.3: the noise
-        "EX": {"o0_0": [0.70, 0.70, 0.70], "o1_0": [0.71, 0.71, 0.71], "o-1_0": [0.71, 0.71, 0.71]},  # a tie
-    })
+    runs = _level_runs(
+        {
+            "ER": {"o0_0": [0.70, 0.72, 0.74], "o-1_-1.5": [0.72, 0.73, 0.76], "o-0.5_0": [0.71, 0.73, 0.75]},
+            "IP": {"o0_0": [0.60, 0.61, 0.62], "o0.5_0": [0.605, 0.613, 0.622]},  # +0.3: the noise
+            "EX": {"o0_0": [0.70, 0.70, 0.70], "o1_0": [0.71, 0.71, 0.71], "o-1_0": [0.71, 0.71, 0.71]},  # a tie
+        }
+    )
     choice = ablations.level_offset_choice(runs, 0.5)
     assert choice["ER"]["tag"] == "o-1_-1.5" and choice["ER"]["offsets"] == [-1.0, -1.5]
     assert choice["ER"]["gain"] == pytest.approx(1.667, abs=1e-3)
@@ -597,7 +796,9 @@ def test_level_offsets_are_kept_only_when_their_cv_gain_beats_the_tolerance():
     assert choice["IP"]["offsets"] is None and choice["IP"]["tag"] == "o0.5_0"
     assert choice["EX"]["tag"] == "o-1_0" and choice["EX"]["offsets"] == [-1.0, 0.0]  # ties: the smaller, then by tag
     assert ablations.level_offset_overrides({m: c["offsets"] for m, c in choice.items()}) == [
-        "model.level_offsets.ER=[-1,-1.5]", "model.level_offsets.EX=[-1,0]"]
+        "model.level_offsets.ER=[-1,-1.5]",
+        "model.level_offsets.EX=[-1,0]",
+    ]
     assert ablations.level_offset_choice([], 0.5) == {}
 
 
@@ -607,8 +808,15 @@ def test_the_seed_ensemble_is_summarised_against_its_members_on_the_folds_both_s
     assert members == [config, "joint_lr2e-4_seed13", "joint_lr2e-4_seed14"]
 
     def scores(f1: float, iou: float) -> dict:
-        return {f"dev/{m}/{key}": value for m in ablations.MECHANISMS
-                for key, value in (("macro_f1@o0_0", f1), ("macro_f1@o-1_-2", f1 + 0.01), ("rationale_iou_f1@t0.3g8m3f", iou))}
+        return {
+            f"dev/{m}/{key}": value
+            for m in ablations.MECHANISMS
+            for key, value in (
+                ("macro_f1@o0_0", f1),
+                ("macro_f1@o-1_-2", f1 + 0.01),
+                ("rationale_iou_f1@t0.3g8m3f", iou),
+            )
+        }
 
     for k in range(2):
         for i, name in enumerate(members):
@@ -617,14 +825,20 @@ def test_the_seed_ensemble_is_summarised_against_its_members_on_the_folds_both_s
             (job / "rescore_levels").mkdir()
             (job / "metrics.json").write_text(json.dumps({"metrics": {"dev/ER/macro_f1": 0.7}}))
             both = scores(0.70 + 0.01 * i, 0.50)
-            (job / "rescore_extended" / "eval_dev.json").write_text(json.dumps({"metrics": {k_: v for k_, v in both.items() if "iou" in k_}}))
-            (job / "rescore_levels" / "eval_dev.json").write_text(json.dumps({"metrics": {k_: v for k_, v in both.items() if "macro" in k_}}))
+            (job / "rescore_extended" / "eval_dev.json").write_text(
+                json.dumps({"metrics": {k_: v for k_, v in both.items() if "iou" in k_}})
+            )
+            (job / "rescore_levels" / "eval_dev.json").write_text(
+                json.dumps({"metrics": {k_: v for k_, v in both.items() if "macro" in k_}})
+            )
     ensemble = tmp_path / "ensemble" / config / "joint-fold0"  # fold 1's ensemble has not run: left out
     ensemble.mkdir(parents=True)
     (ensemble / "eval_dev.json").write_text(json.dumps({"metrics": scores(0.74, 0.55)}))
     runs = ablations.load_runs(tmp_path)
     decodings = dict.fromkeys(ablations.MECHANISMS, "t0.3g8m3f")
-    summary = ablations.ensemble_summary(tmp_path, runs, config, decodings, {"ER": [-1.0, -2.0], "IP": None, "EX": None})
+    summary = ablations.ensemble_summary(
+        tmp_path, runs, config, decodings, {"ER": [-1.0, -2.0], "IP": None, "EX": None}
+    )
     assert summary["folds"] == 1 and summary["members"] == members
     assert summary["ensemble"]["macro_f1"] == pytest.approx({"ER": 75.0, "IP": 74.0, "EX": 74.0})  # ER with its offsets
     assert summary["member_mean"]["macro_f1_argmax"] == pytest.approx(dict.fromkeys(ablations.MECHANISMS, 71.0))

@@ -35,9 +35,7 @@ def _opener(victim: Path) -> dict:
 # Each: a change to a real checkpoint's hyper-parameters that names a callable.
 TAMPERINGS = {
     "data_config": lambda hp, victim: hp.update(data_config=_opener(victim)),
-    "nested data_config": lambda hp, victim: hp["data_config"]["mechanism_files"].update(
-        ER=_opener(victim)
-    ),
+    "nested data_config": lambda hp, victim: hp["data_config"]["mechanism_files"].update(ER=_opener(victim)),
     "optimizer": lambda hp, victim: hp.update(optimizer={**_opener(victim), "_partial_": True}),
     "scheduler": lambda hp, victim: hp.update(
         scheduler={
@@ -118,9 +116,7 @@ def test_evaluate_refuses_the_checkpoint_of_the_issue(checkpoint, tmp_path):
         data_dir=data_dir,
         output_dir=tmp_path / "eval",
     )
-    with pytest.raises(
-        UnsafeConfigError, match=r"data_config\._target_: loaded data may not hold Hydra.s _target_"
-    ):
+    with pytest.raises(UnsafeConfigError, match=r"data_config\._target_: loaded data may not hold Hydra.s _target_"):
         evaluate(cfg, tmp_path / "eval")
     assert not victim.exists()
 
@@ -131,9 +127,7 @@ def test_an_export_that_names_a_callable_is_refused(checkpoint, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     config["net"]["extra"] = _opener(tmp_path / "victim.txt")
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(
-        UnsafeConfigError, match=r"config\.json: net\.extra\._target_: loaded data may not hold"
-    ):
+    with pytest.raises(UnsafeConfigError, match=r"config\.json: net\.extra\._target_: loaded data may not hold"):
         load_model(folder)
     assert not (tmp_path / "victim.txt").exists()
 
@@ -146,9 +140,7 @@ def test_a_run_folder_config_that_names_a_callable_is_refused(tmp_path):
     from empathy.study.floors import floors_for_run
 
     data_dir = write_synthetic_epitome(tmp_path / "data", n_rows=30, seed=0)
-    cfg = runner.compose_config(
-        "train", ["encoder=tiny"], data_dir=data_dir, output_dir=tmp_path / "run"
-    )
+    cfg = runner.compose_config("train", ["encoder=tiny"], data_dir=data_dir, output_dir=tmp_path / "run")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for change, message in (
         (
@@ -182,9 +174,7 @@ def test_only_optimisers_and_schedules_are_built_by_name():
     params = [torch.nn.Parameter(torch.zeros(2))]
     optimizer = allowlist.build_optimizer(OPTIMIZER, params)
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 1e-3
-    assert isinstance(
-        allowlist.build_scheduler(SCHEDULER, optimizer, 10), torch.optim.lr_scheduler.LambdaLR
-    )
+    assert isinstance(allowlist.build_scheduler(SCHEDULER, optimizer, 10), torch.optim.lr_scheduler.LambdaLR)
     for bad in ("builtins.open", "os.system", "torch.load", "torch.optim.lr_scheduler.StepLR"):
         with pytest.raises(UnsafeConfigError, match="is not an optimiser"):
             allowlist.build_optimizer({"_target_": bad, "_partial_": True}, params)

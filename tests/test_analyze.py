@@ -55,9 +55,7 @@ def synthetic(trend: float, *, n_responders: int = 120, seed: int = 0) -> pd.Dat
             else:
                 latent = 0.6 + offset + trend * np.log2(i + 1) + rng.normal(0, 0.6)
                 level = int(np.clip(np.round(latent), 0, 2))
-            rows.append(
-                {"rp_author": f"user{r}", "created_utc": int(start + 100 * i), "ER_level": level}
-            )
+            rows.append({"rp_author": f"user{r}", "created_utc": int(start + 100 * i), "ER_level": level})
     return pd.DataFrame(rows).sample(frac=1, random_state=seed).reset_index(drop=True)
 
 
@@ -71,9 +69,7 @@ def test_response_numbers_follow_time_not_file_order():
     n = response_numbers(table, "who", "t", exclude_responders=["[deleted]"])
     assert n.tolist()[:5] == [3, 2, 1, 2, 1]
     assert np.isnan(n[5]) and np.isnan(n[6])  # excluded responder; no time
-    iso = pd.DataFrame(
-        {"who": ["a", "a", "a"], "t": ["2020-03-01T10:00:00Z", "2019-12-31 23:00:00", "2020-01-15"]}
-    )
+    iso = pd.DataFrame({"who": ["a", "a", "a"], "t": ["2020-03-01T10:00:00Z", "2019-12-31 23:00:00", "2020-01-15"]})
     assert response_numbers(iso, "who", "t").tolist() == [3, 1, 2]
     ties = pd.DataFrame({"who": ["a", "a"], "t": [7, 7]})
     assert response_numbers(ties, "who", "t").tolist() == [1, 2]  # ties keep file order
@@ -116,9 +112,7 @@ def test_bins():
 
 
 def test_increasing_trend_is_detected():
-    result = analyse_over_time(
-        synthetic(0.25), responder_column="rp_author", time_column="created_utc", seed=1
-    )
+    result = analyse_over_time(synthetic(0.25), responder_column="rp_author", time_column="created_utc", seed=1)
     er = result.summary["mechanisms"]["ER"]
     assert er["direction"] == "increases" and er["p_value"] < 0.01
     assert er["slope_ci_low"] > 0
@@ -129,9 +123,7 @@ def test_increasing_trend_is_detected():
 
 def test_no_trend_is_not_significant_and_ci_covers_true_mean():
     table = synthetic(0.0, seed=3)
-    result = analyse_over_time(
-        table, responder_column="rp_author", time_column="created_utc", seed=2
-    )
+    result = analyse_over_time(table, responder_column="rp_author", time_column="created_utc", seed=2)
     er = result.summary["mechanisms"]["ER"]
     assert er["direction"] == "no significant change" and er["p_value"] >= 0.05
     assert er["slope_ci_low"] < 0 < er["slope_ci_high"]
@@ -145,9 +137,7 @@ def test_no_trend_is_not_significant_and_ci_covers_true_mean():
     ]
     assert ((bins["ci_low"] <= 1.0) & (1.0 <= bins["ci_high"])).all(), bins
     assert bins["n_responses"].sum() == len(table)
-    assert (
-        bins.loc[0, "n_responders"] == table["rp_author"].nunique()
-    )  # everyone has a first response
+    assert bins.loc[0, "n_responders"] == table["rp_author"].nunique()  # everyone has a first response
 
 
 def test_bootstrap_resamples_responders_not_rows():
@@ -180,9 +170,7 @@ def test_seeded_results_repeat():
 def test_errors_name_file_column_and_row():
     table = pd.DataFrame({"rp_author": ["a", "b"], "created_utc": [1, 2], "ER_level": [1, 2]})
     with pytest.raises(AnalysisError, match=r"preds\.csv: no column 'author'.*rp_author"):
-        analyse_over_time(
-            table, responder_column="author", time_column="created_utc", source="preds.csv"
-        )
+        analyse_over_time(table, responder_column="author", time_column="created_utc", source="preds.csv")
     bad = table.assign(ER_level=["1", "high"])
     with pytest.raises(
         AnalysisError,
@@ -192,18 +180,13 @@ def test_errors_name_file_column_and_row():
     with pytest.raises(AnalysisError, match="'7'"):
         numeric_levels(table.assign(ER_level=["7", "1"]), "ER", "preds.csv")
     with pytest.raises(AnalysisError, match="no mechanism columns"):
-        analyse_over_time(
-            table.drop(columns="ER_level"), responder_column="rp_author", time_column="created_utc"
-        )
+        analyse_over_time(table.drop(columns="ER_level"), responder_column="rp_author", time_column="created_utc")
 
 
 def test_unscored_rows_are_skipped_but_still_count_as_responses(tmp_path):
     path = tmp_path / "preds.csv"
     path.write_text(
-        "rp_author,created_utc,seeker_post,ER_level,error\n"
-        "a,1,NA,1,\n"
-        "a,2,x,,model failed\n"
-        "a,3,y,2,\n",
+        "rp_author,created_utc,seeker_post,ER_level,error\na,1,NA,1,\na,2,x,,model failed\na,3,y,2,\n",
         encoding="utf-8",
     )
     table = read_predictions(path)
@@ -244,9 +227,7 @@ def test_plot_tells_mechanisms_apart_without_colour():
     ax = fig.axes[0]
     lines = [line for line in ax.get_lines() if line.get_label() in ("ER", "IP", "EX")]
     assert [line.get_label() for line in lines] == ["ER", "IP", "EX"]
-    assert [to_hex(line.get_color()) for line in lines] == [
-        MECHANISM_COLOURS[m].lower() for m in ("ER", "IP", "EX")
-    ]
+    assert [to_hex(line.get_color()) for line in lines] == [MECHANISM_COLOURS[m].lower() for m in ("ER", "IP", "EX")]
     assert len({line.get_linestyle() for line in lines}) == 3  # solid, dashed, dotted
     assert len({line.get_marker() for line in lines}) == 3
     legend = [(h.get_linestyle(), h.get_marker()) for h in ax.get_legend().legend_handles]
@@ -260,14 +241,10 @@ def test_plot_shows_counts_per_bin_and_the_trend_test():
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     er = result.bins[result.bins["mechanism"] == "ER"]
     assert ticks == [
-        f"{b}\nn={n}\nr={r}"
-        for b, n, r in zip(er["bin"], er["n_responses"], er["n_responders"], strict=True)
+        f"{b}\nn={n}\nr={r}" for b, n, r in zip(er["bin"], er["n_responses"], er["n_responders"], strict=True)
     ]
     caption = " ".join(" ".join(t.get_text() for t in fig.texts).split())
-    assert (
-        "Trend test: within-responder slope of level on log2(n); two-sided permutation test"
-        in caption
-    )
+    assert "Trend test: within-responder slope of level on log2(n); two-sided permutation test" in caption
     assert "(50 shuffles)" in caption
     for m, found in result.summary["mechanisms"].items():
         assert f"{m}: {found['slope_per_doubling']:+.3f} level per doubling of n" in caption
@@ -277,9 +254,7 @@ def test_plot_shows_counts_per_bin_and_the_trend_test():
     labels = bin_count_labels(quick_analysis(table).bins)
     assert any("\nER n=" in label and "\nEX n=" in label for label in labels)
     # A mechanism without a trend says so; p-values at the permutation floor are bounds.
-    summary = dict(
-        result.summary, mechanisms={"ER": dict(result.summary["mechanisms"]["ER"], p_value=None)}
-    )
+    summary = dict(result.summary, mechanisms={"ER": dict(result.summary["mechanisms"]["ER"], p_value=None)})
     assert "ER: not enough data for a trend." in trend_caption(summary)
     assert format_p_value(1 / 51, 50) == "p <= 0.02" and format_p_value(0.25, 50) == "p = 0.25"
 
@@ -354,8 +329,4 @@ def test_entry_point_end_to_end(tmp_path):
         cwd=REPO_ROOT,
         timeout=120,
     )
-    assert (
-        missing.returncode != 0
-        and "no column 'author'" in missing.stderr
-        and str(source) in missing.stderr
-    )
+    assert missing.returncode != 0 and "no column 'author'" in missing.stderr and str(source) in missing.stderr

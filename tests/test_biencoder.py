@@ -10,8 +10,15 @@ from empathy.models.biencoder import BiEncoder, BiEncoderOutput, multitask_loss
 TINY = {
     "name": "tiny",
     "path": None,
-    "config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-               "intermediate_size": 64, "max_position_embeddings": 128, "vocab_size": 100},
+    "config": {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+        "vocab_size": 100,
+    },
 }
 
 
@@ -34,11 +41,15 @@ def test_loss_ignores_masked_tokens():
 
 
 def test_class_weights_change_the_level_loss():
-    output = BiEncoderOutput(level_logits=torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]]), rationale_logits=torch.zeros(2, 3, 2))
+    output = BiEncoderOutput(
+        level_logits=torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]]), rationale_logits=torch.zeros(2, 3, 2)
+    )
     level = torch.tensor([1, 2])
     mask = torch.ones(2, 3, dtype=torch.long)
     plain = multitask_loss(output, level, torch.zeros(2, 3, dtype=torch.long), mask)["level_loss"]
-    weighted = multitask_loss(output, level, torch.zeros(2, 3, dtype=torch.long), mask, class_weights=torch.tensor([1.0, 10.0, 1.0]))["level_loss"]
+    weighted = multitask_loss(
+        output, level, torch.zeros(2, 3, dtype=torch.long), mask, class_weights=torch.tensor([1.0, 10.0, 1.0])
+    )["level_loss"]
     assert weighted > plain  # the misclassified level-1 row weighs more
 
 
@@ -91,7 +102,9 @@ def test_frozen_seeker_stays_in_eval_mode_and_has_no_gradients():
 def test_without_attention_there_is_no_seeker_encoder():
     model = BiEncoder(TINY, mechanisms=["ER"], use_attention=False)
     assert model.seeker_encoder is None and model.attention is None
-    out = model(response_input_ids=torch.randint(5, 100, (2, 4)), response_attention_mask=torch.ones(2, 4, dtype=torch.long))["ER"]
+    out = model(
+        response_input_ids=torch.randint(5, 100, (2, 4)), response_attention_mask=torch.ones(2, 4, dtype=torch.long)
+    )["ER"]
     assert out.level_logits.shape == (2, 3) and out.rationale_logits.shape == (2, 4, 2)
 
 

@@ -85,7 +85,8 @@ def test_a_rerun_of_the_same_job_folder_resumes_from_its_last_checkpoint(tmp_pat
             "train",
             overrides=[
                 "encoder=tiny", "debug=limit", "logger=csv", "trainer.max_epochs=2", "trainer.precision=32-true",
-                "trainer.accelerator=cpu", "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
+                "trainer.accelerator=cpu", "++trainer.enable_progress_bar=false",
+                "++trainer.enable_model_summary=false",
                 "data.batch_size=8", "callbacks.resumable.every_n_train_steps=0",
             ],
         )  # fmt: skip

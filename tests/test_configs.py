@@ -11,8 +11,21 @@ from omegaconf import OmegaConf
 from empathy import CONFIG_DIR, runner
 
 CONF = Path(CONFIG_DIR)
-TRAIN_GROUPS = ["mechanism", "encoder", "loss", "data", "model", "trainer", "logger", "callbacks", "grid", "debug", "paths",
-                "cluster", "hparams_search"]
+TRAIN_GROUPS = [
+    "mechanism",
+    "encoder",
+    "loss",
+    "data",
+    "model",
+    "trainer",
+    "logger",
+    "callbacks",
+    "grid",
+    "debug",
+    "paths",
+    "cluster",
+    "hparams_search",
+]
 NEEDS_VALUE = {"encoder/local": ["encoder.path=/some/folder"]}
 PLUGINS = {"hparams_search/optuna": "hydra_plugins.hydra_optuna_sweeper"}
 

@@ -29,14 +29,14 @@ def test_double_space_in_response_maps_back_to_original_offsets():
     response = "Well.  I am  so sorry\nfor you. Bye"
     spans, unaligned = find_rationale_spans(response, ["I am so sorry for you."])
     assert unaligned == []
-    (start, end), = spans
+    ((start, end),) = spans
     assert response[start:end] == "I am  so sorry\nfor you."
 
 
 def test_case_and_zero_width_space_normalisation():
     response = "HANG IN THERE. \u200b  You can do it"
     spans, unaligned = find_rationale_spans(response, ["hang in there. you can"])
-    assert unaligned == [] and response[spans[0][0]:spans[0][1]] == "HANG IN THERE. \u200b  You can"
+    assert unaligned == [] and response[spans[0][0] : spans[0][1]] == "HANG IN THERE. \u200b  You can"
 
 
 def test_non_english_and_emoji():
@@ -89,7 +89,7 @@ CASES = [
     # (response, rationales)
     ("I'm so sorry you are going through this. Hang in there, friend!", ["I'm so sorry", "Hang in there, friend!"]),
     ("That sounds  really hard; do you have anyone you can talk to?", ["That sounds really hard;"]),
-    ("Line one\nline two, with \"quotes\" and commas, ok", ["line two, with \"quotes\""]),
+    ('Line one\nline two, with "quotes" and commas, ok', ['line two, with "quotes"']),
     ("You are not alone 😊 ❤️ we're here with you.", ["You are not alone 😊", "we're here with you."]),
     ("Ça va aller, je suis là pour toi. Très bien, merci beaucoup.", ["je suis là pour toi."]),
     ("我明白你的感受。加油！", ["加油！"]),
@@ -98,8 +98,9 @@ CASES = [
 
 
 def _encode(tokenizer, text: str, max_len: int = 64):
-    enc = tokenizer(text, truncation=True, max_length=max_len, return_offsets_mapping=True,
-                    return_special_tokens_mask=True)
+    enc = tokenizer(
+        text, truncation=True, max_length=max_len, return_offsets_mapping=True, return_special_tokens_mask=True
+    )
     return [list(o) for o in enc["offset_mapping"]], [1 - s for s in enc["special_tokens_mask"]]
 
 

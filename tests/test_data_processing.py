@@ -20,8 +20,18 @@ MECHANISM_FILES = {
     "EX": "explorations-reddit.csv",
 }
 COLUMNS = [
-    "sp_id", "rp_id", "level", "seeker_post", "response_post", "seeker_id", "seeker_input_ids",
-    "response_input_ids", "response_offsets", "response_mask", "rationale_strict", "rationale_paper",
+    "sp_id",
+    "rp_id",
+    "level",
+    "seeker_post",
+    "response_post",
+    "seeker_id",
+    "seeker_input_ids",
+    "response_input_ids",
+    "response_offsets",
+    "response_mask",
+    "rationale_strict",
+    "rationale_paper",
     "rationale_unaligned",
 ]
 LONG = " ".join(f"word{i}" for i in range(30))
@@ -35,8 +45,16 @@ def small_rows():
         if level == 0:
             rows.append((f"s{i // 2}", f"r{i}", seeker, f"Response {i}: have you tried sleeping?", "0", ""))
         else:
-            rows.append((f"s{i // 2}", f"r{i}", seeker, f"I'm  so sorry &amp; I care, truly {i}. Hang in there!",
-                         str(level), "I'm so sorry & I care|Hang in there!"))
+            rows.append(
+                (
+                    f"s{i // 2}",
+                    f"r{i}",
+                    seeker,
+                    f"I'm  so sorry &amp; I care, truly {i}. Hang in there!",
+                    str(level),
+                    "I'm so sorry & I care|Hang in there!",
+                )
+            )
     rows += [
         ("s90", "r90", "Long post", LONG + " and I am so sorry.", "1", "word1 word2|I am so sorry."),
         ("s91", "r91", "Odd post", "Ich verstehe dich 😊", "2", "verstehe dich 😊|not in the response"),
@@ -55,8 +73,13 @@ def small_csv(write_csv):
 
 def run(small_csv, cache_dir, encoder_cfg, **kwargs) -> PreparedData:
     return prepare_mechanism(
-        data_dir=small_csv.parent, mechanism="ER", mechanism_file=small_csv.name,
-        encoder_cfg=encoder_cfg, max_len=kwargs.pop("max_len", 16), cache_dir=cache_dir, **kwargs,
+        data_dir=small_csv.parent,
+        mechanism="ER",
+        mechanism_file=small_csv.name,
+        encoder_cfg=encoder_cfg,
+        max_len=kwargs.pop("max_len", 16),
+        cache_dir=cache_dir,
+        **kwargs,
     )
 
 
@@ -94,7 +117,10 @@ def test_prepare_small_file(small_csv, tmp_path, tiny_encoder_cfg):
     seekers = {}
     for r in rows:
         assert seekers.setdefault(r["seeker_id"], (r["seeker_post"], r["seeker_input_ids"], r["_split"])) == (
-            r["seeker_post"], r["seeker_input_ids"], r["_split"])
+            r["seeker_post"],
+            r["seeker_input_ids"],
+            r["_split"],
+        )
     assert len({r["seeker_post"] for r in rows}) == len(seekers)
     for r in rows:
         n = len(r["response_input_ids"])
@@ -151,8 +177,13 @@ def test_second_call_loads_the_cache(small_csv, tmp_path, tiny_encoder_cfg, monk
 
 @pytest.mark.parametrize(
     "change",
-    [{"max_len": 12}, {"on_conflict": "first"}, {"unescape_html": False}, {"split_seed": 13},
-     {"split_fractions": (0.8, 0.1, 0.1)}],
+    [
+        {"max_len": 12},
+        {"on_conflict": "first"},
+        {"unescape_html": False},
+        {"split_seed": 13},
+        {"split_fractions": (0.8, 0.1, 0.1)},
+    ],
 )
 def test_changed_settings_miss_the_cache(small_csv, tmp_path, tiny_encoder_cfg, change):
     first = run(small_csv, tmp_path, tiny_encoder_cfg)
@@ -198,8 +229,13 @@ def test_split_file_is_used_and_checked(small_csv, tmp_path, tiny_encoder_cfg):
 
 def test_missing_csv_says_where_and_how(tmp_path, tiny_encoder_cfg):
     with pytest.raises(FileNotFoundError) as info:
-        prepare_mechanism(data_dir=tmp_path / "nowhere", mechanism="IP", mechanism_file="interpretations-reddit.csv",
-                          encoder_cfg=tiny_encoder_cfg, cache_dir=tmp_path)
+        prepare_mechanism(
+            data_dir=tmp_path / "nowhere",
+            mechanism="IP",
+            mechanism_file="interpretations-reddit.csv",
+            encoder_cfg=tiny_encoder_cfg,
+            cache_dir=tmp_path,
+        )
     message = str(info.value)
     assert str((tmp_path / "nowhere" / "interpretations-reddit.csv").resolve()) in message
     assert "EMPATHY_DATA_DIR" in message and "data.data_dir" in message
@@ -223,8 +259,9 @@ def real_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def real_prepared(real_data_dir, real_cache):
     return {
-        m: prepare_mechanism(data_dir=real_data_dir, mechanism=m, mechanism_file=f, encoder_cfg=MINILM_CFG,
-                             cache_dir=real_cache)
+        m: prepare_mechanism(
+            data_dir=real_data_dir, mechanism=m, mechanism_file=f, encoder_cfg=MINILM_CFG, cache_dir=real_cache
+        )
         for m, f in MECHANISM_FILES.items()
     }
 
@@ -265,11 +302,22 @@ def test_real_data_alignment_against_text(real_prepared, real_data_dir):
 
 @pytest.mark.real_data
 def test_real_data_cache_hit_and_miss(real_prepared, real_data_dir, real_cache):
-    again = prepare_mechanism(data_dir=real_data_dir, mechanism="ER", mechanism_file=MECHANISM_FILES["ER"],
-                              encoder_cfg=MINILM_CFG, cache_dir=real_cache)
+    again = prepare_mechanism(
+        data_dir=real_data_dir,
+        mechanism="ER",
+        mechanism_file=MECHANISM_FILES["ER"],
+        encoder_cfg=MINILM_CFG,
+        cache_dir=real_cache,
+    )
     assert again.summary["cache_hit"] is True and again.cache_path == real_prepared["ER"].cache_path
-    longer = prepare_mechanism(data_dir=real_data_dir, mechanism="ER", mechanism_file=MECHANISM_FILES["ER"],
-                               encoder_cfg=MINILM_CFG, cache_dir=real_cache, max_len=128)
+    longer = prepare_mechanism(
+        data_dir=real_data_dir,
+        mechanism="ER",
+        mechanism_file=MECHANISM_FILES["ER"],
+        encoder_cfg=MINILM_CFG,
+        cache_dir=real_cache,
+        max_len=128,
+    )
     assert longer.summary["cache_hit"] is False and longer.cache_path != again.cache_path
     beyond = longer.summary["rationale_pieces"]
     short = again.summary["rationale_pieces"]
@@ -281,8 +329,15 @@ def _prepare_all(folder, cache_dir, encoder_cfg, **kwargs) -> dict[str, Prepared
     from empathy.data.synthetic import FILES
 
     return {
-        m: prepare_mechanism(data_dir=folder, mechanism=m, mechanism_file=f, encoder_cfg=encoder_cfg,
-                             cache_dir=cache_dir, mechanism_files=FILES, **kwargs)
+        m: prepare_mechanism(
+            data_dir=folder,
+            mechanism=m,
+            mechanism_file=f,
+            encoder_cfg=encoder_cfg,
+            cache_dir=cache_dir,
+            mechanism_files=FILES,
+            **kwargs,
+        )
         for m, f in FILES.items()
     }
 

@@ -57,9 +57,7 @@ def test_split_rationales():
 
 def test_utf8_bom_is_ignored(tmp_path):
     path = tmp_path / "bom.csv"
-    path.write_bytes(
-        b"\xef\xbb\xbfsp_id,rp_id,seeker_post,response_post,level,rationales\ns,r,a,b,1,b\n"
-    )
+    path.write_bytes(b"\xef\xbb\xbfsp_id,rp_id,seeker_post,response_post,level,rationales\ns,r,a,b,1,b\n")
     (e,), _ = read_epitome_csv(path)
     assert e.sp_id == "s" and e.rationales == ("b",)
 
@@ -203,24 +201,18 @@ def test_empty_post(write_csv, column):
 def test_undecodable_bytes_name_the_row(tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes(
-        b"sp_id,rp_id,seeker_post,response_post,level,rationales\n"
-        b"s1,r1,fine,fine,0,\n"
-        b"s2,r2,caf\xe9,fine,0,\n"
+        b"sp_id,rp_id,seeker_post,response_post,level,rationales\ns1,r1,fine,fine,0,\ns2,r2,caf\xe9,fine,0,\n"
     )
     with pytest.raises(DataError) as info:
         read_epitome_csv(path)
     message = str(info.value)
-    assert (
-        str(path) in message and "row 2 (line 3)" in message and "column 'seeker_post'" in message
-    )
+    assert str(path) in message and "row 2 (line 3)" in message and "column 'seeker_post'" in message
     assert "UTF-8" in message
 
 
 def test_wrong_number_of_fields(tmp_path):
     path = tmp_path / "fields.csv"
-    path.write_text(
-        "sp_id,rp_id,seeker_post,response_post,level,rationales\ns,r,a, b,c,1,\n", encoding="utf-8"
-    )
+    path.write_text("sp_id,rp_id,seeker_post,response_post,level,rationales\ns,r,a, b,c,1,\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"row 1 \(line 2\).*7 fields; expected 6"):
         read_epitome_csv(path)
 
@@ -245,9 +237,5 @@ def test_real_files_read(real_data_dir, name):
     # 3,023 unique keys: each one is kept, or dropped with all its copies as a conflict.
     assert len(keys) + len(report.conflicts) == 3023
     assert all(c["resolution"] == "drop" for c in report.conflicts)
-    assert (
-        len(examples)
-        == report.rows_kept
-        == 3084 - report.n_duplicates_merged - len(report.rows_dropped)
-    )
+    assert len(examples) == report.rows_kept == 3084 - report.n_duplicates_merged - len(report.rows_dropped)
     assert not any("&amp;" in e.response_post for e in examples)

@@ -35,8 +35,10 @@ def test_ddp_on_two_cpu_processes_matches_one_process_and_writes_once(tmp_path):
     logs, cache = tmp_path / "logs", tmp_path / "cache"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
     command = [
-        sys.executable, "-m", "empathy.train", "trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={WORLD_SIZE}",
-        "model=biencoder", "encoder=tiny", "debug=limit", "logger=csv", "data.eval_batch_size=2", f"paths.data_dir={data}",
+        sys.executable, "-m", "empathy.train", "trainer=ddp", "trainer.accelerator=cpu",
+        f"trainer.devices={WORLD_SIZE}",
+        "model=biencoder", "encoder=tiny", "debug=limit", "logger=csv", "data.eval_batch_size=2",
+        f"paths.data_dir={data}",
         f"paths.log_dir={logs}", f"paths.cache_dir={cache}", "++trainer.enable_progress_bar=false",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -59,7 +61,9 @@ def test_ddp_on_two_cpu_processes_matches_one_process_and_writes_once(tmp_path):
     assert result["best_checkpoint"] == str(best)
     for split in ("test", "dev"):
         with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-            cfg = compose("evaluate", overrides=[f"ckpt_path={best}", f"split={split}", "++trainer.enable_progress_bar=false"])
+            cfg = compose(
+                "evaluate", overrides=[f"ckpt_path={best}", f"split={split}", "++trainer.enable_progress_bar=false"]
+            )
         with open_dict(cfg):
             cfg.paths.data_dir, cfg.paths.cache_dir = str(data), str(cache)
             cfg.paths.output_dir = cfg.paths.log_dir = str(tmp_path / "eval")
@@ -68,7 +72,9 @@ def test_ddp_on_two_cpu_processes_matches_one_process_and_writes_once(tmp_path):
             "acc", "macro_f1", "f1_level0", "rationale_token_f1_paper", "rationale_token_f1_strict",
             "rationale_iou_f1_paper", "rationale_iou_f1_strict"))]  # fmt: skip
         for key in keys:
-            assert result["metrics"][f"{split}/{key}"] == pytest.approx(single[f"{split}/{key}"], abs=1e-6, nan_ok=True), (split, key)
+            assert result["metrics"][f"{split}/{key}"] == pytest.approx(
+                single[f"{split}/{key}"], abs=1e-6, nan_ok=True
+            ), (split, key)
 
 
 def test_bf16_mixed_precision_is_selectable(tmp_path):

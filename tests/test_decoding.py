@@ -177,9 +177,7 @@ def test_default_decoding_equals_argmax_of_two_class_softmax():
 @pytest.mark.parametrize("min_span", [1, 2, 3])
 def test_matches_the_loop_reference_on_random_rows(threshold, fill_gaps, min_span):
     rng = random.Random(threshold * 100 + fill_gaps * 10 + min_span)
-    probs = p(
-        [[rng.choice([0.05, 0.3, 0.45, 0.55, 0.65, 0.95]) for _ in range(25)] for _ in range(30)]
-    )
+    probs = p([[rng.choice([0.05, 0.3, 0.45, 0.55, 0.65, 0.95]) for _ in range(25)] for _ in range(30)])
     mask = m([[rng.random() > 0.15 for _ in range(25)] for _ in range(30)])  # holes too
     got = decode_rationales(probs, mask, threshold, fill_gaps, min_span).tolist()
     assert got == reference(probs, mask, threshold, fill_gaps, min_span)
@@ -187,15 +185,9 @@ def test_matches_the_loop_reference_on_random_rows(threshold, fill_gaps, min_spa
 
 def test_int_mask_half_precision_and_empty_shapes():
     probs = p([[HI, LO, HI]])
-    assert decode_rationales(probs.half(), torch.tensor([[1, 1, 1]]), fill_gaps=1).tolist() == [
-        [1, 1, 1]
-    ]
-    assert decode_rationales(
-        torch.zeros(0, 5), torch.zeros(0, 5, dtype=torch.bool), 0.5, 2, 2
-    ).shape == (0, 5)
-    assert decode_rationales(
-        torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.bool), 0.5, 2, 2
-    ).shape == (3, 0)
+    assert decode_rationales(probs.half(), torch.tensor([[1, 1, 1]]), fill_gaps=1).tolist() == [[1, 1, 1]]
+    assert decode_rationales(torch.zeros(0, 5), torch.zeros(0, 5, dtype=torch.bool), 0.5, 2, 2).shape == (0, 5)
+    assert decode_rationales(torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.bool), 0.5, 2, 2).shape == (3, 0)
 
 
 @pytest.mark.parametrize(
@@ -238,9 +230,7 @@ def test_bad_tensors_are_clear_errors():
 def test_rationale_decoding_from_config():
     assert RationaleDecoding.from_config(None) == RationaleDecoding(0.5, 0, 1)
     assert RationaleDecoding.from_config({}) == RationaleDecoding()
-    assert RationaleDecoding.from_config({"threshold": 0.4, "fill_gaps": 1}) == RationaleDecoding(
-        0.4, 1, 1
-    )
+    assert RationaleDecoding.from_config({"threshold": 0.4, "fill_gaps": 1}) == RationaleDecoding(0.4, 1, 1)
     cfg = OmegaConf.create({"threshold": 0.3, "fill_gaps": 2, "min_span": 2})
     decoding = RationaleDecoding.from_config(cfg)
     assert decoding.to_dict() == {"threshold": 0.3, "fill_gaps": 2, "min_span": 2}
@@ -262,19 +252,28 @@ def test_rationale_decoding_tags_round_trip_and_rank_ties():
             RationaleDecoding.from_tag(bad)
     tied = [RationaleDecoding(0.3, 2), RationaleDecoding(0.7, 0), RationaleDecoding(0.3, 0), RationaleDecoding(0.5, 1)]
     assert sorted(tied, key=lambda d: d.preference) == [
-        RationaleDecoding(0.3, 0), RationaleDecoding(0.7, 0), RationaleDecoding(0.5, 1), RationaleDecoding(0.3, 2)]
+        RationaleDecoding(0.3, 0),
+        RationaleDecoding(0.7, 0),
+        RationaleDecoding(0.5, 1),
+        RationaleDecoding(0.3, 2),
+    ]
 
 
 def test_rationale_decoding_per_mechanism():
-    cfg = OmegaConf.create({"threshold": 0.2, "fill_gaps": 2, "min_span": 1, "IP": {"fill_gaps": 8},
-                            "ER": {}, "EX": None})
+    cfg = OmegaConf.create(
+        {"threshold": 0.2, "fill_gaps": 2, "min_span": 1, "IP": {"fill_gaps": 8}, "ER": {}, "EX": None}
+    )
     assert RationaleDecoding.from_config(cfg) == RationaleDecoding(0.2, 2)
     assert RationaleDecoding.from_config(cfg, "ER") == RationaleDecoding(0.2, 2)
     assert RationaleDecoding.from_config(cfg, "EX") == RationaleDecoding(0.2, 2)
     assert RationaleDecoding.from_config(cfg, "IP") == RationaleDecoding(0.2, 8)
     # what a checkpoint stores: the shared setting and each mechanism that differs, in full
-    assert decoding_config(cfg) == {"threshold": 0.2, "fill_gaps": 2, "min_span": 1,
-                                    "IP": {"threshold": 0.2, "fill_gaps": 8, "min_span": 1}}
+    assert decoding_config(cfg) == {
+        "threshold": 0.2,
+        "fill_gaps": 2,
+        "min_span": 1,
+        "IP": {"threshold": 0.2, "fill_gaps": 8, "min_span": 1},
+    }
     assert decoding_config(decoding_config(cfg)) == decoding_config(cfg)
     assert decoding_config({"threshold": 0.3}, ("ER",)) == {"threshold": 0.3, "fill_gaps": 0, "min_span": 1}
     # a mechanism's bad value is an error even when another mechanism is decoded
@@ -304,8 +303,13 @@ def test_fallback_gives_every_mask_token_to_a_row_with_a_level_but_no_token():
     assert decode_rationales(probs, mask, threshold=0.5, fallback=True)[1].tolist() == [1, 1, 1, 0]
     assert decode_rationales(probs, mask, threshold=0.5, level=level).sum() == 1
     # the fallback comes after min_span: a run too short to keep leaves the row empty, then full
-    short = decode_rationales(torch.tensor([[0.9, 0.1, 0.1]]), torch.ones(1, 3, dtype=torch.bool), min_span=2,
-                              fallback=True, level=torch.tensor([1]))
+    short = decode_rationales(
+        torch.tensor([[0.9, 0.1, 0.1]]),
+        torch.ones(1, 3, dtype=torch.bool),
+        min_span=2,
+        fallback=True,
+        level=torch.tensor([1]),
+    )
     assert short.tolist() == [[1, 1, 1]]
     with pytest.raises(ValueError, match="one predicted level per row"):
         decode_rationales(probs, mask, fallback=True, level=torch.tensor([1, 0]))

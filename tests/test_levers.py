@@ -59,7 +59,7 @@ def test_layerwise_lr_decay_groups():
     enc = net.response_encoder
     assert by_id[id(enc.embeddings.word_embeddings.weight)] == pytest.approx(1.25e-4)
     assert by_id[id(enc.encoder.layer[1].output.dense.weight)] == pytest.approx(5e-4)
-    assert by_id[id(net.heads['ER'].level_head[1].weight)] == pytest.approx(1e-3)
+    assert by_id[id(net.heads["ER"].level_head[1].weight)] == pytest.approx(1e-3)
 
 
 def _step(net: BiEncoder, optimizer: torch.optim.Optimizer) -> None:
@@ -90,7 +90,7 @@ def test_frozen_response_layers_keep_their_weights_and_get_no_gradient(joint):
     assert all(p.grad is None for p in frozen)
     after = [p.detach() for p in (*frozen, *trained)]
     assert all(torch.equal(b, a) for b, a in zip(before[: len(frozen)], after[: len(frozen)], strict=True))
-    assert not all(torch.equal(b, a) for b, a in zip(before[len(frozen):], after[len(frozen):], strict=True))
+    assert not all(torch.equal(b, a) for b, a in zip(before[len(frozen) :], after[len(frozen) :], strict=True))
     # dropout still runs in the frozen layers while training (their outputs vary from call to call)
     net.train()
     ids = torch.randint(5, 100, (2, 6))
@@ -100,9 +100,11 @@ def test_frozen_response_layers_keep_their_weights_and_get_no_gradient(joint):
 def test_freezing_zero_layers_trains_everything_and_too_many_is_an_error():
     net = BiEncoder(TINY, mechanisms=("ER",), freeze_response_layers=0)
     assert all(p.requires_grad for p in net.response_encoder.parameters())
-    every = BiEncoder(TINY, mechanisms=("ER",), freeze_response_layers=2)  # the whole encoder: only attention and heads train
+    every = BiEncoder(
+        TINY, mechanisms=("ER",), freeze_response_layers=2
+    )  # the whole encoder: only attention and heads train
     assert not any(p.requires_grad for p in every.response_encoder.parameters())
-    assert all(p.requires_grad for p in every.heads['ER'].level_head.parameters())
+    assert all(p.requires_grad for p in every.heads["ER"].level_head.parameters())
     with pytest.raises(ValueError, match="freeze_response_layers=3, but the response encoder has 2 numbered layers"):
         BiEncoder(TINY, mechanisms=("ER",), freeze_response_layers=3)
     with pytest.raises(ValueError, match="must be >= 0"):
@@ -112,17 +114,24 @@ def test_freezing_zero_layers_trains_everything_and_too_many_is_an_error():
 def test_encoder_dropout_replaces_the_response_encoders_own_and_leaves_the_seekers():
     ids = torch.randint(5, 100, (2, 6))
     default = BiEncoder(TINY, mechanisms=("ER",))
-    hidden, attention = default.response_encoder.config.hidden_dropout_prob, default.response_encoder.config.attention_probs_dropout_prob
+    hidden, attention = (
+        default.response_encoder.config.hidden_dropout_prob,
+        default.response_encoder.config.attention_probs_dropout_prob,
+    )
     assert hidden > 0 and attention > 0
     default.train()
-    assert not torch.equal(default.response_encoder(input_ids=ids).last_hidden_state,
-                           default.response_encoder(input_ids=ids).last_hidden_state)
+    assert not torch.equal(
+        default.response_encoder(input_ids=ids).last_hidden_state,
+        default.response_encoder(input_ids=ids).last_hidden_state,
+    )
     off = BiEncoder(TINY, mechanisms=("ER", "IP", "EX"), encoder_dropout=0, encoder_attention_dropout=0)
     assert off.response_encoder.config.hidden_dropout_prob == 0.0
     assert off.response_encoder.config.attention_probs_dropout_prob == 0.0
     assert off.seeker_encoder.config.hidden_dropout_prob == hidden  # frozen: always in eval mode anyway
     off.train()  # no dropout left in the encoder: training-mode outputs repeat exactly
-    assert torch.equal(off.response_encoder(input_ids=ids).last_hidden_state, off.response_encoder(input_ids=ids).last_hidden_state)
+    assert torch.equal(
+        off.response_encoder(input_ids=ids).last_hidden_state, off.response_encoder(input_ids=ids).last_hidden_state
+    )
     only_attention = BiEncoder(TINY, mechanisms=("ER",), encoder_attention_dropout=0.0)
     assert only_attention.response_encoder.config.hidden_dropout_prob == hidden
     assert only_attention.response_encoder.config.attention_probs_dropout_prob == 0.0
@@ -181,11 +190,21 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 def test_levers_train_through_the_entry_point_with_a_cv_fold(synthetic_dir, tmp_path):
     cfg = train_cfg(
-        synthetic_dir, tmp_path / "run", "model=biencoder", "mechanism=EX", "trainer.max_epochs=1", "test=false",
-        "loss.focal_gamma=2", "model.layerwise_lr_decay=0.8", "grid=decoding",
-        "model.net.encoder_dropout=0", "model.net.encoder_attention_dropout=0.05",
-        "model.rationale_decoding.threshold=0.3", "model.rationale_decoding.fill_gaps=1",
-        "data.cv_folds=3", "data.cv_fold=1",
+        synthetic_dir,
+        tmp_path / "run",
+        "model=biencoder",
+        "mechanism=EX",
+        "trainer.max_epochs=1",
+        "test=false",
+        "loss.focal_gamma=2",
+        "model.layerwise_lr_decay=0.8",
+        "grid=decoding",
+        "model.net.encoder_dropout=0",
+        "model.net.encoder_attention_dropout=0.05",
+        "model.rationale_decoding.threshold=0.3",
+        "model.rationale_decoding.fill_gaps=1",
+        "data.cv_folds=3",
+        "data.cv_fold=1",
     )
     result = train(cfg, Path(cfg.paths.output_dir))
     metrics = result["metrics"]
@@ -194,7 +213,9 @@ def test_levers_train_through_the_entry_point_with_a_cv_fold(synthetic_dir, tmp_
     assert not any(k.startswith("test/") for k in metrics)  # cross-validation never touches test
     split = (tmp_path / "run" / "split.csv").read_text().splitlines()
     assert sum(line.endswith(",dev") for line in split) > 10  # a fold of train+dev, not the 5 % dev
-    hparams = torch.load(next((tmp_path / "run" / "checkpoints").glob("best*.ckpt")), weights_only=True)["hyper_parameters"]
+    hparams = torch.load(next((tmp_path / "run" / "checkpoints").glob("best*.ckpt")), weights_only=True)[
+        "hyper_parameters"
+    ]
     assert hparams["rationale_decoding"] == {"threshold": 0.3, "fill_gaps": 1, "min_span": 1}
     assert hparams["data_config"]["cv_folds"] == 3 and hparams["loss"]["focal_gamma"] == 2
     assert hparams["net"]["encoder_dropout"] == 0 and hparams["net"]["encoder_attention_dropout"] == 0.05
@@ -203,9 +224,17 @@ def test_levers_train_through_the_entry_point_with_a_cv_fold(synthetic_dir, tmp_
 
 def test_joint_model_scores_the_decoding_grid_per_mechanism(synthetic_dir, tmp_path):
     cfg = train_cfg(
-        synthetic_dir, tmp_path / "run", "model=joint", "trainer.max_epochs=1", "test=false",
-        "grid=decoding", "loss.focal_gamma=1", "data.cv_folds=3", "data.cv_fold=0",
-        "model.net.freeze_response_layers=1", "model.net.pooling=mean",
+        synthetic_dir,
+        tmp_path / "run",
+        "model=joint",
+        "trainer.max_epochs=1",
+        "test=false",
+        "grid=decoding",
+        "loss.focal_gamma=1",
+        "data.cv_folds=3",
+        "data.cv_fold=0",
+        "model.net.freeze_response_layers=1",
+        "model.net.pooling=mean",
     )
     metrics = train(cfg, Path(cfg.paths.output_dir))["metrics"]
     for m in ("ER", "IP", "EX"):
@@ -219,7 +248,6 @@ def test_joint_model_scores_the_decoding_grid_per_mechanism(synthetic_dir, tmp_p
     loaded = EmpathyModule.from_checkpoint(str(ckpt))
     assert not any(p.requires_grad for p in loaded.net.response_encoder.encoder.layer[0].parameters())
     assert loaded.net.pooling == "mean"
-
 
 
 @pytest.mark.slow  # torch.compile of the tiny encoder takes about a minute on 2 cores
@@ -246,8 +274,9 @@ def test_compiled_response_encoder_matches_eager_and_trains_through_the_entry_po
     assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-5)
     assert torch.allclose(grads[1][1], grads[0][1], atol=1e-6)
 
-    cfg = train_cfg(synthetic_dir, tmp_path / "run", "trainer.max_epochs=1", "model=biencoder", "mechanism=ER",
-                    "model.compile=true")
+    cfg = train_cfg(
+        synthetic_dir, tmp_path / "run", "trainer.max_epochs=1", "model=biencoder", "mechanism=ER", "model.compile=true"
+    )
     metrics = train(cfg, Path(cfg.paths.output_dir))["metrics"]
     assert 0.0 <= metrics["test/ER/macro_f1"] <= 1.0
     ckpt = torch.load(next((tmp_path / "run" / "checkpoints").glob("*.ckpt")), weights_only=True)

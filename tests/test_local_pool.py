@@ -109,18 +109,27 @@ def test_reproduce_table_jobs_are_one_run_per_mechanism_and_seed_and_refuse_a_la
         for i, (m, s) in enumerate((m, s) for m in ("ER", "IP", "EX") for s in (1, 2))
     ]
     assert "# 2 job(s), 2 at a time" in dry.stdout and "# 6 job(s), 2 at a time" in dry.stdout
-    refused = subprocess.run([sys.executable, script, "--dry-run", "--jobs", "2", "cluster=slurm"], capture_output=True, text=True)
+    refused = subprocess.run(
+        [sys.executable, script, "--dry-run", "--jobs", "2", "cluster=slurm"], capture_output=True, text=True
+    )
     assert refused.returncode == 2 and "use --jobs 1" in refused.stderr
     # with a launcher and no --jobs: one multirun, the launcher's
-    launcher = subprocess.run([sys.executable, script, "--dry-run", "cluster=submitit_local"], capture_output=True, text=True, check=True)
+    launcher = subprocess.run(
+        [sys.executable, script, "--dry-run", "cluster=submitit_local"], capture_output=True, text=True, check=True
+    )
     assert " -m empathy.train -m " in launcher.stdout
 
 
 def test_reproduce_table_runs_seeds_as_parallel_jobs_that_share_the_cores(tmp_path):
     data = write_synthetic_epitome(tmp_path / "data", n_rows=40, seed=0)
     sweep = tmp_path / "sweep"
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     command = [
         sys.executable, str(REPO_ROOT / "scripts" / "reproduce_table.py"), "--jobs", "2", "--seeds", "1,2,3",
         "--sweep-dir", str(sweep), "--out", str(tmp_path / "results"), "--no-floors",

@@ -260,9 +260,7 @@ def test_reset(metric_cls):
 def test_forward_returns_batch_value_and_accumulates(metric_cls):
     metric = metric_cls()
     batch_value = metric(PREDS[:1], GOLD[:1], MASK[:1])
-    assert float(batch_value) == pytest.approx(
-        (TOKEN_F1 if metric_cls is RationaleTokenF1 else IOU_F1)[0]
-    )
+    assert float(batch_value) == pytest.approx((TOKEN_F1 if metric_cls is RationaleTokenF1 else IOU_F1)[0])
     metric(PREDS[1:], GOLD[1:], MASK[1:])
     per_example = TOKEN_F1 if metric_cls is RationaleTokenF1 else IOU_F1
     assert computed(metric) == pytest.approx(sum(per_example) / 4)
@@ -363,9 +361,7 @@ def test_rationale_metrics_preds_paper_scores_only_the_paper_policy():
 def test_rationale_metrics_accumulate_and_reset():
     metrics = RationaleMetrics()
     # first batch only level-0 rows, second only level > 0: strict sees rows 1 and 2
-    metrics.update(
-        R_PREDS[[0, 3]], R_PAPER[[0, 3]], R_STRICT[[0, 3]], R_MASK[[0, 3]], R_LEVEL[[0, 3]]
-    )
+    metrics.update(R_PREDS[[0, 3]], R_PAPER[[0, 3]], R_STRICT[[0, 3]], R_MASK[[0, 3]], R_LEVEL[[0, 3]])
     metrics.update(R_PREDS[1:3], R_PAPER[1:3], R_STRICT[1:3], R_MASK[1:3], R_LEVEL[1:3])
     values = {k: float(v) for k, v in metrics.compute().items()}
     assert values["rationale_token_f1_paper"] == pytest.approx(5 / 12)

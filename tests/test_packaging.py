@@ -30,10 +30,18 @@ def tracked_files() -> list[Path]:
 
 def test_pyproject_lists_every_package_and_config_folder():
     setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = {"empathy." + ".".join(p.parent.relative_to(PACKAGE).parts) if p.parent != PACKAGE else "empathy"
-                for p in PACKAGE.rglob("__init__.py")}
-    config_folders = {"empathy.conf", *("empathy.conf." + ".".join(d.relative_to(REPO_ROOT / "conf").parts)
-                                        for d in (REPO_ROOT / "conf").rglob("*") if d.is_dir())}
+    packages = {
+        "empathy." + ".".join(p.parent.relative_to(PACKAGE).parts) if p.parent != PACKAGE else "empathy"
+        for p in PACKAGE.rglob("__init__.py")
+    }
+    config_folders = {
+        "empathy.conf",
+        *(
+            "empathy.conf." + ".".join(d.relative_to(REPO_ROOT / "conf").parts)
+            for d in (REPO_ROOT / "conf").rglob("*")
+            if d.is_dir()
+        ),
+    }
     assert set(setuptools["packages"]) == packages | config_folders
     assert setuptools["package-dir"] == {"empathy.conf": "conf"}
 
@@ -48,15 +56,22 @@ def test_a_plain_install_carries_the_configs(tmp_path):
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
     code = (
         "import empathy, pathlib; from empathy import runner\n"
-        "assert pathlib.Path(empathy.CONFIG_DIR) == pathlib.Path(empathy.__file__).parent / 'conf', empathy.CONFIG_DIR\n"
+        "assert pathlib.Path(empathy.CONFIG_DIR) == pathlib.Path(empathy.__file__).parent / 'conf', "
+        "empathy.CONFIG_DIR\n"
         "for name in ('train', 'prepare', 'predict', 'evaluate', 'export', 'report', 'analyze', 'pretrain'):\n"
         "    runner.compose_config(name, {'evaluate': ['ckpt_path=x'], 'export': ['ckpt_path=x', 'out=y'],\n"
         "        'predict': ['input=a', 'output=b'], 'report': ['input=a'], 'analyze': ['input=a']}.get(name, []))\n"
         "from empathy.study import ablations; assert ablations.LEVERS\n"
         "print(empathy.__file__)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)},
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == str(target / "empathy" / "__init__.py")
 
@@ -74,16 +89,19 @@ def _imports(path: Path) -> set[str]:
 
 def test_the_core_imports_nothing_from_the_study():
     core = [p for p in PACKAGE.rglob("*.py") if "study" not in p.relative_to(PACKAGE).parts]
-    offenders = {str(p.relative_to(REPO_ROOT)): sorted(n for n in _imports(p) if n.startswith("empathy.study"))
-                 for p in core}
+    offenders = {
+        str(p.relative_to(REPO_ROOT)): sorted(n for n in _imports(p) if n.startswith("empathy.study")) for p in core
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
     # the study is reached from configs only (conf/grid/), which name it by _target_
     assert "empathy.study.grids.GridCallback" in (REPO_ROOT / "conf" / "grid" / "decoding.yaml").read_text()
 
 
 def test_data_imports_nothing_from_models():
-    offenders = {str(p.relative_to(REPO_ROOT)): sorted(n for n in _imports(p) if n.startswith("empathy.models"))
-                 for p in (PACKAGE / "data").glob("*.py")}
+    offenders = {
+        str(p.relative_to(REPO_ROOT)): sorted(n for n in _imports(p) if n.startswith("empathy.models"))
+        for p in (PACKAGE / "data").glob("*.py")
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 

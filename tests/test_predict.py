@@ -88,9 +88,7 @@ def synthetic_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(synthetic_dir, tmp_path_factory) -> dict[str, tuple[DictConfig, dict]]:
     """A tiny ER and a tiny IP model, one epoch each (their seeker encoders are the same seeded init)."""
-    return {
-        m: train_tiny(synthetic_dir, tmp_path_factory.mktemp(f"run-{m}"), m) for m in ("ER", "IP")
-    }
+    return {m: train_tiny(synthetic_dir, tmp_path_factory.mktemp(f"run-{m}"), m) for m in ("ER", "IP")}
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +104,7 @@ def predictor(ckpts) -> EmpathyPredictor:
 def write_pairs_csv(path: Path, pairs=PAIRS, extra: bool = True) -> Path:
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(
-            ["id", "seeker_post", "response_post", "note"]
-            if extra
-            else ["seeker_post", "response_post"]
-        )
+        writer.writerow(["id", "seeker_post", "response_post", "note"] if extra else ["seeker_post", "response_post"])
         for i, (s, r) in enumerate(pairs):
             writer.writerow([f"{i:03d}", s, r, f"n{i}"] if extra else [s, r])
     return path
@@ -185,18 +179,14 @@ def test_a_model_of_another_mechanism_is_refused(ckpts, tmp_path):
 
 def test_shared_seeker_pass_only_when_seeker_encoders_are_identical(ckpts):
     shared = EmpathyPredictor.from_pretrained(ckpts, precision="32", batch_size=4)
-    assert shared.models["ER"].seeker_sha256 == shared.models["IP"].seeker_sha256, (
-        "same seeded seeker init expected"
-    )
+    assert shared.models["ER"].seeker_sha256 == shared.models["IP"].seeker_sha256, "same seeded seeker init expected"
     assert shared.seeker_groups == [("ER", "IP")]
     seekers, responses = zip(*PAIRS, strict=True)
     out = shared.predict(seekers, responses)
     assert shared.counts["seeker_passes"] == shared.counts["batches"] == 2
     assert shared.counts["response_passes"] == 4
 
-    separate = EmpathyPredictor.from_pretrained(
-        ckpts, precision="32", batch_size=4, share_seeker=False
-    )
+    separate = EmpathyPredictor.from_pretrained(ckpts, precision="32", batch_size=4, share_seeker=False)
     assert separate.seeker_groups == [("ER",), ("IP",)]
     out_separate = separate.predict(seekers, responses)
     assert separate.counts["seeker_passes"] == 2 * separate.counts["batches"]
@@ -238,11 +228,7 @@ def test_order_and_columns_kept_with_shuffled_lengths(predictor, tmp_path):
         "seeker_post",
         "response_post",
         "note",
-        *[
-            f"{m}_{k}"
-            for m in ("ER", "IP")
-            for k in ("level", "prob0", "prob1", "prob2", "rationale")
-        ],
+        *[f"{m}_{k}" for m in ("ER", "IP") for k in ("level", "prob0", "prob1", "prob2", "rationale")],
     ]
     # Each row on its own (no padding, no sorting) gives the same predictions.
     single = EmpathyPredictor(predictor.models, precision="32", batch_size=1)
@@ -261,9 +247,7 @@ def test_csv_jsonl_parquet_round_trip(predictor, tmp_path):
     ]
     src_csv = write_pairs_csv(tmp_path / "in.csv")
     src_jsonl = tmp_path / "in.jsonl"
-    src_jsonl.write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
-    )
+    src_jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     src_parquet = tmp_path / "in.parquet"
     pq.write_table(
         pa.Table.from_pylist([{k: v for k, v in r.items() if k != "tags"} for r in records]),
@@ -273,23 +257,14 @@ def test_csv_jsonl_parquet_round_trip(predictor, tmp_path):
     predict_file(predictor, src_csv, tmp_path / "out.csv", progress=False)
     predict_file(predictor, src_jsonl, tmp_path / "out.jsonl", progress=False)
     predict_file(predictor, src_parquet, tmp_path / "out.parquet", progress=False)
-    predict_file(
-        predictor, src_csv, tmp_path / "csv_as.parquet", output_format="parquet", progress=False
-    )
+    predict_file(predictor, src_csv, tmp_path / "csv_as.parquet", output_format="parquet", progress=False)
 
     out_csv = read_csv_rows(tmp_path / "out.csv")
-    out_jsonl = [
-        json.loads(line)
-        for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
+    out_jsonl = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     out_parquet = pq.read_table(tmp_path / "out.parquet")
     csv_as_parquet = pq.read_table(tmp_path / "csv_as.parquet").to_pylist()
     # Carried through unchanged, with each format's own types.
-    assert (
-        [r["id"] for r in out_csv]
-        == [r["id"] for r in out_jsonl]
-        == [f"{i:03d}" for i in range(len(PAIRS))]
-    )
+    assert [r["id"] for r in out_csv] == [r["id"] for r in out_jsonl] == [f"{i:03d}" for i in range(len(PAIRS))]
     assert [r["tags"] for r in out_jsonl] == [r["tags"] for r in records]
     assert out_parquet.schema.field("score").type == pa.float64()
     assert out_parquet.column("score").to_pylist() == [r["score"] for r in records]
@@ -303,14 +278,8 @@ def test_csv_jsonl_parquet_round_trip(predictor, tmp_path):
         assert out_parquet.column(f"{m}_level").to_pylist() == levels
         assert [r[f"{m}_level"] for r in csv_as_parquet] == levels
         texts = direct[m].rationale_texts()
-        assert (
-            [r[f"{m}_rationale"] for r in out_csv]
-            == [r[f"{m}_rationale"] for r in out_jsonl]
-            == texts
-        )
-        assert [float(r[f"{m}_prob1"]) for r in out_csv] == pytest.approx(
-            [r[f"{m}_prob1"] for r in out_jsonl], abs=0
-        )
+        assert [r[f"{m}_rationale"] for r in out_csv] == [r[f"{m}_rationale"] for r in out_jsonl] == texts
+        assert [float(r[f"{m}_prob1"]) for r in out_csv] == pytest.approx([r[f"{m}_prob1"] for r in out_jsonl], abs=0)
     with pytest.raises(ValueError, match="has a parquet extension, but the output format is csv"):
         predict_file(predictor, src_csv, tmp_path / "x.parquet", progress=False)
 
@@ -320,18 +289,14 @@ def test_rationale_text_spans_are_substrings_of_the_response(ckpts, tmp_path):
     model.hparams["rationale_decoding"] = {}  # argmax: no gap filling merging the spans
     head = model.net.heads["ER"].rationale_head[-1]
     with torch.no_grad():  # a head that marks about half the tokens: many spans to check
-        head.weight.copy_(
-            torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)) * 3
-        )
+        head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)) * 3)
         head.bias.zero_()
     predictor = EmpathyPredictor({"ER": model}, precision="32", batch_size=3)
     src = write_pairs_csv(tmp_path / "in.csv")
     predict_file(predictor, src, tmp_path / "out.csv", progress=False)
     out = predictor.predict(*zip(*PAIRS, strict=True))["ER"]
     assert sum(len(spans) for spans in out.rationales) > len(PAIRS)
-    for (_, response), spans, row in zip(
-        PAIRS, out.rationales, read_csv_rows(tmp_path / "out.csv"), strict=True
-    ):
+    for (_, response), spans, row in zip(PAIRS, out.rationales, read_csv_rows(tmp_path / "out.csv"), strict=True):
         assert row["ER_rationale"] == "|".join(s.text for s in spans)
         for span in spans:
             assert response[span.start : span.end] == span.text and span.text.strip() == span.text
@@ -362,18 +327,14 @@ BAD_CSV = [
 
 
 @pytest.mark.parametrize(("text", "options", "row", "column", "message"), BAD_CSV)
-def test_bad_csv_rows_name_file_row_and_column(
-    predictor, tmp_path, text, options, row, column, message
-):
+def test_bad_csv_rows_name_file_row_and_column(predictor, tmp_path, text, options, row, column, message):
     src = tmp_path / "pairs.csv"
     src.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
     with pytest.raises(DataError, match=message) as info:
         predict_file(predictor, src, tmp_path / "out.csv", progress=False, **options)
     err = info.value
     assert err.path == str(src) and err.row == row and err.column == column
-    assert not (tmp_path / "out.csv").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
-        "pairs.csv"
-    ]
+    assert not (tmp_path / "out.csv").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["pairs.csv"]
 
 
 BAD_JSONL = [
@@ -412,25 +373,16 @@ def test_bad_parquet_rows_and_mark_mode(predictor, tmp_path):
         ),
         src,
     )
-    with pytest.raises(
-        DataError, match=r"pairs.parquet, row 2, column 'response_post': empty post"
-    ):
+    with pytest.raises(DataError, match=r"pairs.parquet, row 2, column 'response_post': empty post"):
         predict_file(predictor, src, tmp_path / "out.parquet", progress=False)
-    summary = predict_file(
-        predictor, src, tmp_path / "out.parquet", on_bad_row="mark", max_chars=20, progress=False
-    )
+    summary = predict_file(predictor, src, tmp_path / "out.parquet", on_bad_row="mark", max_chars=20, progress=False)
     assert (summary.rows, summary.bad_rows) == (4, 3)
     assert summary.bad_reasons == {"empty post": 1, "missing value": 1, "over max_chars": 1}
     out = pq.read_table(tmp_path / "out.parquet").to_pylist()
     assert [r["id"] for r in out] == [1, 2, 3, 4]
     assert out[0]["error"] is None and out[0]["ER_level"] in (0, 1, 2)
     for r in out[1:]:
-        assert (
-            r["error"]
-            and r["ER_level"] is None
-            and r["IP_prob0"] is None
-            and r["ER_rationale"] is None
-        )
+        assert r["error"] and r["ER_level"] is None and r["IP_prob0"] is None and r["ER_rationale"] is None
     assert "row 3, column 'seeker_post': missing value" in out[2]["error"]
 
 
@@ -448,9 +400,7 @@ def test_mark_mode_csv_keeps_every_row(predictor, tmp_path):
     assert "2 bad rows" in summary.message()
 
 
-def test_output_is_atomic_and_never_overwritten_without_permission(
-    predictor, tmp_path, monkeypatch
-):
+def test_output_is_atomic_and_never_overwritten_without_permission(predictor, tmp_path, monkeypatch):
     src = write_pairs_csv(tmp_path / "in.csv")
     out = tmp_path / "out.csv"
     out.write_text("precious\n", encoding="utf-8")
@@ -501,23 +451,15 @@ def open_files_under(folder: Path) -> list[str]:
 @pytest.mark.parametrize(
     ("records", "output", "message"),
     [
-        pytest.param(
-            [{"v": 1}, {"v": 2, "late": 3}], "out.csv", "after the CSV header", id="csv-writer"
-        ),
-        pytest.param(
-            [{"v": 1}, {"v": "text"}], "out.parquet", "other column types", id="parquet-writer"
-        ),
+        pytest.param([{"v": 1}, {"v": 2, "late": 3}], "out.csv", "after the CSV header", id="csv-writer"),
+        pytest.param([{"v": 1}, {"v": "text"}], "out.parquet", "other column types", id="parquet-writer"),
         pytest.param([{"v": 1}, {"seeker_post": ""}], "out.jsonl", "empty post", id="bad-row"),
     ],
 )
-def test_a_failed_run_closes_its_files_and_leaves_no_temporary(
-    predictor, tmp_path, records, output, message
-):
+def test_a_failed_run_closes_its_files_and_leaves_no_temporary(predictor, tmp_path, records, output, message):
     src = tmp_path / "in.jsonl"
     src.write_text(
-        "".join(
-            json.dumps({"seeker_post": "a", "response_post": "b", **r}) + "\n" for r in records
-        ),
+        "".join(json.dumps({"seeker_post": "a", "response_post": "b", **r}) + "\n" for r in records),
         encoding="utf-8",
     )
     with pytest.raises(ValueError, match=message) as info:
@@ -561,12 +503,8 @@ def test_duplicate_csv_header_names_are_refused(predictor, tmp_path, output_form
 def test_duplicate_parquet_column_names_are_refused(predictor, tmp_path):
     src = tmp_path / "pairs.parquet"
     arrays = [pa.array(["ok"]), pa.array(["first"]), pa.array(["second"])]
-    pq.write_table(
-        pa.Table.from_arrays(arrays, names=["seeker_post", "response_post", "response_post"]), src
-    )
-    with pytest.raises(
-        DataError, match=r"duplicate column names: 'response_post' \(columns 2 and 3\)"
-    ) as info:
+    pq.write_table(pa.Table.from_arrays(arrays, names=["seeker_post", "response_post", "response_post"]), src)
+    with pytest.raises(DataError, match=r"duplicate column names: 'response_post' \(columns 2 and 3\)") as info:
         predict_file(predictor, src, tmp_path / "out.parquet", progress=False)
     assert (info.value.path, info.value.column) == (str(src), "response_post")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.parquet"]
@@ -580,19 +518,12 @@ def test_duplicate_jsonl_keys_name_row_line_and_key(predictor, tmp_path):
         '{"seeker_post": "a", "response_post": "b", "meta": {"k": 1, "k": 2}}\n',
         encoding="utf-8",
     )
-    with pytest.raises(
-        DataError, match="duplicate key 'note': only its last value would be kept"
-    ) as info:
+    with pytest.raises(DataError, match="duplicate key 'note': only its last value would be kept") as info:
         predict_file(predictor, src, tmp_path / "out.jsonl", progress=False)
     assert (info.value.row, info.value.line, info.value.column) == (2, 3, "note")
     assert not (tmp_path / "out.jsonl").exists()
-    summary = predict_file(
-        predictor, src, tmp_path / "out.jsonl", on_bad_row="mark", progress=False
-    )
-    out = [
-        json.loads(line)
-        for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
+    summary = predict_file(predictor, src, tmp_path / "out.jsonl", on_bad_row="mark", progress=False)
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     assert summary.bad_reasons == {"duplicate key": 2}
     assert out[0]["error"] is None and out[0]["ER_level"] in (0, 1, 2)
     assert out[1]["note"] == "y" and out[1]["ER_level"] is None
@@ -645,16 +576,11 @@ def test_csv_formula_cells_are_escaped_unless_kept(predictor, tmp_path, monkeypa
     assert all(r[3] == "-0.25" and r[4] == "'-" for r in escaped[1:])
     for m in ("ER", "IP"):
         rationale = escaped[0].index(f"{m}_rationale")
-        assert [r[rationale] for r in escaped[1:]] == [
-            f"'{cell} so sorry" for cell in FORMULA_CELLS
-        ]
+        assert [r[rationale] for r in escaped[1:]] == [f"'{cell} so sorry" for cell in FORMULA_CELLS]
     # The header's @id; per row: the id, the response, the dash and the two rationales.
     assert summary.formulas_escaped == n == 1 + 5 * len(FORMULA_CELLS)
     assert f"{n} cells starting with =" in summary.message()
-    jsonl = [
-        json.loads(line)
-        for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
+    jsonl = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["response_post"] for r in jsonl] == [f"{cell} so sorry" for cell in FORMULA_CELLS]
     assert jsonl[0]["ER_rationale"] == "=1+1 so sorry"
 
@@ -670,9 +596,7 @@ def test_numbers_are_never_escaped(predictor, tmp_path):
         "formula": "-A1",
     }
     src.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    summary = predict_file(
-        predictor, src, tmp_path / "out.csv", output_format="csv", progress=False
-    )
+    summary = predict_file(predictor, src, tmp_path / "out.csv", output_format="csv", progress=False)
     (row,) = read_csv_rows(tmp_path / "out.csv")
     assert (row["int"], row["float"], row["text"], row["formula"]) == ("-3", "-0.5", "-3", "'-A1")
     assert summary.formulas_escaped == 1
@@ -720,7 +644,9 @@ def test_empty_input_gives_a_header_only_output(predictor, tmp_path):
 def _module_predictions(cfg: DictConfig, ckpt: str):
     """Levels and probabilities of the test split as EmpathyModule computes them (seeker cache)."""
     module = EmpathyModule.from_checkpoint(ckpt)
-    datamodule = runner.build_datamodule(cfg, data_overrides=module.hparams["data_config"], mechanisms=module.mechanisms)
+    datamodule = runner.build_datamodule(
+        cfg, data_overrides=module.hparams["data_config"], mechanisms=module.mechanisms
+    )
     datamodule.setup()
     module.eval()
     module.build_seeker_cache(datamodule.seeker_dataloader())
@@ -786,9 +712,7 @@ def test_cli_predictions_reproduce_evaluate_metrics(trained, ckpts, tmp_path):
         levels, probs = expected[m]
         predicted = np.array([r[f"{m}_level"] for r in mine])
         assert np.array_equal(predicted, levels[order])
-        assert np.allclose(
-            [[r[f"{m}_prob{c}"] for c in range(3)] for r in mine], probs[order], atol=1e-5
-        )
+        assert np.allclose([[r[f"{m}_prob{c}"] for c in range(3)] for r in mine], probs[order], atol=1e-5)
         metric = level_metrics()
         metric.update(torch.as_tensor(predicted), torch.as_tensor([r[f"gold_{m}"] for r in mine]))
         values = metric.compute()

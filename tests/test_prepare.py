@@ -16,8 +16,14 @@ from empathy.prepare import CONFIG_DIR, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROWS = [
-    (f"s{i // 2}", f"r{i}", f"Seeker {i // 2}, \"quoted\"\nsecond line", f"I am so sorry, friend {i}.",
-     str(i % 3), "" if i % 3 == 0 else "so sorry")
+    (
+        f"s{i // 2}",
+        f"r{i}",
+        f'Seeker {i // 2}, "quoted"\nsecond line',
+        f"I am so sorry, friend {i}.",
+        str(i % 3),
+        "" if i % 3 == 0 else "so sorry",
+    )
     for i in range(40)
 ]
 
@@ -48,8 +54,18 @@ def test_run_writes_outputs_and_prints_summary(data_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert (out / "split.csv").is_file() and (out / "unaligned_rationales.csv").is_file()
     assert (out / "split.csv").read_bytes() == prepared.split_csv.read_bytes()
-    for text in ("ER:", "IP:", "EX:", "rows read 40", "train", "dev", "test", "aligned 26, unaligned 0", "cache written",
-                 str(out)):
+    for text in (
+        "ER:",
+        "IP:",
+        "EX:",
+        "rows read 40",
+        "train",
+        "dev",
+        "test",
+        "aligned 26, unaligned 0",
+        "cache written",
+        str(out),
+    ):
         assert text in printed
     run(cfg, tmp_path / "run2")
     assert "cache hit" in capsys.readouterr().out
@@ -63,8 +79,12 @@ def test_prepare_writes_the_split_that_training_uses(mechanism, data_dir, tmp_pa
     from empathy.data.split import read_split_csv
 
     overrides = [f"mechanism={mechanism}", "encoder=tiny", "data.max_len=32"]
-    prepared = run(runner.compose_config("prepare", overrides, data_dir=data_dir, output_dir=tmp_path / "p"), tmp_path / "p")
-    training = runner.build_datamodule(runner.compose_config("train", overrides, data_dir=data_dir, output_dir=tmp_path / "t"))
+    prepared = run(
+        runner.compose_config("prepare", overrides, data_dir=data_dir, output_dir=tmp_path / "p"), tmp_path / "p"
+    )
+    training = runner.build_datamodule(
+        runner.compose_config("train", overrides, data_dir=data_dir, output_dir=tmp_path / "t")
+    )
     training.setup()
     assert (tmp_path / "p" / "split.csv").read_bytes() == Path(training.prepared.split_csv).read_bytes()
     assert read_split_csv(tmp_path / "p" / "split.csv") == read_split_csv(prepared.split_csv)
@@ -72,11 +92,19 @@ def test_prepare_writes_the_split_that_training_uses(mechanism, data_dir, tmp_pa
 
 
 def test_module_runs_from_the_command_line(data_dir, tmp_path):
-    env = {**os.environ, "EMPATHY_DATA_DIR": str(data_dir), "EMPATHY_CACHE_DIR": str(tmp_path / "cache"),
-           "EMPATHY_LOG_DIR": str(tmp_path / "logs")}
+    env = {
+        **os.environ,
+        "EMPATHY_DATA_DIR": str(data_dir),
+        "EMPATHY_CACHE_DIR": str(tmp_path / "cache"),
+        "EMPATHY_LOG_DIR": str(tmp_path / "logs"),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "empathy.prepare", "encoder=tiny"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "rows read 40" in result.stdout

@@ -46,8 +46,9 @@ def test_packing_makes_blocks_of_max_len_with_separators():
     assert out["input_ids"] == [[1, 5, 6, 7, 3, 2], [1, 8, 9, 3, 10, 2], [1, 11, 12, 13, 14, 2], [1, 15, 16, 2]]
     assert all(len(b) == 6 for b in out["input_ids"][:-1]) and len(out["input_ids"][-1]) <= 6
     assert out["special_tokens_mask"][0] == [1, 0, 0, 0, 1, 1]
-    with_offsets = C.pack_token_ids([[5, 6], [7]], 4, prefix=[1], suffix=[2], separator=3,
-                                    offsets=[[(0, 2), (2, 4)], [(0, 3)]])
+    with_offsets = C.pack_token_ids(
+        [[5, 6], [7]], 4, prefix=[1], suffix=[2], separator=3, offsets=[[(0, 2), (2, 4)], [(0, 3)]]
+    )
     assert with_offsets["offset_mapping"][0] == [(0, 0), [0, 2], [2, 4], (0, 0)]
     with pytest.raises(ValueError, match="no room"):
         C.pack_token_ids(ids, 2, prefix=[1], suffix=[2], separator=3)
@@ -58,7 +59,9 @@ def test_tokenized_blocks_are_max_len_and_whole_word_masking_runs(minilm_tokeniz
     blocks = C.tokenize_blocks(ds, minilm_tokenizer, 16, with_offsets=True)
     lengths = [len(b) for b in blocks["input_ids"]]
     assert set(lengths[:-1]) == {16} and lengths[-1] <= 16
-    assert all(b[0] == minilm_tokenizer.cls_token_id and b[-1] == minilm_tokenizer.sep_token_id for b in blocks["input_ids"])
+    assert all(
+        b[0] == minilm_tokenizer.cls_token_id and b[-1] == minilm_tokenizer.sep_token_id for b in blocks["input_ids"]
+    )
     dm = C.CorpusDataModule(corpus={}, encoder=TINY, epitome={}, whole_word_mask=True, mlm_probability=0.5)
     dm.tokenizer = minilm_tokenizer
     batch = C.masked_batches(C.take(blocks, 4), dm.collator(seed=0), 4)[0]
@@ -79,7 +82,9 @@ def test_heldout_slice_is_seeded_and_near_the_fraction():
 
 # ---------------------------------------------------------------------------- readers
 def write_tables(folder: Path) -> dict[str, Path]:
-    frame = pd.DataFrame({"seeker_post": ["s one", "s two", None], "response_post": ["r one", "", "r three"], "n": [1, 2, 3]})
+    frame = pd.DataFrame(
+        {"seeker_post": ["s one", "s two", None], "response_post": ["r one", "", "r three"], "n": [1, 2, 3]}
+    )
     paths = {"csv": folder / "c.csv", "jsonl": folder / "j.jsonl", "parquet": folder / "p.parquet"}
     frame.to_csv(paths["csv"], index=False)
     frame.to_json(paths["jsonl"], orient="records", lines=True)
@@ -92,11 +97,17 @@ def test_table_readers_csv_jsonl_parquet(tmp_path, streaming):
     paths = write_tables(tmp_path)
     expected = ["s one", "r one", "s two", "r three"]
     for path in paths.values():
-        ds = C.read_table_files([path], text_columns=["seeker_post", "response_post"], streaming=streaming,
-                                cache_dir=str(tmp_path / "cache"))
+        ds = C.read_table_files(
+            [path],
+            text_columns=["seeker_post", "response_post"],
+            streaming=streaming,
+            cache_dir=str(tmp_path / "cache"),
+        )
         assert isinstance(ds, datasets.IterableDataset) == streaming
         assert texts_of(ds) == expected, path
-    both = C.read_table_files([paths["csv"], paths["parquet"]], text_columns=["response_post"], cache_dir=str(tmp_path / "cache"))
+    both = C.read_table_files(
+        [paths["csv"], paths["parquet"]], text_columns=["response_post"], cache_dir=str(tmp_path / "cache")
+    )
     assert texts_of(both) == ["r one", "r three"] * 2
 
 
@@ -122,14 +133,19 @@ def test_missing_text_column_names_the_file_and_the_column(tmp_path):
 
 def test_streaming_corpus_gives_mlm_batches(tmp_path):
     path = tmp_path / "posts.jsonl"
-    path.write_text("\n".join(json.dumps({"body": f"post {i}: I hear you, that sounds hard."}) for i in range(200)), encoding="utf-8")
+    path.write_text(
+        "\n".join(json.dumps({"body": f"post {i}: I hear you, that sounds hard."}) for i in range(200)),
+        encoding="utf-8",
+    )
     corpus = {"name": "table", "format": "json", "files": [str(path)], "text_columns": ["body"], "streaming": True}
     dm = datamodule(corpus, tmp_path, max_len=16, batch_size=4, heldout_fraction=0.1, cache_dir=str(tmp_path / "cache"))
     dm.setup()
     assert dm.summary["train_texts"] is None and dm.summary["heldout_blocks"] > 0  # unknown until read
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape == (4, 16) and batch["labels"].shape == (4, 16)
-    assert (batch["labels"][:, 0] == -100).all() and (batch["labels"][:, -1] == -100).all()  # [CLS] / [SEP] never masked
+    assert (batch["labels"][:, 0] == -100).all() and (
+        batch["labels"][:, -1] == -100
+    ).all()  # [CLS] / [SEP] never masked
 
 
 # ---------------------------------------------------------------------------- exclusion
@@ -139,8 +155,9 @@ def eval_texts_by_prepare(epitome_dir, tmp_path_factory) -> set[str]:
     cache = tmp_path_factory.mktemp("cache")
     texts = set()
     for mechanism, file in FILES.items():
-        prepared = prepare_mechanism(data_dir=epitome_dir, mechanism=mechanism, mechanism_file=file,
-                                     encoder_cfg=TINY, cache_dir=cache)
+        prepared = prepare_mechanism(
+            data_dir=epitome_dir, mechanism=mechanism, mechanism_file=file, encoder_cfg=TINY, cache_dir=cache
+        )
         for split in ("dev", "test"):
             texts |= set(prepared.datasets[split]["seeker_post"]) | set(prepared.datasets[split]["response_post"])
     return texts
@@ -165,7 +182,13 @@ def test_exclusion_flag_on_a_user_corpus(epitome_dir, eval_texts_by_prepare, tmp
     path = tmp_path / "corpus.jsonl"
     rows = [{"body": t.upper()} for t in some_eval] + [{"body": f"an unrelated post {i}"} for i in range(20)]
     path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
-    corpus = {"name": "table", "format": "auto", "files": [str(path)], "text_columns": ["body"], "exclude_eval_texts": True}
+    corpus = {
+        "name": "table",
+        "format": "auto",
+        "files": [str(path)],
+        "text_columns": ["body"],
+        "exclude_eval_texts": True,
+    }
     dm = datamodule(corpus, epitome_dir, heldout_fraction=0.0, cache_dir=str(tmp_path / "cache"))
     kept = texts_of(*dm.select_texts())
     assert sorted(kept) == sorted(f"an unrelated post {i}" for i in range(20))
@@ -175,11 +198,21 @@ def test_exclusion_flag_on_a_user_corpus(epitome_dir, eval_texts_by_prepare, tmp
 # ---------------------------------------------------------------------------- entry point
 def pretrain_cfg(data_dir: Path, out: Path, *extra: str) -> DictConfig:
     overrides = [
-        "encoder=tiny", "logger=csv", "trainer.accelerator=cpu", "trainer.precision=32-true",
-        "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
-        "trainer.max_steps=24", "trainer.val_check_interval=1000", "datamodule.max_len=32",
-        "datamodule.batch_size=16", "datamodule.heldout_fraction=0.2", "model.optimizer.lr=5e-3",
-        "head_warmup.steps=8", "head_warmup.lr=1e-2", *extra,
+        "encoder=tiny",
+        "logger=csv",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "++trainer.enable_progress_bar=false",
+        "++trainer.enable_model_summary=false",
+        "trainer.max_steps=24",
+        "trainer.val_check_interval=1000",
+        "datamodule.max_len=32",
+        "datamodule.batch_size=16",
+        "datamodule.heldout_fraction=0.2",
+        "model.optimizer.lr=5e-3",
+        "head_warmup.steps=8",
+        "head_warmup.lr=1e-2",
+        *extra,
     ]
     return runner.compose_config("pretrain", overrides, data_dir=data_dir, output_dir=out)
 
@@ -268,8 +301,12 @@ def test_saved_folder_loads_as_automodel_and_as_the_biencoders_encoders(pretrain
     tokenizer = load_tokenizer(encoder)
     seeker = tokenizer(["I feel so alone."], return_tensors="pt")
     response = tokenizer(["That sounds really hard.", "Hang in there."], return_tensors="pt", padding=True)
-    out = net(response["input_ids"], response["attention_mask"],
-              seeker["input_ids"].expand(2, -1), seeker["attention_mask"].expand(2, -1))["ER"]
+    out = net(
+        response["input_ids"],
+        response["attention_mask"],
+        seeker["input_ids"].expand(2, -1),
+        seeker["attention_mask"].expand(2, -1),
+    )["ER"]
     assert out.level_logits.shape == (2, 3)
     assert out.rationale_logits.shape[:2] == response["input_ids"].shape
 
@@ -278,14 +315,42 @@ def test_dapt_then_finetune_script_passes_the_encoder_folder(tmp_path):
     spec = importlib.util.spec_from_file_location("dapt", REPO_ROOT / "scripts" / "dapt_then_finetune.py")
     dapt = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dapt)
-    pre, train = dapt.commands(["corpus=epitome", "data.split_seed=3", "--", "model=biencoder", "mechanism=IP"], tmp_path / "run",
-                               python="py")
-    assert pre == ["py", "-m", "empathy.pretrain", "corpus=epitome", "data.split_seed=3", f"hydra.run.dir={tmp_path / 'run'}"]
-    assert train == ["py", "-m", "empathy.train", "experiment=dapt_then_finetune", "encoder=local",
-                     f"encoder.path={tmp_path / 'run' / 'encoder'}", "data.split_seed=3", "model=biencoder", "mechanism=IP"]
+    pre, train = dapt.commands(
+        ["corpus=epitome", "data.split_seed=3", "--", "model=biencoder", "mechanism=IP"], tmp_path / "run", python="py"
+    )
+    assert pre == [
+        "py",
+        "-m",
+        "empathy.pretrain",
+        "corpus=epitome",
+        "data.split_seed=3",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    assert train == [
+        "py",
+        "-m",
+        "empathy.train",
+        "experiment=dapt_then_finetune",
+        "encoder=local",
+        f"encoder.path={tmp_path / 'run' / 'encoder'}",
+        "data.split_seed=3",
+        "model=biencoder",
+        "mechanism=IP",
+    ]
     # a multirun flag after `--` goes before the overrides (Hydra's parser would split them)
     _, multirun = dapt.commands(["--", "model=joint", "-m", "seed=1,2", "--cfg", "job"], tmp_path / "run", python="py")
-    assert multirun == ["py", "-m", "empathy.train", "-m", "--cfg", "job", "experiment=dapt_then_finetune",
-                        "encoder=local", f"encoder.path={tmp_path / 'run' / 'encoder'}", "model=joint", "seed=1,2"]
+    assert multirun == [
+        "py",
+        "-m",
+        "empathy.train",
+        "-m",
+        "--cfg",
+        "job",
+        "experiment=dapt_then_finetune",
+        "encoder=local",
+        f"encoder.path={tmp_path / 'run' / 'encoder'}",
+        "model=joint",
+        "seed=1,2",
+    ]
     assert dapt.main(["--dry-run", "--run-dir", str(tmp_path / "x")]) == 0
     assert sys.executable  # the real run uses the current interpreter

@@ -91,9 +91,7 @@ def scored_table() -> pd.DataFrame:
 
 def page_data(page: str) -> dict:
     """The JSON the page carries: mechanisms, rendering settings and one entry a pair."""
-    found = re.search(
-        r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S
-    )
+    found = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S)
     assert found, "no report-data element"
     return json.loads(found.group(1))
 
@@ -119,11 +117,7 @@ def with_level0_spans() -> pd.DataFrame:
 
 def test_split_rationale():
     assert split_rationale("so sorry| that is hard |") == ["so sorry", "that is hard"]
-    assert (
-        split_rationale(None) == []
-        and split_rationale(float("nan")) == []
-        and split_rationale("") == []
-    )
+    assert split_rationale(None) == [] and split_rationale(float("nan")) == [] and split_rationale("") == []
 
 
 def test_locate_spans_verbatim_repeated_loose_and_missing():
@@ -164,25 +158,21 @@ def test_spans_at_level_zero_are_marked_not_evidence():
     assert '<mark class="hl" data-m="ER" title="ER rationale">' in p1 and 'class="l0' not in p1
     # ... an IP span at level 0 that is also ER evidence keeps ER's highlight, with IP's mark ...
     assert re.search(
-        r'<mark class="hl l0" data-m="ER" data-z="IP" title="ER rationale; IP span, not counted as evidence">I care</mark>',
+        r'<mark class="hl l0" data-m="ER" data-z="IP" '
+        r'title="ER rationale; IP span, not counted as evidence">I care</mark>',
         p2,
     )
     assert '<span class="tag l0" data-m="IP"></span>' in p2
     assert '<div class="l0-note">IP, EX: spans at level 0 (not counted as evidence)</div>' in p2
     # ... and a span at level 0 alone is no highlight at all, only the level-0 mark.
-    assert (
-        '<mark class="l0" data-z="EX" title="EX span, not counted as evidence">onerror</mark>' in p2
-    )
+    assert '<mark class="l0" data-z="EX" title="EX span, not counted as evidence">onerror</mark>' in p2
     # The page explains highlights and level-0 spans, and offers to hide them.
     legend = re.search(r'<details class="legend" open>(.*?)</details>', page, re.S).group(1)
     assert "evidence" in legend and "predicted level of 1 or 2" in legend
     assert "spans at level 0 (not counted as evidence)" in legend
     assert '<input type="checkbox" id="show-level0" checked>' in page
     css = CSS + mechanism_css()
-    assert (
-        "mark.l0 { outline: 1.5px dashed" in css
-        and "#pairs.hide-l0 mark.l0 { outline: none; }" in css
-    )
+    assert "mark.l0 { outline: 1.5px dashed" in css and "#pairs.hide-l0 mark.l0 { outline: none; }" in css
     # New prediction files (no spans at level 0): no marks, notes or toggle.
     page = render_report(scored_table())
     assert not any('class="l0' in a or "l0-note" in a for a in articles(page))
@@ -190,10 +180,7 @@ def test_spans_at_level_zero_are_marked_not_evidence():
     # Spans with no predicted level are not evidence either.
     table = scored_table()
     table.loc[0, "ER_level"] = None
-    assert (
-        "ER: spans without a predicted level (not counted as evidence)"
-        in articles(render_report(table))[0]
-    )
+    assert "ER: spans without a predicted level (not counted as evidence)" in articles(render_report(table))[0]
 
 
 # ---------------------------------------------------------------- colours
@@ -231,9 +218,9 @@ def _linear_rgb(colour: str) -> np.ndarray:
 
 
 def _lab(linear: np.ndarray) -> np.ndarray:
-    xyz = np.array(
-        [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]
-    ) @ np.clip(linear, 0, 1)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ np.clip(
+        linear, 0, 1
+    )
     t = xyz / np.array([0.95047, 1.0, 1.08883])
     f = np.where(t > 0.008856, np.cbrt(t), 7.787 * t + 16 / 116)
     return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
@@ -248,10 +235,7 @@ def smallest_difference(colours: dict[str, str], vision: str) -> float:
 def test_palette_is_colour_blind_safe_and_readable():
     assert set(MECHANISM_COLOURS.values()) <= set(OKABE_ITO.values())
     # ER red against EX green, as the plot had them, is one colour to a deuteranope.
-    assert (
-        smallest_difference({"ER": "#d62728", "IP": "#1f77b4", "EX": "#2ca02c"}, "deuteranopia")
-        < 10
-    )
+    assert smallest_difference({"ER": "#d62728", "IP": "#1f77b4", "EX": "#2ca02c"}, "deuteranopia") < 10
     for vision in ("normal", "protanopia", "deuteranopia"):
         assert smallest_difference(MECHANISM_COLOURS, vision) > 30, vision
         assert smallest_difference(MECHANISM_TINTS, vision) > 20, vision
@@ -266,9 +250,7 @@ def test_palette_is_colour_blind_safe_and_readable():
 def test_badges_and_controls_name_their_mechanism():
     page = render_report(scored_table())
     p1 = articles(page)[0]
-    badges = re.findall(
-        r'<span class="badge m-(\w+) level-(\w+)" title="([^"]*)">([^<]*)</span>', p1
-    )
+    badges = re.findall(r'<span class="badge m-(\w+) level-(\w+)" title="([^"]*)">([^<]*)</span>', p1)
     assert [(m, level, text) for m, level, _, text in badges] == [
         ("ER", "2", "ER 2"),
         ("IP", "1", "IP 1"),
@@ -303,9 +285,7 @@ def test_page_is_escaped_self_contained_and_structured():
     html_of = [row[0] for row in rows]
     assert "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in html_of[1]
     assert "<img" not in "".join(html_of) and "<script" not in "".join(html_of)
-    assert html_of[0].startswith(
-        '<article class="pair" data-er="2" data-ip="1" data-ex="2" data-error="0">'
-    )
+    assert html_of[0].startswith('<article class="pair" data-er="2" data-ip="1" data-ex="2" data-error="0">')
     assert 'data-m="ER IP"' in html_of[3]  # "hurt" is both ER and IP in p4
     assert 'id="count" aria-live="polite" data-shown="4">Showing 4 of 4 pairs' in page
     assert "Not scored: empty response_post" in html_of[2]
@@ -339,26 +319,19 @@ def test_search_text_is_the_posts_not_badges_or_labels():
     ]  # only p2's posts say "er"
     for word in ("seeker", "response", "p(", "level", "rp_author", "not scored", "rationale"):
         assert not any(word in t.lower() for t in texts), word
-    assert (
-        search_text({"id": None, "seeker_post": " a\n\tb ", "response_post": "c  d"}, [])
-        == "a b\nc d"
-    )
+    assert search_text({"id": None, "seeker_post": " a\n\tb ", "response_post": "c  d"}, []) == "a b\nc d"
     data = page_data(page)
     assert 150 <= data["debounce_ms"] <= 250 and data["batch"] == RENDER_BATCH
     assert "normalise(search.value)" in JS and "setTimeout(update, DEBOUNCE_MS)" in JS
 
 
 def test_only_present_mechanisms_and_unlocated_spans():
-    table = scored_table().drop(
-        columns=[c for c in scored_table().columns if c.startswith(("ER_", "IP_"))]
-    )
+    table = scored_table().drop(columns=[c for c in scored_table().columns if c.startswith(("ER_", "IP_"))])
     table.loc[0, "EX_rationale"] = "What happened?|not in the text"
     page = render_report(table)
     assert 'data-m="EX"' in page and 'class="level" data-m="ER"' not in page
     assert page_rows(page)[0][2] == [2]
-    assert (
-        "Rationale spans not found in the response: <q>EX: not in the text</q>" in articles(page)[0]
-    )
+    assert "Rationale spans not found in the response: <q>EX: not in the text</q>" in articles(page)[0]
 
 
 def test_max_rows_and_bad_tables():
@@ -429,9 +402,7 @@ const style = (el, pseudo) => getComputedStyle(el, pseudo || null);
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """Headless Chromium over a DevTools pipe (the client of scripts/bench_report.py)."""
-    spec = importlib.util.spec_from_file_location(
-        "bench_report", REPO_ROOT / "scripts" / "bench_report.py"
-    )
+    spec = importlib.util.spec_from_file_location("bench_report", REPO_ROOT / "scripts" / "bench_report.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     driver = bench.DevToolsPipe(CHROMIUM, tmp_path_factory.mktemp("chromium-profile"))
@@ -473,9 +444,7 @@ def test_search_is_debounced_and_matches_posts_in_chromium(browser, tmp_path):
     )
     assert found["initial"] == 4 and found["inDom"] == 4 and not found["pwned"]
     assert found["whileTyping"] == 4  # nothing filtered while the keys come
-    assert found["after"] == 2 and found["seen"] == [
-        "Showing 2 of 4 pairs"
-    ]  # one filter after the pause
+    assert found["after"] == 2 and found["seen"] == ["Showing 2 of 4 pairs"]  # one filter after the pause
     assert found["hash"] == "#q=sorry"
     assert found["queries"] == {
         "ER": 1,
@@ -517,9 +486,7 @@ def test_highlights_level0_spans_and_presets_in_chromium(browser, tmp_path):
     assert found["er"] == "rgb(232, 166, 115)" and found["tag"] != "none"
     assert found["l0Hidden"] == "none" and found["aloneHidden"] == "none"
     assert found["erOff"] == "rgba(0, 0, 0, 0)" and found["tagOff"] == "none"
-    assert (
-        found["hash"] == "#highlight=IP,EX&level0=0" and found["shown"] == 4
-    )  # highlights filter nothing
+    assert found["hash"] == "#highlight=IP,EX&level0=0" and found["shown"] == 4  # highlights filter nothing
 
     # Presets from the URL: ER level 2 only, unscored rows hidden, IP highlights only.
     found = in_page(

@@ -46,7 +46,9 @@ def write_job(
         "trainer": {"default_root_dir": str(folder), "max_epochs": 6},
     }
     (folder / "resolved_config.yaml").write_text(yaml.safe_dump(config))
-    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"experiment": experiment}}}}))
+    (folder / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": {"experiment": experiment}}}})
+    )
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}", f"mechanism={mechanism}"]))
     if metrics is not None:
         (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "fit_minutes": minutes, "seed": seed}))
@@ -152,21 +154,39 @@ def test_multirun_command_and_the_cli(tmp_path):
     ]  # fmt: skip
     script = REPO_ROOT / "scripts" / "reproduce_table.py"
     # the default model is the joint one: one run per seed for ER, IP and EX, no mechanism sweep
-    dry = subprocess.run([sys.executable, str(script), "--dry-run", "--seeds", "1,2", "trainer=gpu"], capture_output=True, text=True, check=True)
+    dry = subprocess.run(
+        [sys.executable, str(script), "--dry-run", "--seeds", "1,2", "trainer=gpu"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert len(dry.stdout.splitlines()) == 1
     assert "-m empathy.train -m experiment=default seed=1,2 " in dry.stdout and "mechanism=" not in dry.stdout
     assert dry.stdout.rstrip().endswith("trainer=gpu")
     # one model per mechanism: the mechanism sweep
-    separate = subprocess.run([sys.executable, str(script), "--dry-run", "--seeds", "1,2", "model=biencoder", "trainer=gpu"],
-                              capture_output=True, text=True, check=True)
+    separate = subprocess.run(
+        [sys.executable, str(script), "--dry-run", "--seeds", "1,2", "model=biencoder", "trainer=gpu"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert len(separate.stdout.splitlines()) == 1
     assert "-m empathy.train -m experiment=default mechanism=ER,IP,EX seed=1,2" in separate.stdout
     assert separate.stdout.rstrip().endswith("model=biencoder trainer=gpu")
-    joint = subprocess.run([sys.executable, str(script), "--dry-run", "--jobs", "1", "--joint", "--seeds", "1,2"], capture_output=True, text=True, check=True)
+    joint = subprocess.run(
+        [sys.executable, str(script), "--dry-run", "--jobs", "1", "--joint", "--seeds", "1,2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "-m empathy.train -m experiment=default seed=1,2 " in joint.stdout and "mechanism=" not in joint.stdout
     assert joint.stdout.rstrip().endswith("model=joint")
     write_job(tmp_path / "runs" / "0", seed=1, metrics=metrics_for(0.7, 0.6))
-    subprocess.run([sys.executable, str(script), "--aggregate-only", str(tmp_path / "runs"), "--out", str(tmp_path / "out")], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(script), "--aggregate-only", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
+        check=True,
+        capture_output=True,
+    )
     assert (tmp_path / "out" / "paper_table.csv").exists()
 
 
@@ -174,8 +194,22 @@ def test_reproduce_table_runs_joint_and_separate_experiments_as_two_multiruns(tm
     script = REPO_ROOT / "scripts" / "reproduce_table.py"
     sweep = tmp_path / "sweep"
     dry = subprocess.run(
-        [sys.executable, str(script), "--dry-run", "--jobs", "1", "--experiments", "default,paper", "--seeds", "1,2", "--sweep-dir", str(sweep)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            str(script),
+            "--dry-run",
+            "--jobs",
+            "1",
+            "--experiments",
+            "default,paper",
+            "--seeds",
+            "1,2",
+            "--sweep-dir",
+            str(sweep),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     lines = dry.stdout.splitlines()
     assert len(lines) == 2, dry.stdout

@@ -32,7 +32,8 @@ def test_a_multirun_of_two_jobs_gives_two_folders_a_summary_and_a_table(tmp_path
     data = write_synthetic_epitome(tmp_path / "data", n_rows=40, seed=0)
     logs = tmp_path / "logs"
     command = [
-        sys.executable, "-m", "empathy.train", "-m", "encoder=tiny", "debug=limit", "trainer.max_epochs=1", "seed=1,2", "logger=csv",
+        sys.executable, "-m", "empathy.train", "-m", "encoder=tiny", "debug=limit", "trainer.max_epochs=1",
+        "seed=1,2", "logger=csv",
         f"paths.data_dir={data}", f"paths.log_dir={logs}", f"paths.cache_dir={tmp_path / 'cache'}",
         "trainer.precision=32-true", "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
     ]  # fmt: skip
@@ -57,7 +58,9 @@ def test_a_multirun_of_two_jobs_gives_two_folders_a_summary_and_a_table(tmp_path
     # the joint model's runs give a row per mechanism (and labelling policy), each over both seeds;
     # the default experiment of the joint model is labelled joint
     rows = written["rows"]
-    assert [(r["mechanism"], r["policy"]) for r in rows] == [(m, p) for m in ("ER", "IP", "EX") for p in results.POLICIES]
+    assert [(r["mechanism"], r["policy"]) for r in rows] == [
+        (m, p) for m in ("ER", "IP", "EX") for p in results.POLICIES
+    ]
     for row in rows:
         assert row["experiment"] == results.JOINT_EXPERIMENT and row["n_seeds"] == 2 and row["seeds"] == "1 2"
 

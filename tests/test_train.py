@@ -83,12 +83,22 @@ def test_train_writes_best_checkpoint_and_evaluate_reproduces_it(trained_run, sy
     assert checkpoint["hyper_parameters"]["mechanisms"] == ["ER"]
     assert set(checkpoint["hyper_parameters"]["class_weights"]) == {"ER"}
     for split in ("test", "dev"):
-        eval_cfg = compose_cfg("evaluate", [f"ckpt_path={best}", f"split={split}", "++trainer.enable_progress_bar=false"], synthetic_dir, tmp_path)
+        eval_cfg = compose_cfg(
+            "evaluate",
+            [f"ckpt_path={best}", f"split={split}", "++trainer.enable_progress_bar=false"],
+            synthetic_dir,
+            tmp_path,
+        )
         with open_dict(eval_cfg):
             eval_cfg.paths.cache_dir = cfg.paths.cache_dir
         metrics = evaluate(eval_cfg, tmp_path)
-        for key in ("macro_f1", *(f"ER/{k}" for k in ("acc", "macro_f1", "rationale_token_f1", "rationale_iou_f1",
-                                                        "rationale_iou_f1_paper"))):
+        for key in (
+            "macro_f1",
+            *(
+                f"ER/{k}"
+                for k in ("acc", "macro_f1", "rationale_token_f1", "rationale_iou_f1", "rationale_iou_f1_paper")
+            ),
+        ):
             assert metrics[f"{split}/{key}"] == pytest.approx(result["metrics"][f"{split}/{key}"], abs=1e-6)
         assert (tmp_path / f"eval_{split}.json").exists()
 
@@ -175,12 +185,19 @@ def test_frozen_seeker_is_unchanged_and_response_is_trained(synthetic_dir, tmp_p
 
 
 # a confusion matrix per mechanism, test/<M>/confusion_matrix
-@pytest.mark.parametrize(("mechanism", "image_folders"), [("IP", ["test/IP"]), ("all", ["test/ER", "test/IP", "test/EX"])],
-                         ids=["one", "joint"])
-def test_wandb_offline_run_has_metrics_and_confusion_image(mechanism, image_folders, synthetic_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("mechanism", "image_folders"),
+    [("IP", ["test/IP"]), ("all", ["test/ER", "test/IP", "test/EX"])],
+    ids=["one", "joint"],
+)
+def test_wandb_offline_run_has_metrics_and_confusion_image(
+    mechanism, image_folders, synthetic_dir, tmp_path, monkeypatch
+):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = train_cfg(synthetic_dir, tmp_path, f"mechanism={mechanism}", "logger=wandb", "trainer.max_epochs=1", "group=pytest")
+    cfg = train_cfg(
+        synthetic_dir, tmp_path, f"mechanism={mechanism}", "logger=wandb", "trainer.max_epochs=1", "group=pytest"
+    )
     result = train(cfg, tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -290,9 +307,15 @@ def test_file_lock_makes_another_process_wait(tmp_path):
 
     lock = tmp_path / "cache" / "entry.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from empathy.io import file_lock\n"
-         f"with file_lock({str(lock)!r}):\n    print('held', flush=True); sys.stdin.readline()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from empathy.io import file_lock\n"
+            f"with file_lock({str(lock)!r}):\n    print('held', flush=True); sys.stdin.readline()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -327,8 +350,11 @@ def test_evaluation_batches_are_length_sorted_and_hold_every_row_once(synthetic_
     cfg = train_cfg(synthetic_dir, tmp_path / "run", "data.eval_batch_size=4")
     datamodule = runner.build_datamodule(cfg)
     datamodule.setup()
-    for split, loader in (("dev", datamodule.val_dataloader()), ("test", datamodule.test_dataloader()),
-                          ("train", datamodule.split_dataloader("train"))):
+    for split, loader in (
+        ("dev", datamodule.val_dataloader()),
+        ("test", datamodule.test_dataloader()),
+        ("train", datamodule.split_dataloader("train")),
+    ):
         batches = list(loader)
         seen = [int(i) for b in batches for i in b["index"]]
         assert sorted(seen) == list(range(len(datamodule.dataset(split))))  # every row, once

@@ -51,9 +51,7 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such predictions file")
-    suffix = (
-        "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
-    )
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
     if suffix in (".csv", ".csv.gz"):
         numeric = {f"{m}_{s}": [""] for m in MECHANISMS for s in PREDICTION_SUFFIXES}
         return pd.read_csv(path, keep_default_na=False, na_values=numeric)
@@ -61,9 +59,7 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
         return pd.read_json(path, lines=True, dtype=False)
     if suffix == ".parquet":
         return pd.read_parquet(path)
-    raise AnalysisError(
-        f"{path}: unknown table format {suffix!r} (expected .csv, .jsonl or .parquet)"
-    )
+    raise AnalysisError(f"{path}: unknown table format {suffix!r} (expected .csv, .jsonl or .parquet)")
 
 
 def present_mechanisms(table: pd.DataFrame) -> list[str]:
@@ -75,8 +71,7 @@ def require_columns(table: pd.DataFrame, columns: Sequence[str], source: str) ->
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise AnalysisError(
-            f"{source}: no column {', '.join(map(repr, missing))} "
-            f"(the file has: {', '.join(map(str, table.columns))})"
+            f"{source}: no column {', '.join(map(repr, missing))} (the file has: {', '.join(map(str, table.columns))})"
         )
 
 
@@ -137,9 +132,7 @@ def response_numbers(
     return rows["_n"].reindex(table.index).astype(float)
 
 
-def bin_edges(
-    n: np.ndarray, bins: Sequence[int] | str = DEFAULT_BIN_EDGES, n_bins: int = 5
-) -> list[int]:
+def bin_edges(n: np.ndarray, bins: Sequence[int] | str = DEFAULT_BIN_EDGES, n_bins: int = 5) -> list[int]:
     """Left edges of the bins of n: the given ones, or ``"quantile"`` edges of the observed n."""
     if isinstance(bins, str):
         if bins != "quantile":
@@ -150,14 +143,8 @@ def bin_edges(
         edges = sorted({1, *(int(math.ceil(q)) for q in qs)})
     else:
         edges = [int(b) for b in bins]
-        if (
-            not edges
-            or edges[0] != 1
-            or any(b <= a for a, b in zip(edges, edges[1:], strict=False))
-        ):
-            raise AnalysisError(
-                f"bins: expected increasing left edges starting at 1, got {list(bins)}"
-            )
+        if not edges or edges[0] != 1 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            raise AnalysisError(f"bins: expected increasing left edges starting at 1, got {list(bins)}")
     return edges
 
 
@@ -178,9 +165,7 @@ def assign_bins(n: np.ndarray, edges: Sequence[int]) -> np.ndarray:
     return np.searchsorted(np.asarray(edges), np.asarray(n), side="right") - 1
 
 
-def _bootstrap_weights(
-    rng: np.random.Generator, n_clusters: int, n_resamples: int, chunk_cells: int = 4_000_000
-):
+def _bootstrap_weights(rng: np.random.Generator, n_clusters: int, n_resamples: int, chunk_cells: int = 4_000_000):
     """Yield (chunk, n_clusters) arrays of how often each cluster is drawn in a resample."""
     chunk = max(1, chunk_cells // max(n_clusters, 1))
     done = 0
@@ -315,9 +300,7 @@ def format_p_value(p_value: float, n_permutations: int) -> str:
     return f"p = {p_value:.3g}"
 
 
-def describe_trend(
-    mechanism: str, trend: Trend, *, alpha: float = 0.05, ci: float = 0.95
-) -> tuple[str, str]:
+def describe_trend(mechanism: str, trend: Trend, *, alpha: float = 0.05, ci: float = 0.95) -> tuple[str, str]:
     """(direction, one plain-language line): direction is increases / decreases /
     no significant change / not enough data."""
     counts = (
@@ -379,17 +362,11 @@ def analyse_over_time(
             f"{source}: no mechanism columns; expected one of {', '.join(f'{m}_level' for m in MECHANISMS)}"
         )
     if not 0 < ci < 1 or not 0 < alpha < 1:
-        raise AnalysisError(
-            f"ci and alpha must lie strictly between 0 and 1, got ci={ci}, alpha={alpha}"
-        )
-    n = response_numbers(
-        table, responder_column, time_column, exclude_responders=exclude_responders
-    )
+        raise AnalysisError(f"ci and alpha must lie strictly between 0 and 1, got ci={ci}, alpha={alpha}")
+    n = response_numbers(table, responder_column, time_column, exclude_responders=exclude_responders)
     ordered = n.notna()
     if not ordered.any():
-        raise AnalysisError(
-            f"{source}: no row has both a {responder_column!r} and a {time_column!r} value"
-        )
+        raise AnalysisError(f"{source}: no row has both a {responder_column!r} and a {time_column!r} value")
     edges = bin_edges(n[ordered].to_numpy(), bins, n_bins)
     labels = bin_labels(edges)
     rng = np.random.default_rng(seed)
@@ -553,9 +530,7 @@ def plot_over_time(
     if summary is not None:
         # The figure grows by the caption's height; the caption sits under the axes.
         box = {"boxstyle": "round,pad=0.4", "facecolor": "#f4f4f4", "edgecolor": "#bbb"}
-        text = fig.text(
-            0.012, 0, trend_caption(summary), fontsize=7, va="bottom", ha="left", bbox=box
-        )
+        text = fig.text(0.012, 0, trend_caption(summary), fontsize=7, va="bottom", ha="left", bbox=box)
         caption_inches = text.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi + 0.2
         fig.set_figheight(fig.get_figheight() + caption_inches)
         text.set_y(0.08 / fig.get_figheight())
@@ -569,9 +544,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
 
 
-def write_outputs(
-    result: OverTimeResult, output_dir: str | os.PathLike, *, overwrite: bool = False
-) -> dict[str, Path]:
+def write_outputs(result: OverTimeResult, output_dir: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Path]:
     """Write over_time.csv, over_time.png and summary.json atomically; refuse to replace existing
     ones unless ``overwrite``."""
     import json
@@ -584,9 +557,7 @@ def write_outputs(
             f"not overwriting {', '.join(existing)}: pass overwrite=true or choose another output_dir"
         )
     output_dir.mkdir(parents=True, exist_ok=True)
-    _atomic(
-        paths["over_time.csv"], lambda p: result.bins.to_csv(p, index=False, float_format="%.6g")
-    )
+    _atomic(paths["over_time.csv"], lambda p: result.bins.to_csv(p, index=False, float_format="%.6g"))
     figure = plot_over_time(result.bins, ci=result.summary["ci"], summary=result.summary)
     _atomic(paths["over_time.png"], lambda p: figure.savefig(p, format="png"))
 

@@ -62,9 +62,7 @@ def _find_normalised(norm: str, origin: list[int], piece: str, start: int) -> Sp
     return origin[i], origin[i + len(norm_piece) - 1] + 1
 
 
-def find_rationale_spans(
-    response: str, rationales: Sequence[str]
-) -> tuple[list[Span], list[str]]:
+def find_rationale_spans(response: str, rationales: Sequence[str]) -> tuple[list[Span], list[str]]:
     """Character spans ``[start, end)`` of the rationale pieces in ``response`` (in the order of
     the pieces) and the pieces that could not be found (unaligned)."""
     spans: list[Span] = []
@@ -137,7 +135,7 @@ def spans_beyond_truncation(
     wholly: list[Span] = []
     for span in char_spans:
         s_start, s_end = span
-        if not response[max(cut, s_start):s_end].strip():
+        if not response[max(cut, s_start) : s_end].strip():
             continue  # nothing of the span beyond the cut
-        (wholly if response[s_start:min(cut, s_end)].strip() == "" else partly).append(span)
+        (wholly if response[s_start : min(cut, s_end)].strip() == "" else partly).append(span)
     return partly, wholly

@@ -84,7 +84,9 @@ def table_format(path: str | Path, format: str = "auto") -> str:
     """The ``datasets`` builder for a table file: ``format``, or the file's extension for auto."""
     if format != "auto":
         if format not in ("csv", "json", "parquet"):
-            raise CorpusError(f"{path}: unknown table format {format!r}; expected csv, json (JSON lines), parquet or auto")
+            raise CorpusError(
+                f"{path}: unknown table format {format!r}; expected csv, json (JSON lines), parquet or auto"
+            )
         return format
     suffix = Path(path).suffix.lower()
     if suffix not in TABLE_FORMATS:
@@ -132,7 +134,12 @@ def read_text_files(
     if sample_by not in SAMPLE_BY:
         raise CorpusError(f"corpus.sample_by: expected one of {', '.join(SAMPLE_BY)}, got {sample_by!r}")
     ds = _quiet_load(
-        "text", data_files=_existing(files), sample_by=sample_by, split="train", streaming=streaming, cache_dir=cache_dir
+        "text",
+        data_files=_existing(files),
+        sample_by=sample_by,
+        split="train",
+        streaming=streaming,
+        cache_dir=cache_dir,
     )
     return drop_empty(ds)
 
@@ -195,9 +202,7 @@ def texts_from_columns(
 
 
 def drop_empty(ds: datasets.Dataset | datasets.IterableDataset):
-    return ds.filter(
-        lambda batch: [bool(t and t.strip()) for t in batch[TEXT]], batched=True, batch_size=MAP_BATCH
-    )
+    return ds.filter(lambda batch: [bool(t and t.strip()) for t in batch[TEXT]], batched=True, batch_size=MAP_BATCH)
 
 
 # ---------------------------------------------------------------------------- EPITOME
@@ -224,10 +229,16 @@ def epitome_split_texts(
         examples, _ = read_epitome_csv(csv_path, on_conflict=on_conflict, unescape_html=unescape_html)
         split_path = Path(split_file).resolve() if split_file else None
         population = split_population(
-            examples, data_dir=data_dir, split_scope="mechanism" if split_path else split_scope,
-            mechanism_files=mechanisms, on_conflict=on_conflict, unescape_html=unescape_html,
+            examples,
+            data_dir=data_dir,
+            split_scope="mechanism" if split_path else split_scope,
+            mechanism_files=mechanisms,
+            on_conflict=on_conflict,
+            unescape_html=unescape_html,
         )
-        mapping = assign_splits(*population, split_fractions=split_fractions, split_seed=split_seed, split_file=split_path)
+        mapping = assign_splits(
+            *population, split_fractions=split_fractions, split_seed=split_seed, split_file=split_path
+        )
         split_of = splits_of(examples, mapping, str(split_path) if split_path else "the computed split")
         texts: dict[str, list[str]] = {name: [] for name in SPLITS}
         for e, split in zip(examples, split_of, strict=True):
@@ -236,7 +247,9 @@ def epitome_split_texts(
     return out
 
 
-def eval_texts(split_texts: Mapping[str, Mapping[str, Sequence[str]]], splits: Sequence[str] = ("dev", "test")) -> set[str]:
+def eval_texts(
+    split_texts: Mapping[str, Mapping[str, Sequence[str]]], splits: Sequence[str] = ("dev", "test")
+) -> set[str]:
     """The normalised texts in ``splits`` (dev and test) of any mechanism."""
     return {normalise_text(t) for by_split in split_texts.values() for s in splits for t in by_split.get(s, ())}
 
@@ -276,12 +289,14 @@ def exclude_texts(ds: datasets.Dataset | datasets.IterableDataset, excluded: set
     frozen = frozenset(excluded)
     return ds.filter(
         lambda batch: [normalise_text(t) not in frozen for t in batch[TEXT]],
-        batched=True, batch_size=MAP_BATCH,
+        batched=True,
+        batch_size=MAP_BATCH,
     )
 
 
 def split_heldout(ds: datasets.Dataset | datasets.IterableDataset, fraction: float, seed: int):
     """(train, held-out): the texts outside and inside the seeded held-out slice."""
+
     def mark(want: bool) -> Callable[[Mapping[str, list[str]]], list[bool]]:
         return lambda batch: [in_heldout(t, fraction, seed) == want for t in batch[TEXT]]
 
@@ -328,12 +343,12 @@ def pack_token_ids(
     if offsets is not None:
         out["offset_mapping"] = []
     for start in range(0, len(stream), width):
-        piece = stream[start:start + width]
+        piece = stream[start : start + width]
         out["input_ids"].append([*prefix, *piece, *suffix])
-        out["special_tokens_mask"].append([1] * len(prefix) + special[start:start + width] + [1] * len(suffix))
+        out["special_tokens_mask"].append([1] * len(prefix) + special[start : start + width] + [1] * len(suffix))
         if offsets is not None:
             out["offset_mapping"].append(
-                [(0, 0)] * len(prefix) + [list(o) for o in spans[start:start + width]] + [(0, 0)] * len(suffix)
+                [(0, 0)] * len(prefix) + [list(o) for o in spans[start : start + width]] + [(0, 0)] * len(suffix)
             )
     return out
 
@@ -363,16 +378,29 @@ def tokenize_blocks(
     def encode(batch: Mapping[str, list[str]]) -> dict[str, list]:
         if packing:
             enc = tokenizer(
-                batch[TEXT], add_special_tokens=False, truncation=False, return_offsets_mapping=with_offsets,
-                return_attention_mask=False, return_token_type_ids=False,
+                batch[TEXT],
+                add_special_tokens=False,
+                truncation=False,
+                return_offsets_mapping=with_offsets,
+                return_attention_mask=False,
+                return_token_type_ids=False,
             )
             return pack_token_ids(
-                enc["input_ids"], max_len, prefix=prefix, suffix=suffix, separator=separator,
+                enc["input_ids"],
+                max_len,
+                prefix=prefix,
+                suffix=suffix,
+                separator=separator,
                 offsets=enc["offset_mapping"] if with_offsets else None,
             )
         enc = tokenizer(
-            batch[TEXT], truncation=True, max_length=max_len, return_special_tokens_mask=True,
-            return_offsets_mapping=with_offsets, return_attention_mask=False, return_token_type_ids=False,
+            batch[TEXT],
+            truncation=True,
+            max_length=max_len,
+            return_special_tokens_mask=True,
+            return_offsets_mapping=with_offsets,
+            return_attention_mask=False,
+            return_token_type_ids=False,
         )
         keys = ["input_ids", "special_tokens_mask"] + (["offset_mapping"] if with_offsets else [])
         return {k: enc[k] for k in keys}
@@ -393,7 +421,7 @@ def take(ds: datasets.Dataset | datasets.IterableDataset, n: int | None) -> list
 def masked_batches(rows: Sequence[Mapping[str, Any]], collator: Callable[[list], dict], batch_size: int) -> list[dict]:
     """Mask ``rows`` once, in order, into batches (a collator with a fixed seed gives the same
     masks every time: the held-out loss before and after training is over the same tokens)."""
-    return [collator([dict(r) for r in rows[i:i + batch_size]]) for i in range(0, len(rows), batch_size)]
+    return [collator([dict(r) for r in rows[i : i + batch_size]]) for i in range(0, len(rows), batch_size)]
 
 
 # ---------------------------------------------------------------------------- DataModule
@@ -467,14 +495,25 @@ class CorpusDataModule(pl.LightningDataModule):
             if streaming:
                 ds = ds.to_iterable_dataset()
         elif fmt == "text":
-            ds = read_text_files(corpus.get("files") or [], sample_by=corpus.get("sample_by", "line"),
-                                 streaming=streaming, cache_dir=self.cache_dir)
+            ds = read_text_files(
+                corpus.get("files") or [],
+                sample_by=corpus.get("sample_by", "line"),
+                streaming=streaming,
+                cache_dir=self.cache_dir,
+            )
         else:
-            ds = read_table_files(corpus.get("files") or [], text_columns=corpus.get("text_columns") or [],
-                                  format=fmt, streaming=streaming, cache_dir=self.cache_dir)
+            ds = read_table_files(
+                corpus.get("files") or [],
+                text_columns=corpus.get("text_columns") or [],
+                format=fmt,
+                streaming=streaming,
+                cache_dir=self.cache_dir,
+            )
         return ds, excluded
 
-    def select_texts(self) -> tuple[datasets.Dataset | datasets.IterableDataset, datasets.Dataset | datasets.IterableDataset]:
+    def select_texts(
+        self,
+    ) -> tuple[datasets.Dataset | datasets.IterableDataset, datasets.Dataset | datasets.IterableDataset]:
         """(train texts, held-out texts) after deduplication and exclusion; counts in ``summary``."""
         with no_progress_bars():
             return self._select_texts()
@@ -518,16 +557,25 @@ class CorpusDataModule(pl.LightningDataModule):
                 f"corpus {self.corpus.get('name')!r}: the held-out slice is empty "
                 f"(heldout_fraction={self.heldout_fraction}); raise the fraction or give more text"
             )
-        self.heldout_batches = masked_batches(heldout_rows, self.collator(seed=self.eval_mask_seed), self.eval_batch_size)
+        self.heldout_batches = masked_batches(
+            heldout_rows, self.collator(seed=self.eval_mask_seed), self.eval_batch_size
+        )
         summary["train_blocks"] = _count(self.train_blocks)
         summary["heldout_blocks"] = len(heldout_rows)
         summary["heldout_masked_tokens"] = int(sum((b["labels"] != -100).sum().item() for b in self.heldout_batches))
         log.info(
             "corpus %s: %s texts read, %s duplicates removed, %s dev/test texts of the EPITOME split excluded "
             "(%d known), %s train texts -> %s blocks of %d tokens, %s held-out texts -> %d blocks%s",
-            summary["corpus"], summary["texts_read"], summary["duplicates_removed"],
-            summary["excluded_eval_texts"], summary["eval_texts_known"], summary["train_texts"], summary["train_blocks"],
-            self.max_len, summary["heldout_texts"], summary["heldout_blocks"],
+            summary["corpus"],
+            summary["texts_read"],
+            summary["duplicates_removed"],
+            summary["excluded_eval_texts"],
+            summary["eval_texts_known"],
+            summary["train_texts"],
+            summary["train_blocks"],
+            self.max_len,
+            summary["heldout_texts"],
+            summary["heldout_blocks"],
             " (streaming: None is a count not known until the corpus is read)" if summary["streaming"] else "",
         )
 
@@ -547,14 +595,21 @@ class CorpusDataModule(pl.LightningDataModule):
             if self.trainer is not None and self.trainer.world_size > 1:
                 from datasets.distributed import split_dataset_by_node
 
-                blocks = split_dataset_by_node(blocks, rank=self.trainer.global_rank, world_size=self.trainer.world_size)
-            return DataLoader(blocks, batch_size=self.batch_size, collate_fn=self.collator(), num_workers=self.num_workers)
+                blocks = split_dataset_by_node(
+                    blocks, rank=self.trainer.global_rank, world_size=self.trainer.world_size
+                )
+            return DataLoader(
+                blocks, batch_size=self.batch_size, collate_fn=self.collator(), num_workers=self.num_workers
+            )
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
-            blocks, batch_size=self.batch_size, shuffle=True, generator=generator, collate_fn=self.collator(),
+            blocks,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            collate_fn=self.collator(),
             num_workers=self.num_workers,
         )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.heldout_batches, batch_size=None, shuffle=False)
-

@@ -122,7 +122,9 @@ class EpitomeDataModule(pl.LightningDataModule):
             raise ValueError(f"mechanisms: expected one or more distinct of {', '.join(MECHANISMS)}, got {mechanisms}")
         missing = [m for m in mechanisms if m not in self.mechanism_files]
         if missing:
-            raise ValueError(f"data.mechanism_files names no file for {', '.join(missing)} (mechanism -> CSV file name)")
+            raise ValueError(
+                f"data.mechanism_files names no file for {', '.join(missing)} (mechanism -> CSV file name)"
+            )
         self.mechanisms = tuple(m for m in MECHANISMS if m in mechanisms)
         self.data_dir = data_dir
         self.encoder = encoder

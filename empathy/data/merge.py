@@ -135,8 +135,9 @@ def merge_mechanisms(
                     problem = _mismatch(cols, row, theirs, other_row)
                     if problem is not None:
                         # this mechanism's labels are aligned to another text: it loses the pair
-                        mismatched.append({"sp_id": key[0], "rp_id": key[1], "kept": other, "unlabelled": m,
-                                           "reason": problem})
+                        mismatched.append(
+                            {"sp_id": key[0], "rp_id": key[1], "kept": other, "unlabelled": m, "reason": problem}
+                        )
                         continue
                 else:
                     order[split].append(key)
@@ -208,7 +209,11 @@ def merge_prepared(parts: Mapping[str, PreparedData], cache_dir: str | Path) -> 
     merged = merge_mechanisms({m: p.datasets for m, p in parts.items()}, mismatched)
     key = cache_key({m: p.cache_path.name for m, p in parts.items()})
     cache_path = Path(cache_dir).resolve() / f"{'+'.join(parts)}-{key}"
-    split_csv, unaligned, mismatch_csv = cache_path / "split.csv", cache_path / UNALIGNED_CSV, cache_path / MISMATCHED_CSV
+    split_csv, unaligned, mismatch_csv = (
+        cache_path / "split.csv",
+        cache_path / UNALIGNED_CSV,
+        cache_path / MISMATCHED_CSV,
+    )
     if not split_csv.is_file() or not unaligned.is_file():
         cache_path.mkdir(parents=True, exist_ok=True)
         pairs = [
@@ -227,9 +232,16 @@ def merge_prepared(parts: Mapping[str, PreparedData], cache_dir: str | Path) -> 
     if mismatched:
         log.warning(
             "%d (pair, mechanism) labels dropped because that mechanism's file has another text for the pair "
-            "than %s's (listed in %s)", len(mismatched), mismatched[0]["kept"], mismatch_csv,
+            "than %s's (listed in %s)",
+            len(mismatched),
+            mismatched[0]["kept"],
+            mismatch_csv,
         )
     summary = merged_summary(parts, merged)
-    summary.update(mismatched_labels=len(mismatched), cache_path=str(cache_path), split_csv=str(split_csv),
-                   unaligned_report=str(unaligned))
+    summary.update(
+        mismatched_labels=len(mismatched),
+        cache_path=str(cache_path),
+        split_csv=str(split_csv),
+        unaligned_report=str(unaligned),
+    )
     return PreparedData(merged, summary, split_csv, cache_path, unaligned)

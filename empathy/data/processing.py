@@ -111,7 +111,7 @@ def _tokenize(tokenizer: Any, texts: Sequence[str], max_len: int) -> dict[str, l
     out: dict[str, list] = {"input_ids": [], "offset_mapping": [], "special_tokens_mask": []}
     for i in range(0, len(texts), TOKENIZE_BATCH):
         enc = tokenizer(
-            list(texts[i:i + TOKENIZE_BATCH]),
+            list(texts[i : i + TOKENIZE_BATCH]),
             truncation=True,
             max_length=max_len,
             padding=False,
@@ -125,9 +125,7 @@ def _tokenize(tokenizer: Any, texts: Sequence[str], max_len: int) -> dict[str, l
     return out
 
 
-def build_rows(
-    examples: Sequence[Example], tokenizer: Any, max_len: int
-) -> tuple[list[dict], list[dict], dict]:
+def build_rows(examples: Sequence[Example], tokenizer: Any, max_len: int) -> tuple[list[dict], list[dict], dict]:
     """Tokenize and align: one dataset row per example, the report of rationale pieces that lost
     tokens (unaligned or beyond ``max_len``), and counts of pieces."""
     seeker_index: dict[str, int] = {}
@@ -151,12 +149,24 @@ def build_rows(
         counts["beyond_max_len_wholly"] += len(wholly)
         counts["rows_with_rationale"] += bool(e.rationales)
         for piece in unaligned:
-            report.append({"sp_id": e.sp_id, "rp_id": e.rp_id, "piece": piece,
-                           "reason": "not found in the response (verbatim or after whitespace/case normalisation)"})
+            report.append(
+                {
+                    "sp_id": e.sp_id,
+                    "rp_id": e.rp_id,
+                    "piece": piece,
+                    "reason": "not found in the response (verbatim or after whitespace/case normalisation)",
+                }
+            )
         for kind, lost in (("partly", partly), ("wholly", wholly)):
             for s, t in lost:
-                report.append({"sp_id": e.sp_id, "rp_id": e.rp_id, "piece": e.response_post[s:t],
-                               "reason": f"aligned, but {kind} beyond max_len={max_len} tokens"})
+                report.append(
+                    {
+                        "sp_id": e.sp_id,
+                        "rp_id": e.rp_id,
+                        "piece": e.response_post[s:t],
+                        "reason": f"aligned, but {kind} beyond max_len={max_len} tokens",
+                    }
+                )
         has_rationale = bool(e.rationales)
         rows.append(
             {
@@ -171,9 +181,9 @@ def build_rows(
                 "response_offsets": offsets,
                 "response_mask": mask,
                 "rationale_strict": rationale_labels(
-                    offsets, mask, spans, has_rationale=has_rationale, policy="strict"),
-                "rationale_paper": rationale_labels(
-                    offsets, mask, spans, has_rationale=has_rationale, policy="paper"),
+                    offsets, mask, spans, has_rationale=has_rationale, policy="strict"
+                ),
+                "rationale_paper": rationale_labels(offsets, mask, spans, has_rationale=has_rationale, policy="paper"),
                 "rationale_unaligned": len(unaligned),
             }
         )
@@ -234,8 +244,12 @@ def split_population(
     if split_scope not in SPLIT_SCOPES:
         raise ValueError(f"data.split_scope must be one of {', '.join(SPLIT_SCOPES)}, not {split_scope!r}")
     if split_scope == "mechanism":
-        return ([e.key for e in examples], [e.sp_id for e in examples], [e.seeker_post for e in examples],
-                [(e.level,) for e in examples])
+        return (
+            [e.key for e in examples],
+            [e.sp_id for e in examples],
+            [e.seeker_post for e in examples],
+            [(e.level,) for e in examples],
+        )
     if not mechanism_files:
         raise ValueError("data.split_scope=shared needs data.mechanism_files (mechanism -> CSV file name)")
     levels: dict[tuple[str, str], dict[str, int]] = {}
@@ -253,8 +267,12 @@ def split_population(
             levels.setdefault(e.key, {})[name] = e.level
             seeker.setdefault(e.key, (e.sp_id, e.seeker_post))
     keys = list(levels)
-    return (keys, [seeker[k][0] for k in keys], [seeker[k][1] for k in keys],
-            [tuple(levels[k].get(n, -1) for n in names) for k in keys])
+    return (
+        keys,
+        [seeker[k][0] for k in keys],
+        [seeker[k][1] for k in keys],
+        [tuple(levels[k].get(n, -1) for n in names) for k in keys],
+    )
 
 
 def assign_splits(
@@ -281,8 +299,10 @@ def assign_splits(
         splits = grouped_stratified_split(list(strata), groups, fractions=tuple(split_fractions), seed=split_seed)
     if cv_folds:
         if cv_folds < 2 or not 0 <= cv_fold < cv_folds:
-            raise ValueError(f"data.cv_fold must be in 0..{cv_folds - 1} with data.cv_folds >= 2, "
-                             f"got cv_folds={cv_folds}, cv_fold={cv_fold}")
+            raise ValueError(
+                f"data.cv_fold must be in 0..{cv_folds - 1} with data.cv_folds >= 2, "
+                f"got cv_folds={cv_folds}, cv_fold={cv_fold}"
+            )
         inside = [i for i, s in enumerate(splits) if s in ("train", "dev")]
         folds = grouped_stratified_folds([strata[i] for i in inside], [groups[i] for i in inside], cv_folds, split_seed)
         for i, fold in zip(inside, folds, strict=True):
@@ -334,9 +354,13 @@ def prepare_mechanism(
         "split_scope": split_scope,
         # the other files shape a shared split: their contents are part of the key
         "split_files_sha256": (
-            {n: _sha256_file((Path(data_dir) / f).resolve()) for n, f in sorted(mechanism_files.items())
-             if (Path(data_dir) / f).is_file()}
-            if split_scope == "shared" and split_path is None and mechanism_files else None
+            {
+                n: _sha256_file((Path(data_dir) / f).resolve())
+                for n, f in sorted(mechanism_files.items())
+                if (Path(data_dir) / f).is_file()
+            }
+            if split_scope == "shared" and split_path is None and mechanism_files
+            else None
         ),
         "cv": [int(cv_folds), int(cv_fold)] if cv_folds else None,
     }
@@ -355,12 +379,20 @@ def prepare_mechanism(
 
     examples, read_report = read_epitome_csv(csv_path, on_conflict=on_conflict, unescape_html=unescape_html)
     population = split_population(
-        examples, data_dir=data_dir, split_scope="mechanism" if split_path is not None else split_scope,
-        mechanism_files=mechanism_files, on_conflict=on_conflict, unescape_html=unescape_html,
+        examples,
+        data_dir=data_dir,
+        split_scope="mechanism" if split_path is not None else split_scope,
+        mechanism_files=mechanism_files,
+        on_conflict=on_conflict,
+        unescape_html=unescape_html,
     )
     mapping = assign_splits(
-        *population, split_fractions=split_fractions, split_seed=split_seed, split_file=split_path,
-        cv_folds=cv_folds, cv_fold=cv_fold,
+        *population,
+        split_fractions=split_fractions,
+        split_seed=split_seed,
+        split_file=split_path,
+        cv_folds=cv_folds,
+        cv_fold=cv_fold,
     )
     split_of = splits_of(examples, mapping, str(split_path) if split_path else "the computed split")
     rows, report, counts = build_rows(examples, tokenizer, max_len)

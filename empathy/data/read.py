@@ -106,8 +106,7 @@ def check_unique_columns(path: str | Path, names: Sequence[str], *, line: int | 
     repeated = {name: where for name, where in positions.items() if len(where) > 1}
     if repeated:
         listed = ", ".join(
-            f"{name!r} (columns {', '.join(map(str, where[:-1]))} and {where[-1]})"
-            for name, where in repeated.items()
+            f"{name!r} (columns {', '.join(map(str, where[:-1]))} and {where[-1]})" for name, where in repeated.items()
         )
         raise DataError(
             path,
@@ -200,9 +199,7 @@ def read_epitome_csv(
     try:
         _, _, header = next(records)
     except StopIteration:
-        raise DataError(
-            path, f"the file is empty; expected a header {','.join(COLUMNS)}", line=1
-        ) from None
+        raise DataError(path, f"the file is empty; expected a header {','.join(COLUMNS)}", line=1) from None
     header = [h.strip() for h in header]
     check_unique_columns(path, header)
     for column in COLUMNS:
@@ -240,9 +237,7 @@ def read_epitome_csv(
         values = {c: fields[i] for c, i in index.items()}
         for column in ("sp_id", "rp_id", "seeker_post", "response_post"):
             if not values[column].strip():
-                raise DataError(
-                    path, "empty value; expected non-empty text", row=row, line=line, column=column
-                )
+                raise DataError(path, "empty value; expected non-empty text", row=row, line=line, column=column)
         example = Example(
             sp_id=values["sp_id"].strip(),
             rp_id=values["rp_id"].strip(),
@@ -305,9 +300,7 @@ def read_epitome_csv(
         else:
             dropped = group
         for e in dropped:
-            report.rows_dropped.append(
-                {"row": e.row, "sp_id": sp_id, "rp_id": rp_id, "reason": reason}
-            )
+            report.rows_dropped.append({"row": e.row, "sp_id": sp_id, "rp_id": rp_id, "reason": reason})
     kept.sort(key=lambda e: e.row)
     report.rows_kept = len(kept)
     return kept, report

@@ -178,7 +178,8 @@ def read_split_csv(path: str | Path) -> dict[tuple[str, str], str]:
             split = (rec["split"] or "").strip()
             if split not in SPLITS:
                 raise SplitFileError(
-                    f"{path}, row {row} (line {reader.line_num}), column 'split': {split!r} is not one of {', '.join(SPLITS)}"
+                    f"{path}, row {row} (line {reader.line_num}), column 'split': {split!r} is not one of "
+                    f"{', '.join(SPLITS)}"
                 )
             if key in mapping and mapping[key] != split:
                 raise SplitFileError(

@@ -54,9 +54,7 @@ def freeze_bottom_layers(encoder: nn.Module, layers: int) -> None:
         return
     depths = {int(m.group(1)) for n, _ in encoder.named_parameters() if (m := LAYER_INDEX.search(n))}
     if not depths or layers > len(depths):
-        raise ValueError(
-            f"freeze_response_layers={layers}, but the response encoder has {len(depths)} numbered layers"
-        )
+        raise ValueError(f"freeze_response_layers={layers}, but the response encoder has {len(depths)} numbered layers")
     embeddings = getattr(encoder, "embeddings", None)
     if embeddings is None:
         raise ValueError(f"freeze_response_layers: {type(encoder).__name__} has no `embeddings` module to freeze")

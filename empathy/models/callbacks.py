@@ -132,7 +132,10 @@ class EpochSummary(pl.Callback):
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
-        keys = [*self.KEYS, *(f"dev/{m}/{k}" for m in getattr(pl_module, "mechanisms", ()) for k in ("macro_f1", "rationale_iou_f1"))]
+        keys = [
+            *self.KEYS,
+            *(f"dev/{m}/{k}" for m in getattr(pl_module, "mechanisms", ()) for k in ("macro_f1", "rationale_iou_f1")),
+        ]
         values = " ".join(f"{k}={float(metrics[k]):.4f}" for k in keys if k in metrics)
         seconds = time.perf_counter() - getattr(self, "_started", time.perf_counter())
         log.info("epoch %d/%d  %s  (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, values, seconds)

@@ -42,7 +42,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"checkpoint not found: {path}") from None
     if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not an empathy training checkpoint (no hyper_parameters / state_dict)")
-    allowlist.check_plain(checkpoint["hyper_parameters"], f"{path}: hyper_parameters", callables=allowlist.CALLABLE_KEYS)
+    allowlist.check_plain(
+        checkpoint["hyper_parameters"], f"{path}: hyper_parameters", callables=allowlist.CALLABLE_KEYS
+    )
     return checkpoint
 
 
@@ -59,7 +61,9 @@ def upgrade(
     net = dict(hp.get("net") or {})
     mechanisms = list(net.get("mechanisms") or hp.get("mechanisms") or ([label] if label not in (None, JOINT) else []))
     if not mechanisms or any(m not in MECHANISMS for m in mechanisms):
-        raise ValueError(f"{source}: the model's mechanisms are {mechanisms or label!r}; expected some of {', '.join(MECHANISMS)}")
+        raise ValueError(
+            f"{source}: the model's mechanisms are {mechanisms or label!r}; expected some of {', '.join(MECHANISMS)}"
+        )
     weights = dict(weights)
     if not net.get("mechanisms"):  # a single-mechanism model of an earlier version
         (m,) = mechanisms
@@ -74,7 +78,7 @@ def upgrade(
 def _head_name(key: str, prefix: str, mechanism: str) -> str:
     for head in HEAD_PREFIXES:
         if key.startswith(prefix + head):
-            return f"{prefix}heads.{mechanism}.{key[len(prefix):]}"
+            return f"{prefix}heads.{mechanism}.{key[len(prefix) :]}"
     return key
 
 
@@ -148,17 +152,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     checkpoint = read_checkpoint(path, map_location)
     hparams, state = upgrade(checkpoint["hyper_parameters"], checkpoint["state_dict"], str(path))
     net = build_net(hparams["encoder"], hparams["net"])
-    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+    net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
     net.eval()
     return LoadedModel(
-        hparams, net, str(path),
+        hparams,
+        net,
+        str(path),
         seeker_sha256=None if net.seeker_encoder is None else state_dict_sha256(net.seeker_encoder),
         info={"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")},
     )
 
 
 def load_model(
-    path: str | Path | Sequence[str | Path], mechanisms: Sequence[str] | None = None,
+    path: str | Path | Sequence[str | Path],
+    mechanisms: Sequence[str] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> LoadedModel:
     """A checkpoint file or an export folder; a list of them is their ensemble (an
@@ -185,7 +192,9 @@ def load_model(
     else:
         raise FileNotFoundError(f"model {path} does not exist (expected a .ckpt file or an exported folder)")
     if mechanisms is not None and tuple(mechanisms) != model.mechanisms:
-        raise ValueError(f"{path} scores {', '.join(model.mechanisms)}, but it was given as the model of {', '.join(mechanisms)}")
+        raise ValueError(
+            f"{path} scores {', '.join(model.mechanisms)}, but it was given as the model of {', '.join(mechanisms)}"
+        )
     return model
 
 
@@ -200,7 +209,10 @@ def _ensemble(models: Sequence[LoadedModel]) -> LoadedModel:
             ("data settings (its split)", lambda m: m.hparams.get("data_config")),
         ):
             if get(model) != get(first):
-                raise ValueError(f"ensemble: {model.source}'s {what} differs from {first.source}'s: an ensemble's models must be of one kind")
+                raise ValueError(
+                    f"ensemble: {model.source}'s {what} differs from {first.source}'s: an ensemble's models must be "
+                    "of one kind"
+                )
     return dataclasses.replace(
         first,
         net=EnsembleNet([m.net for m in models]).eval(),

@@ -33,9 +33,13 @@ class EnsembleNet(nn.Module):
         first = members[0]
         for k, member in enumerate(members[1:], start=1):
             if member.mechanisms != first.mechanisms:
-                raise ValueError(f"ensemble member {k} scores {list(member.mechanisms)}, member 0 {list(first.mechanisms)}")
+                raise ValueError(
+                    f"ensemble member {k} scores {list(member.mechanisms)}, member 0 {list(first.mechanisms)}"
+                )
             if member.use_attention != first.use_attention:
-                raise ValueError(f"ensemble member {k} has use_attention={member.use_attention}, member 0 {first.use_attention}")
+                raise ValueError(
+                    f"ensemble member {k} has use_attention={member.use_attention}, member 0 {first.use_attention}"
+                )
         if first.use_attention:
             reference = first.seeker_encoder.state_dict()
             for k, member in enumerate(members[1:], start=1):
@@ -43,7 +47,10 @@ class EnsembleNet(nn.Module):
                     raise ValueError("an ensemble shares one seeker pass: its members' seeker encoders must be frozen")
                 other = member.seeker_encoder.state_dict()
                 if other.keys() != reference.keys() or any(not torch.equal(other[n], t) for n, t in reference.items()):
-                    raise ValueError(f"ensemble member {k}'s seeker encoder differs from member 0's: one seeker pass cannot serve both")
+                    raise ValueError(
+                        f"ensemble member {k}'s seeker encoder differs from member 0's: one seeker pass cannot serve "
+                        "both"
+                    )
         self.members = nn.ModuleList(members)
 
     @property
@@ -88,8 +95,12 @@ class EnsembleNet(nn.Module):
                 raise ValueError("the bi-encoder needs the seeker post (or its encoded states)")
             seeker_states = self.encode_seeker(seeker_input_ids, seeker_attention_mask)
         outputs = [
-            member(response_input_ids, response_attention_mask, seeker_attention_mask=seeker_attention_mask,
-                   seeker_states=seeker_states)
+            member(
+                response_input_ids,
+                response_attention_mask,
+                seeker_attention_mask=seeker_attention_mask,
+                seeker_states=seeker_states,
+            )
             for member in self.members
         ]
         return {

@@ -34,8 +34,16 @@ ENCODER_CONFIG_DIR = "encoder"
 TOKENIZER_DIR = "tokenizer"
 SEEKER_PREFIX = "seeker_encoder."
 # The model settings an export's config.json carries (what prediction needs).
-SETTINGS = ("mechanisms", "encoder", "max_len", "rationale_policy", "net", "data_config", "rationale_decoding",
-            "level_offsets")
+SETTINGS = (
+    "mechanisms",
+    "encoder",
+    "max_len",
+    "rationale_policy",
+    "net",
+    "data_config",
+    "rationale_decoding",
+    "level_offsets",
+)
 
 
 def _architecture_only(encoder: Mapping[str, Any], folder: Path) -> dict:
@@ -82,10 +90,16 @@ def load_exported(folder: str | Path, map_location: str | torch.device = "cpu") 
         elif seeker.get("source") == "pretrained":
             net.seeker_encoder.load_state_dict(load_encoder(config["encoder"]).state_dict())
         else:
-            raise ValueError(f"{config_path}: seeker.source must be 'stored' or 'pretrained', not {seeker.get('source')!r}")
+            raise ValueError(
+                f"{config_path}: seeker.source must be 'stored' or 'pretrained', not {seeker.get('source')!r}"
+            )
         seeker_sha = state_dict_sha256(net.seeker_encoder)
         if seeker.get("sha256") and seeker_sha != seeker["sha256"]:
-            where = f"the pretrained encoder {seeker.get('pretrained_path')!r}" if seeker.get("source") == "pretrained" else folder / seeker["file"]
+            where = (
+                f"the pretrained encoder {seeker.get('pretrained_path')!r}"
+                if seeker.get("source") == "pretrained"
+                else folder / seeker["file"]
+            )
             raise ValueError(
                 f"{folder}: the seeker encoder weights from {where} are not the ones the model was "
                 f"exported with (sha256 {seeker_sha[:12]} != {seeker['sha256'][:12]}); re-export "
@@ -126,12 +140,13 @@ def export_model(
     """Write a self-contained folder for prediction from a training checkpoint.
 
     ``out/``: ``config.json`` (mechanisms, encoder, max_len, labelling policy, net settings,
-    decodings and level offsets, the run's metrics when its ``metrics.json`` is found), ``model.safetensors`` (response encoder,
-    attention, heads), ``encoder/config.json`` (the encoder architecture), ``tokenizer/`` and,
-    unless referenced, ``seeker.safetensors``. ``seeker="auto"`` references the pretrained encoder
-    by its name/path (``config.json`` -> ``seeker.source = "pretrained"``) when the frozen seeker
-    encoder's weights equal it, and stores it otherwise; ``seeker="store"`` always stores it. The
-    seeker weights' SHA-256 is recorded and checked at load time.
+    decodings and level offsets, the run's metrics when its ``metrics.json`` is found),
+    ``model.safetensors`` (response encoder, attention, heads), ``encoder/config.json`` (the
+    encoder architecture), ``tokenizer/`` and, unless referenced, ``seeker.safetensors``.
+    ``seeker="auto"`` references the pretrained encoder by its name/path (``config.json`` ->
+    ``seeker.source = "pretrained"``) when the frozen seeker encoder's weights equal it, and
+    stores it otherwise; ``seeker="store"`` always stores it. The seeker weights' SHA-256 is
+    recorded and checked at load time.
 
     Written into a temporary folder next to ``out`` and renamed into place; an existing ``out`` is
     refused unless ``overwrite``. With ``mechanisms``, a checkpoint of other mechanisms is refused.
@@ -175,10 +190,15 @@ def export_model(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         state = net.state_dict()
-        save_file(_contiguous({k: v for k, v in state.items() if not k.startswith(SEEKER_PREFIX)}),
-                  tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        save_file(
+            _contiguous({k: v for k, v in state.items() if not k.startswith(SEEKER_PREFIX)}),
+            tmp / WEIGHTS_FILE,
+            metadata={"format": "pt"},
+        )
         if seeker_info is not None and seeker_info["source"] == "stored":
-            save_file(_contiguous(net.seeker_encoder.state_dict()), tmp / SEEKER_WEIGHTS_FILE, metadata={"format": "pt"})
+            save_file(
+                _contiguous(net.seeker_encoder.state_dict()), tmp / SEEKER_WEIGHTS_FILE, metadata={"format": "pt"}
+            )
         net.response_encoder.config.save_pretrained(tmp / ENCODER_CONFIG_DIR)
         model.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -48,7 +48,10 @@ def load_masked_lm(cfg: Mapping[str, Any]):
             log.info(
                 "encoder %s: the checkpoint at %s has no masked-LM head (%d tensors missing: %s); it is "
                 "initialised fresh (the output projection stays tied to the word embeddings)",
-                name, path, len(missing), ", ".join(missing),
+                name,
+                path,
+                len(missing),
+                ", ".join(missing),
             )
         return model
     if config:
@@ -111,11 +114,15 @@ class MaskedLMModule(pl.LightningModule):
 
     def forward(self, batch: Mapping[str, torch.Tensor]):
         return self.model(
-            input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-            token_type_ids=batch.get("token_type_ids"), labels=batch.get("labels"),
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            token_type_ids=batch.get("token_type_ids"),
+            labels=batch.get("labels"),
         )
 
-    def masked_loss(self, batch: Mapping[str, torch.Tensor], reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    def masked_loss(
+        self, batch: Mapping[str, torch.Tensor], reduction: str = "mean"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy over the masked tokens and their number."""
         labels = batch["labels"]
         masked = labels != IGNORE_INDEX
@@ -124,7 +131,8 @@ class MaskedLMModule(pl.LightningModule):
         else:
             with torch.no_grad() if self.head_warmup_lr is not None else nullcontext():
                 hidden = self.model.base_model(
-                    input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch.get("attention_mask"),
                     token_type_ids=batch.get("token_type_ids"),
                 ).last_hidden_state
             logits = self.head(hidden[masked])
@@ -155,14 +163,20 @@ class MaskedLMModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         if self.head_warmup_lr is not None:
             if self.head is None:
-                raise ValueError(f"head_warmup needs a model with one masked-LM head module; "
-                                 f"{type(self.model).__name__} has several: set head_warmup.steps=0")
+                raise ValueError(
+                    f"head_warmup needs a model with one masked-LM head module; "
+                    f"{type(self.model).__name__} has several: set head_warmup.steps=0"
+                )
             return {"optimizer": torch.optim.AdamW(head_parameters(self.model), lr=self.head_warmup_lr)}
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = allowlist.build_optimizer(self.hparams.optimizer, params)
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
-        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        total = (
+            self.trainer.max_steps
+            if self.trainer.max_steps and self.trainer.max_steps > 0
+            else self.trainer.estimated_stepping_batches
+        )
         if not math.isfinite(total) or total <= 0:
             raise ValueError("pre-training needs a finite number of steps: set trainer.max_steps")
         scheduler = allowlist.build_scheduler(self.hparams.scheduler, optimizer, int(total))

@@ -402,7 +402,8 @@ class EmpathyModule(pl.LightningModule):
         rows = self.head_rows(outputs, batch)
         for m, r in rows.items():
             paper_preds = (
-                r.rationale if self.hparams.rationale_policy == "paper"
+                r.rationale
+                if self.hparams.rationale_policy == "paper"
                 else to_paper_predictions(r.rationale, r.predicted_level, r.mask)
             )
             self.split_metrics[f"{stage}_{m}_level"].update(r.predicted_level, r.level)

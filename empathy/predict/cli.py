@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from empathy import CONFIG_DIR, runner
+from empathy.errors import user_errors
 from empathy.io import write_json_atomic
 from empathy.predict.files import PredictSummary, predict_file
 from empathy.predict.predictor import MODEL_KEYS, EmpathyPredictor
@@ -34,8 +35,13 @@ def predict_from_config(cfg: DictConfig) -> PredictSummary:
             f"models.{unknown[0]}: unknown mechanism; expected models.ER, models.IP and/or models.EX, or models.joint"
         )
     # a list of models for one key is their ensemble (empathy.predict.predictor.load_ensemble)
-    paths = {m: [hydra.utils.to_absolute_path(str(x)) for x in p] if OmegaConf.is_list(p) else hydra.utils.to_absolute_path(str(p))
-             for m, p in models.items() if p}
+    paths = {
+        m: [hydra.utils.to_absolute_path(str(x)) for x in p]
+        if OmegaConf.is_list(p)
+        else hydra.utils.to_absolute_path(str(p))
+        for m, p in models.items()
+        if p
+    }
     if not paths:
         raise ValueError(
             "no model given: set models.ER=..., models.IP=... and/or models.EX=..., or models.joint=... for a joint "
@@ -76,9 +82,10 @@ def predict_from_config(cfg: DictConfig) -> PredictSummary:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    summary = predict_from_config(cfg)
-    print(summary.message())
-    write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / "predict_summary.json", summary.to_dict())
+    with user_errors():
+        summary = predict_from_config(cfg)
+        print(summary.message())
+        write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / "predict_summary.json", summary.to_dict())
 
 
 if __name__ == "__main__":

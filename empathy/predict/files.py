@@ -80,8 +80,7 @@ def file_format(path: str | Path, option: str | None = None) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in EXTENSIONS:
         raise ValueError(
-            f"{path}: cannot tell the format from the extension {suffix!r}; expected one of "
-            f"{', '.join(EXTENSIONS)}"
+            f"{path}: cannot tell the format from the extension {suffix!r}; expected one of {', '.join(EXTENSIONS)}"
         )
     return EXTENSIONS[suffix]
 
@@ -126,12 +125,7 @@ class Chunk:
             return self.data
         if self.kind == "csv":
             columns = list(zip(*self.data, strict=True)) if self.data else [() for _ in self.header]
-            return pa.table(
-                {
-                    h: pa.array(list(c), type=pa.string())
-                    for h, c in zip(self.header, columns, strict=True)
-                }
-            )
+            return pa.table({h: pa.array(list(c), type=pa.string()) for h, c in zip(self.header, columns, strict=True)})
         return pa.Table.from_pylist(self.records())
 
 
@@ -273,8 +267,7 @@ def read_jsonl_chunks(path: Path, seeker: str, response: str, chunk_rows: int) -
                     where = "" if repeated else " in a nested object"
                     problem = (
                         "duplicate key",
-                        f"duplicate key {key!r}{where}: only its last value would be "
-                        "kept; expected each key once",
+                        f"duplicate key {key!r}{where}: only its last value would be kept; expected each key once",
                         key if repeated else None,
                     )
             chunk.seekers.append(record.get(seeker, _MISSING))
@@ -327,9 +320,7 @@ def count_rows(path: Path, kind: str) -> int | None:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
-    with path.open(
-        "r", encoding="utf-8-sig", errors="surrogateescape", newline="" if kind == "csv" else None
-    ) as f:
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="" if kind == "csv" else None) as f:
         if kind == "jsonl":
             return sum(1 for line in f if line.strip())
         with _csv_field_limit():
@@ -365,9 +356,7 @@ def chunk_problems(
     chunk: Chunk, seeker: str, response: str, max_chars: int | None
 ) -> list[tuple[str, str, str | None] | None]:
     """Per row of the chunk: (kind, message, column) of its first problem, or None."""
-    expected = "expected non-empty text" + (
-        f" of at most {max_chars} characters" if max_chars is not None else ""
-    )
+    expected = "expected non-empty text" + (f" of at most {max_chars} characters" if max_chars is not None else "")
     out: list[tuple[str, str, str | None] | None] = []
     for k in range(len(chunk)):
         problem = chunk.problems[k]
@@ -381,12 +370,8 @@ def chunk_problems(
     return out
 
 
-def row_error(
-    path: Path, chunk: Chunk, k: int, problem: tuple[str, str, str | None], hint: str = ""
-) -> DataError:
-    return DataError(
-        path, problem[1] + hint, row=chunk.start + k + 1, line=chunk.lines[k], column=problem[2]
-    )
+def row_error(path: Path, chunk: Chunk, k: int, problem: tuple[str, str, str | None], hint: str = "") -> DataError:
+    return DataError(path, problem[1] + hint, row=chunk.start + k + 1, line=chunk.lines[k], column=problem[2])
 
 
 # ---------------------------------------------------------------------------------------
@@ -420,20 +405,14 @@ class CsvWriter:
     def _escape_formulas(self, cells: list[Any]) -> list[str]:
         out = []
         for value in cells:
-            if (
-                isinstance(value, str)
-                and value.startswith(FORMULA_START)
-                and not _NUMBER.fullmatch(value)
-            ):
+            if isinstance(value, str) and value.startswith(FORMULA_START) and not _NUMBER.fullmatch(value):
                 self.escaped += 1
                 value = "'" + value
             out.append(_cell(value))
         return out
 
     def writerow(self, cells: list[Any]) -> None:
-        self.writer.writerow(
-            self._escape_formulas(cells) if self.escape else [_cell(v) for v in cells]
-        )
+        self.writer.writerow(self._escape_formulas(cells) if self.escape else [_cell(v) for v in cells])
 
     def write(self, chunk: Chunk, columns: dict[str, list]) -> None:
         if chunk.kind == "csv":
@@ -618,9 +597,7 @@ def predict_file(
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be one of {', '.join(ON_BAD_ROW)}, not {on_bad_row!r}")
     if csv_formulas not in CSV_FORMULAS:
-        raise ValueError(
-            f"csv_formulas must be one of {', '.join(CSV_FORMULAS)}, not {csv_formulas!r}"
-        )
+        raise ValueError(f"csv_formulas must be one of {', '.join(CSV_FORMULAS)}, not {csv_formulas!r}")
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     if not input_path.is_file():
@@ -639,12 +616,8 @@ def predict_file(
     if output_path.exists() and not overwrite:
         raise FileExistsError(f"{output_path} exists; pass overwrite=true to replace it")
 
-    added = prediction_columns(predictor.mechanisms) + (
-        [ERROR_COLUMN] if on_bad_row == "mark" else []
-    )
-    summary = PredictSummary(
-        str(input_path), str(output_path), kind, out_kind, list(predictor.mechanisms)
-    )
+    added = prediction_columns(predictor.mechanisms) + ([ERROR_COLUMN] if on_bad_row == "mark" else [])
+    summary = PredictSummary(str(input_path), str(output_path), kind, out_kind, list(predictor.mechanisms))
     reasons: Counter[str] = Counter()
     started = time.perf_counter()
     total = count_rows(input_path, kind) if progress else None
@@ -671,8 +644,7 @@ def predict_file(
                             " (on_bad_row=mark writes such rows with an error column instead)",
                         )
                     errors = [
-                        None if p is None else str(row_error(input_path, chunk, k, p))
-                        for k, p in enumerate(problems)
+                        None if p is None else str(row_error(input_path, chunk, k, p)) for k, p in enumerate(problems)
                     ]
                     good = [k for k, p in enumerate(problems) if p is None]
                     preds = predictor.predict(

@@ -82,7 +82,7 @@ def length_sorted_batches(lengths: Sequence[Sequence[int]] | Sequence[int], batc
     """Row indices in batches of ``batch_size``, rows sorted by length (stable: ties keep input
     order). ``lengths`` holds an int or a tuple (compared in order) per row."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def token_runs(on: np.ndarray) -> list[list[tuple[int, int]]]:
@@ -183,7 +183,9 @@ class EmpathyPredictor:
             if name not in MODEL_KEYS:
                 raise ValueError(f"unknown mechanism {name!r}: expected one of {', '.join(MODEL_KEYS)}")
             if name != JOINT and model.mechanisms != (name,):
-                raise ValueError(f"{model.source} scores {', '.join(model.mechanisms)}, but it was given as the {name} model")
+                raise ValueError(
+                    f"{model.source} scores {', '.join(model.mechanisms)}, but it was given as the {name} model"
+                )
             for m in model.mechanisms:
                 if m in model_of:
                     raise ValueError(f"{m} is scored by two models, the {model_of[m]} and the {name} model: give one")
@@ -248,9 +250,7 @@ class EmpathyPredictor:
         }
         need_seeker = any(self.models[m].net.seeker_encoder is not None for m in group.mechanisms)
         seeker_ids = group.tokenizer(list(seekers), **kwargs)["input_ids"] if need_seeker else []
-        enc = group.tokenizer(
-            list(responses), return_offsets_mapping=True, return_special_tokens_mask=True, **kwargs
-        )
+        enc = group.tokenizer(list(responses), return_offsets_mapping=True, return_special_tokens_mask=True, **kwargs)
         real = [[1 - s for s in special] for special in enc["special_tokens_mask"]]
         return _Encoded(seeker_ids, enc["input_ids"], enc["offset_mapping"], real)
 
@@ -306,11 +306,14 @@ class EmpathyPredictor:
             pad = group.tokenizer.pad_token_id or 0
             r_ids, r_mask = _pad([enc.response_ids[i] for i in rows], pad)
             s_ids, s_mask = _pad([enc.seeker_ids[i] for i in rows], pad) if enc.seeker_ids else (None, None)
-            tensors.append({
-                "r_ids": r_ids.to(device), "r_mask": r_mask.to(device),
-                "s_ids": None if s_ids is None else s_ids.to(device),
-                "s_mask": None if s_mask is None else s_mask.to(device),
-            })
+            tensors.append(
+                {
+                    "r_ids": r_ids.to(device),
+                    "r_mask": r_mask.to(device),
+                    "s_ids": None if s_ids is None else s_ids.to(device),
+                    "s_mask": None if s_mask is None else s_mask.to(device),
+                }
+            )
         with self._autocast():
             seeker_states: dict[str, torch.Tensor] = {}
             for group in self.seeker_groups:

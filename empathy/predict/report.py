@@ -141,8 +141,7 @@ def _mark(piece: str, names: Sequence[str], not_evidence: Collection[str]) -> st
         attrs.append(f'data-z="{" ".join(zero)}"')
         titles += [f"{m} span, not counted as evidence" for m in zero]
     return (
-        f'<mark class="{" ".join(classes)}" {" ".join(attrs)} title="{"; ".join(titles)}">'
-        f"{html.escape(piece)}</mark>"
+        f'<mark class="{" ".join(classes)}" {" ".join(attrs)} title="{"; ".join(titles)}">{html.escape(piece)}</mark>'
     )
 
 
@@ -257,9 +256,7 @@ class Pair(NamedTuple):
         return [self.html, self.text, self.levels, 1 if self.error else 0]
 
 
-def render_pair(
-    row: Mapping, index: int, mechanisms: Sequence[str], extra_columns: Sequence[str]
-) -> Pair:
+def render_pair(row: Mapping, index: int, mechanisms: Sequence[str], extra_columns: Sequence[str]) -> Pair:
     """One row of the scored table as a :class:`Pair`."""
     response = _text(row.get("response_post"))
     error = _text(row.get("error")).strip()
@@ -288,9 +285,7 @@ def render_pair(
     ]
     if error:
         parts.append(f'<div class="error">Not scored: {html.escape(error)}</div>')
-    parts += [
-        f'<div class="l0-note">{html.escape(n)}</div>' for n in _not_evidence_notes(ranges, levels)
-    ]
+    parts += [f'<div class="l0-note">{html.escape(n)}</div>' for n in _not_evidence_notes(ranges, levels)]
     if missing:
         parts.append(
             '<div class="unlocated">Rationale spans not found in the response: '
@@ -338,9 +333,7 @@ def mechanism_css() -> str:
     for size in range(1, len(MECHANISMS) + 1):
         for combo in itertools.combinations(MECHANISMS, size):
             names = " ".join(combo)
-            rules.append(
-                f'mark.hl[data-m="{names}"] {{ background: {_stripes([f"var(--hl-{m})" for m in combo])}; }}'
-            )
+            rules.append(f'mark.hl[data-m="{names}"] {{ background: {_stripes([f"var(--hl-{m})" for m in combo])}; }}')
             off = "".join(f".off-{m}" for m in combo)
             rules.append(f'#pairs{off} mark.l0[data-z="{names}"] {{ outline: none; }}')
             rules.append(f'#pairs{off} mark.l0:not(.hl)[data-z="{names}"] {{ background: none; }}')
@@ -349,23 +342,41 @@ def mechanism_css() -> str:
 
 CSS = """
 :root { color-scheme: light; }
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1d1d1f; background: #f5f5f7; }
-#controls { position: sticky; top: 0; z-index: 1; background: #fff; border-bottom: 1px solid #ddd; padding: 10px 20px; display: flex; flex-wrap: wrap; gap: 8px 22px; align-items: center; }
+body {
+  font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1d1d1f;
+  background: #f5f5f7;
+}
+#controls {
+  position: sticky; top: 0; z-index: 1; background: #fff; border-bottom: 1px solid #ddd; padding: 10px 20px;
+  display: flex; flex-wrap: wrap; gap: 8px 22px; align-items: center;
+}
 #controls h1 { font-size: 17px; margin: 0 12px 0 0; }
 fieldset { border: 1px solid #ddd; border-radius: 6px; padding: 2px 8px; margin: 0; }
 legend { font-size: 12px; color: #555; padding: 0 4px; }
 fieldset label { margin-right: 6px; white-space: nowrap; }
-.swatch { display: inline-block; min-width: 12px; border-radius: 3px; padding: 0 3px; margin-right: 3px; border: 1px solid var(--c); background: var(--t); font-size: 11px; font-weight: 600; line-height: 14px; }
+.swatch {
+  display: inline-block; min-width: 12px; border-radius: 3px; padding: 0 3px; margin-right: 3px;
+  border: 1px solid var(--c); background: var(--t); font-size: 11px; font-weight: 600; line-height: 14px;
+}
 #count { font-weight: 600; }
 main { padding: 16px 20px; max-width: 1100px; }
 .note, .legend { color: #444; margin: 0 0 12px; }
 .legend { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 8px 14px; font-size: 14px; }
 .legend p { margin: 2px 0; }
 .legend summary { cursor: pointer; font-weight: 600; }
-.pair { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 10px 14px; margin-bottom: 12px; content-visibility: auto; contain-intrinsic-size: auto 180px; }
-.pair header { display: flex; flex-wrap: wrap; gap: 6px 14px; align-items: center; font-size: 13px; color: #555; margin-bottom: 6px; }
+.pair {
+  background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 10px 14px; margin-bottom: 12px;
+  content-visibility: auto; contain-intrinsic-size: auto 180px;
+}
+.pair header {
+  display: flex; flex-wrap: wrap; gap: 6px 14px; align-items: center; font-size: 13px; color: #555;
+  margin-bottom: 6px;
+}
 .pair-id { font-family: ui-monospace, monospace; color: #333; }
-.badge { display: inline-block; border: 2px solid var(--c); border-radius: 10px; padding: 0 8px; margin-right: 4px; font-weight: 600; color: #1d1d1f; }
+.badge {
+  display: inline-block; border: 2px solid var(--c); border-radius: 10px; padding: 0 8px; margin-right: 4px;
+  font-weight: 600; color: #1d1d1f;
+}
 .badge.level-0 { background: #fff; color: #666; }
 .badge.level-1 { background: linear-gradient(to right, var(--t) 50%, #fff 50%); }
 .badge.level-2 { background: var(--t); }
@@ -377,7 +388,10 @@ main { padding: 16px 20px; max-width: 1100px; }
 mark { background: none; color: inherit; border-radius: 3px; padding: 1px 0; }
 mark.l0 { outline: 1.5px dashed #444; outline-offset: -1px; }
 mark.l0:not(.hl) { background: repeating-linear-gradient(135deg, transparent 0 3px, rgba(0, 0, 0, .22) 3px 4.5px); }
-.tag::after { content: attr(data-m); font-size: 10px; font-weight: 700; vertical-align: super; line-height: 0; margin: 0 2px 0 1px; color: #333; }
+.tag::after {
+  content: attr(data-m); font-size: 10px; font-weight: 700; vertical-align: super; line-height: 0;
+  margin: 0 2px 0 1px; color: #333;
+}
 .tag.l0::after { text-decoration: underline dashed; color: #666; font-weight: 400; }
 #pairs.hide-l0 mark.l0 { outline: none; }
 #pairs.hide-l0 mark.l0:not(.hl) { background: none; }
@@ -440,7 +454,8 @@ JS = """
   function renderMore() {
     var end = Math.min(rendered + BATCH, shown.length);
     if (end > rendered) {
-      list.insertAdjacentHTML('beforeend', shown.slice(rendered, end).map(function (i) { return ROWS[i][0]; }).join(''));
+      var html = shown.slice(rendered, end).map(function (i) { return ROWS[i][0]; }).join('');
+      list.insertAdjacentHTML('beforeend', html);
       rendered = end;
     }
     more.hidden = rendered >= shown.length;
@@ -544,9 +559,7 @@ JS = """
 """
 
 
-def _controls(
-    title: str, mechanisms: Sequence[str], n_pairs: int, has_unscored: bool, has_level0: bool
-) -> str:
+def _controls(title: str, mechanisms: Sequence[str], n_pairs: int, has_unscored: bool, has_level0: bool) -> str:
     sets = []
     for m in mechanisms:
         levels = "".join(
@@ -572,7 +585,8 @@ def _controls(
     return (
         f'<div id="controls"><h1>{html.escape(title)}</h1>{"".join(sets)}'
         f'<label>search <input type="search" id="search" placeholder="text of the posts"></label>'
-        f'{level0}{unscored}<span id="count" aria-live="polite" data-shown="{n_pairs}">Showing {n_pairs} of {n_pairs} pairs</span></div>'
+        f'{level0}{unscored}<span id="count" aria-live="polite" data-shown="{n_pairs}">Showing {n_pairs} of '
+        f"{n_pairs} pairs</span></div>"
     )
 
 
@@ -590,11 +604,7 @@ def _legend(mechanisms: Sequence[str], has_level0: bool) -> str:
         f'<mark class="l0" data-z="{mechanisms[0]}">Dashed and hatched</mark>'
         f'<span class="tag l0" data-m="{mechanisms[0]}"></span>: {NOT_EVIDENCE_NOTE}; a note under '
         "the pair says so."
-        + (
-            " Hide them with <i>spans at level 0</i>."
-            if has_level0
-            else " There are none in this file."
-        ),
+        + (" Hide them with <i>spans at level 0</i>." if has_level0 else " There are none in this file."),
         "<b>Badges</b>: outline = level 0 (no), half filled = 1 (weak), filled = 2 (strong), dashed = "
         "not scored; hover one for the level probabilities.",
         "The search looks in the posts, ids and carried-through columns. Filters can be preset in "
@@ -611,9 +621,7 @@ def script_json(payload) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
 
 
-def render_report(
-    table: pd.DataFrame, *, title: str = "Empathy predictions", max_rows: int | None = None
-) -> str:
+def render_report(table: pd.DataFrame, *, title: str = "Empathy predictions", max_rows: int | None = None) -> str:
     """The report page as one HTML string."""
     if "response_post" not in table.columns:
         raise ValueError(
@@ -632,9 +640,7 @@ def render_report(
         table = table.iloc[:max_rows]
     prediction_columns = {f"{m}_{s}" for m in MECHANISMS for s in PREDICTION_SUFFIXES}
     extra = [c for c in table.columns if c not in prediction_columns and c not in TEXT_COLUMNS]
-    pairs = [
-        render_pair(row, i, mechanisms, extra) for i, row in enumerate(table.to_dict("records"))
-    ]
+    pairs = [render_pair(row, i, mechanisms, extra) for i, row in enumerate(table.to_dict("records"))]
     has_unscored = any(p.error for p in pairs)
     has_level0 = any(p.not_evidence for p in pairs)
     note = f"First {len(table)} of {total} rows." if len(table) < total else ""

@@ -70,8 +70,11 @@ from empathy.hardware import usable_cores
 RESCORE = "rescore"  # a job's subfolder with its best checkpoint's dev grid scored again
 RESCORE_EXTENDED = "rescore_extended"  # ... with the extended grid (min_span, fallback): `run --extended-grid`
 RESCORE_LEVELS = "rescore_levels"  # ... with the level offset grid: `run --level-offsets`
-RESCORE_GRIDS = {RESCORE: "grid=decoding", RESCORE_EXTENDED: "grid=decoding_extended",
-                 RESCORE_LEVELS: "grid=level_offsets"}  # the evaluate option of each
+RESCORE_GRIDS = {
+    RESCORE: "grid=decoding",
+    RESCORE_EXTENDED: "grid=decoding_extended",
+    RESCORE_LEVELS: "grid=level_offsets",
+}  # the evaluate option of each
 ENSEMBLE = "ensemble"  # <out>/ensemble/<configuration>/joint-fold<k>: its seeds' ensemble scored on each fold
 PAPER = {"ER": 74.46, "IP": 62.6, "EX": 72.58}
 
@@ -108,9 +111,17 @@ DEFAULT_SEED = 12  # conf/train.yaml's seed: that of every CV run without a seed
 REPEAT_SEEDS = tuple(_STUDY["repeats"]["seeds"])
 REPEATED = tuple(_STUDY["repeats"]["of"])
 REPEATS: dict[str, str] = {f"{name}_seed{seed}": name for name in REPEATED for seed in REPEAT_SEEDS}
-LEVERS += [(f"{lever}_seed{seed}", base, [*overrides, f"seed={seed}"],
-            f"{lever} again with training seed {seed} (default {DEFAULT_SEED}): the CV's seed noise")
-           for lever, base, overrides, _ in LEVERS if lever in REPEATED for seed in REPEAT_SEEDS]
+LEVERS += [
+    (
+        f"{lever}_seed{seed}",
+        base,
+        [*overrides, f"seed={seed}"],
+        f"{lever} again with training seed {seed} (default {DEFAULT_SEED}): the CV's seed noise",
+    )
+    for lever, base, overrides, _ in LEVERS
+    if lever in REPEATED
+    for seed in REPEAT_SEEDS
+]
 BY_NAME: dict[str, tuple[str, list[str]]] = {name: (base, overrides) for name, base, overrides, _ in LEVERS}
 # Cheaper variants of a configuration: its training with less work (fewer epochs, frozen layers, no
 # encoder dropout, shorter inputs). Each is compared with its configuration's runs on the machine,
@@ -125,8 +136,11 @@ REFINEMENTS: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in (_STUDY.get("
 STEP_SECONDS = "step_seconds.json"
 # cheaper variants and refinements (compared with their configuration, never stacked), seed repeats
 # and levers that are already a combination
-NOT_COMBINED = {*_STUDY.get("not_combined", ()), *REPEATS,
-                *(v for variants in (*CHEAPER.values(), *REFINEMENTS.values()) for v in variants)}
+NOT_COMBINED = {
+    *_STUDY.get("not_combined", ()),
+    *REPEATS,
+    *(v for variants in (*CHEAPER.values(), *REFINEMENTS.values()) for v in variants),
+}
 
 
 @dataclass
@@ -157,7 +171,9 @@ class Runner:
 
     def common(self) -> list[str]:
         return [
-            f"trainer={self.args.trainer}", "logger=csv", "++trainer.enable_progress_bar=false",
+            f"trainer={self.args.trainer}",
+            "logger=csv",
+            "++trainer.enable_progress_bar=false",
             "trainer.deterministic=warn" if self.args.trainer == "gpu" else "trainer.deterministic=true",
             f"paths.cache_dir={self.out / 'cache'}",
             *self.args.set,
@@ -181,30 +197,54 @@ class Runner:
         t0 = time.monotonic()
         threads = max(1, usable_cores() // self.args.workers)
         with open(folder / "job.log", "w") as log:
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                 env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            rc = subprocess.call(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)}
+            )
         return rc, time.monotonic() - t0
 
     def evaluate_dev(self, ckpt_path: str, folder: Path, grids: list[str], label: str) -> None:
         """``python -m empathy.evaluate split=dev`` of ``ckpt_path`` (a checkpoint, or ``[a,b,...]``: an
         ensemble) with ``grids`` (e.g. ``grid=decoding_extended``) into ``folder``; one log line."""
-        cmd = [sys.executable, "-m", "empathy.evaluate", f"ckpt_path={ckpt_path}", "split=dev", *grids,
-               f"trainer={self.args.trainer}", "++trainer.enable_progress_bar=false",
-               f"paths.cache_dir={self.out / 'cache'}", f"hydra.run.dir={folder}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "empathy.evaluate",
+            f"ckpt_path={ckpt_path}",
+            "split=dev",
+            *grids,
+            f"trainer={self.args.trainer}",
+            "++trainer.enable_progress_bar=false",
+            f"paths.cache_dir={self.out / 'cache'}",
+            f"hydra.run.dir={folder}",
+        ]
         rc, seconds = self.call(cmd, folder)
         ok = rc == 0 and (folder / "eval_dev.json").is_file()
-        print(f"[{time.monotonic() - self.started:6.0f}s] {label} {'ok' if ok else f'failed rc={rc}'} "
-              f"{seconds:6.1f}s {folder.relative_to(self.out)}", flush=True)
+        print(
+            f"[{time.monotonic() - self.started:6.0f}s] {label} {'ok' if ok else f'failed rc={rc}'} "
+            f"{seconds:6.1f}s {folder.relative_to(self.out)}",
+            flush=True,
+        )
 
     def record(self, job: Job, status: str, seconds: float) -> None:
-        line = {"stage": job.stage, "lever": job.lever, "mechanism": job.mechanism, "fold": job.fold,
-                "seed": job.seed, "folder": str(job.folder.relative_to(self.out)), "status": status,
-                "seconds": round(seconds, 1), "overrides": job.overrides}
+        line = {
+            "stage": job.stage,
+            "lever": job.lever,
+            "mechanism": job.mechanism,
+            "fold": job.fold,
+            "seed": job.seed,
+            "folder": str(job.folder.relative_to(self.out)),
+            "status": status,
+            "seconds": round(seconds, 1),
+            "overrides": job.overrides,
+        }
         with self.lock:
             with self.manifest.open("a") as f:
                 f.write(json.dumps(line) + "\n")
-            print(f"[{time.monotonic() - self.started:6.0f}s] {status:18s} {seconds:6.1f}s {job.folder.relative_to(self.out)}",
-                  flush=True)
+            print(
+                f"[{time.monotonic() - self.started:6.0f}s] {status:18s} {seconds:6.1f}s "
+                f"{job.folder.relative_to(self.out)}",
+                flush=True,
+            )
 
     def run_all(self, jobs: list[Job]) -> None:
         with ThreadPoolExecutor(self.args.workers) as pool:
@@ -228,21 +268,36 @@ def model_overrides(base: str, mechanism: str) -> list[str]:
 
 def cv_jobs(out: Path, stage: str, lever: str, base: str, overrides: list[str], folds: int) -> list[Job]:
     jobs = []
-    for mechanism in (("joint",) if base == "joint" else MECHANISMS):
+    for mechanism in ("joint",) if base == "joint" else MECHANISMS:
         for k in range(folds):
-            jobs.append(Job(
-                stage, lever,
-                merge_overrides(model_overrides(base, mechanism), BASES[base], overrides,
-                                ["grid=decoding", "test=false", f"data.cv_folds={folds}", f"data.cv_fold={k}"]),
-                out / stage / lever / f"{mechanism}-fold{k}", mechanism, fold=k,
-            ))
+            jobs.append(
+                Job(
+                    stage,
+                    lever,
+                    merge_overrides(
+                        model_overrides(base, mechanism),
+                        BASES[base],
+                        overrides,
+                        ["grid=decoding", "test=false", f"data.cv_folds={folds}", f"data.cv_fold={k}"],
+                    ),
+                    out / stage / lever / f"{mechanism}-fold{k}",
+                    mechanism,
+                    fold=k,
+                )
+            )
     return jobs
 
 
 def test_jobs(out: Path, lever: str, base: str, overrides: list[str], seeds: int) -> list[Job]:
     return [
-        Job("test", lever, merge_overrides(model_overrides(base, m), BASES[base], overrides, [f"seed={s}"]),
-            out / "test" / lever / f"{m}-seed{s}", m, seed=s)
+        Job(
+            "test",
+            lever,
+            merge_overrides(model_overrides(base, m), BASES[base], overrides, [f"seed={s}"]),
+            out / "test" / lever / f"{m}-seed{s}",
+            m,
+            seed=s,
+        )
         for m in (("joint",) if base == "joint" else MECHANISMS)
         for s in range(1, seeds + 1)
     ]
@@ -271,10 +326,19 @@ def load_runs(out: Path) -> list[dict]:
         rescored = path.parent / RESCORE / "eval_dev.json"
         if rescored.is_file():  # the best checkpoint's dev grid, scored again with today's grid
             metrics.update({k: v for k, v in json.loads(rescored.read_text())["metrics"].items() if "@" in k})
-        runs.append({"stage": stage, "lever": lever, "job": job, "metrics": metrics,
-                     "seconds": seconds.get(f"{stage}/{lever}/{job}") or 60 * (data.get("fit_minutes") or 0) or None,
-                     "fit_minutes": data.get("fit_minutes"), "folder": path.parent, "machine": machine(data.get("hardware")),
-                     "best_checkpoint": data.get("best_checkpoint")})
+        runs.append(
+            {
+                "stage": stage,
+                "lever": lever,
+                "job": job,
+                "metrics": metrics,
+                "seconds": seconds.get(f"{stage}/{lever}/{job}") or 60 * (data.get("fit_minutes") or 0) or None,
+                "fit_minutes": data.get("fit_minutes"),
+                "folder": path.parent,
+                "machine": machine(data.get("hardware")),
+                "best_checkpoint": data.get("best_checkpoint"),
+            }
+        )
     return runs
 
 
@@ -288,8 +352,13 @@ def rescore_jobs(runner: Runner, runs: list[dict], sub: str = RESCORE) -> None:
     --extended-grid`` chose from it). RESCORE_LEVELS: the level offset grid
     (``grid=level_offsets``) into ``<job>/rescore_levels``, read by :func:`level_offset_runs`."""
     tags = grid_tags()
-    jobs = [r for r in runs if r.get("best_checkpoint") and Path(r["best_checkpoint"]).is_file()
-            and (run_lacks_grid(r, tags) if sub == RESCORE else not (r["folder"] / sub / "eval_dev.json").is_file())]
+    jobs = [
+        r
+        for r in runs
+        if r.get("best_checkpoint")
+        and Path(r["best_checkpoint"]).is_file()
+        and (run_lacks_grid(r, tags) if sub == RESCORE else not (r["folder"] / sub / "eval_dev.json").is_file())
+    ]
 
     def one(r: dict) -> None:
         runner.evaluate_dev(r["best_checkpoint"], r["folder"] / sub, [RESCORE_GRIDS[sub]], "rescore")
@@ -351,12 +420,20 @@ def level_offset_choice(runs: list[dict], tolerance: float) -> dict[str, dict]:
         held_out = []
         if folds > 1:
             for k in range(folds):
-                chosen = best_offset_tag({t: statistics.mean(x for i, x in enumerate(v) if i != k) for t, v in scores.items()})
+                chosen = best_offset_tag(
+                    {t: statistics.mean(x for i, x in enumerate(v) if i != k) for t, v in scores.items()}
+                )
                 held_out.append(scores[chosen][k] - scores[zero][k])
-        out[m] = {"tag": tag, "folds": folds, "macro_f1": statistics.mean(scores[tag]),
-                  "macro_f1_without": statistics.mean(scores[zero]), "gain": gain,
-                  "held_out": held_out, "held_out_gain": statistics.mean(held_out) if held_out else None,
-                  "offsets": list(offsets_from_tag(tag)) if gain > tolerance else None}
+        out[m] = {
+            "tag": tag,
+            "folds": folds,
+            "macro_f1": statistics.mean(scores[tag]),
+            "macro_f1_without": statistics.mean(scores[zero]),
+            "gain": gain,
+            "held_out": held_out,
+            "held_out_gain": statistics.mean(held_out) if held_out else None,
+            "offsets": list(offsets_from_tag(tag)) if gain > tolerance else None,
+        }
     return out
 
 
@@ -388,15 +465,17 @@ def ensemble_jobs(runner: Runner, configuration: str, folds: int) -> None:
         folder = out / ENSEMBLE / configuration / job
         if (folder / "eval_dev.json").is_file() or not all(c and Path(c).is_file() for c in checkpoints):
             return
-        runner.evaluate_dev(f"[{','.join(checkpoints)}]", folder, ["grid=[decoding_extended,level_offsets]"],
-                            "ensemble")
+        runner.evaluate_dev(
+            f"[{','.join(checkpoints)}]", folder, ["grid=[decoding_extended,level_offsets]"], "ensemble"
+        )
 
     with ThreadPoolExecutor(runner.args.workers) as pool:
         list(pool.map(one, sorted(by_fold)))
 
 
-def ensemble_summary(out: Path, runs: list[dict], configuration: str, decodings: dict[str, str],
-                     offsets: dict[str, list[float] | None]) -> dict | None:
+def ensemble_summary(
+    out: Path, runs: list[dict], configuration: str, decodings: dict[str, str], offsets: dict[str, list[float] | None]
+) -> dict | None:
     """The configuration's seed ensemble against its members, on the folds where both were scored:
     CV macro-F1 with the configuration's level offsets (``offsets``) and at the argmax, and CV
     strict IOU-F1 with its decodings (``decodings``: mechanism -> tag), each the mean over the
@@ -429,8 +508,14 @@ def ensemble_summary(out: Path, runs: list[dict], configuration: str, decodings:
 
     ensemble = mean_of([figures(scored[job]) for job in folds])
     each = {name: mean_of([figures(member_metrics[job][name]) for job in folds]) for name in members}
-    return {"configuration": configuration, "members": members, "folds": len(folds), "ensemble": ensemble,
-            "member_mean": mean_of(list(each.values())), "each_member": each}
+    return {
+        "configuration": configuration,
+        "members": members,
+        "folds": len(folds),
+        "ensemble": ensemble,
+        "member_mean": mean_of(list(each.values())),
+        "each_member": each,
+    }
 
 
 def level_offset_overrides(offsets: dict[str, list[float] | None]) -> list[str]:
@@ -489,8 +574,11 @@ def paired(variant: str, best: str, runs: list[dict]) -> dict | None:
         ran = {r["job"]: r for r in runs if r["lever"] == name and r["stage"] == "cv" and r.get("machine") == where}
         reference = {}
         for stage in ("cv", "decoding"):  # the decoding stage's run of a fold replaces the cv stage's
-            reference |= {r["job"]: r for r in runs if r["lever"] == references.get(seed)
-                          and r["stage"] == stage and r.get("machine") == where}
+            reference |= {
+                r["job"]: r
+                for r in runs
+                if r["lever"] == references.get(seed) and r["stage"] == stage and r.get("machine") == where
+            }
         if not (set(jobs) <= set(ran) and set(jobs) <= set(reference)):
             continue
         a = summarise_cv([{**ran[j], "stage": "cv"} for j in jobs])[name]
@@ -503,7 +591,11 @@ def paired(variant: str, best: str, runs: list[dict]) -> dict | None:
         return None
     minutes = [s["minutes_per_job"] for s in mine if s["minutes_per_job"]]
     return {
-        "variant": variant, "of": best, "machine": where, "folds": len(jobs), "seeds": seeds,
+        "variant": variant,
+        "of": best,
+        "machine": where,
+        "folds": len(jobs),
+        "seeds": seeds,
         "macro_f1": {m: statistics.mean(s["macro_f1"][m] for s in mine) for m in MECHANISMS},
         "mean_macro_f1": statistics.mean(s["mean_macro_f1"] for s in mine),
         "reference_macro_f1": {m: statistics.mean(s["macro_f1"][m] for s in theirs) for m in MECHANISMS},
@@ -519,7 +611,9 @@ def cheaper_variants(best: str, runs: list[dict], tolerance: float) -> list[dict
     out = []
     for variant in CHEAPER.get(best, ()):
         if (v := paired(variant, best, runs)) is not None:
-            out.append({**v, "kind": "cheaper", "within": v["mean_macro_f1"] >= v["reference_mean_macro_f1"] - tolerance})
+            out.append(
+                {**v, "kind": "cheaper", "within": v["mean_macro_f1"] >= v["reference_mean_macro_f1"] - tolerance}
+            )
     return out
 
 
@@ -529,7 +623,9 @@ def refinements(best: str, runs: list[dict], tolerance: float) -> list[dict]:
     out = []
     for variant in REFINEMENTS.get(best, ()):
         if (v := paired(variant, best, runs)) is not None:
-            out.append({**v, "kind": "refinement", "better": v["mean_macro_f1"] > v["reference_mean_macro_f1"] + tolerance})
+            out.append(
+                {**v, "kind": "refinement", "better": v["mean_macro_f1"] > v["reference_mean_macro_f1"] + tolerance}
+            )
     return out
 
 
@@ -539,8 +635,9 @@ def read_step_seconds(out: Path) -> dict[str, float] | None:
     return json.loads(path.read_text())["seconds_per_step"] if path.is_file() else None
 
 
-def choose_cheaper(best: str, runs: list[dict], tolerance: float,
-                   step_seconds: dict[str, float] | None = None) -> tuple[str, list[dict]]:
+def choose_cheaper(
+    best: str, runs: list[dict], tolerance: float, step_seconds: dict[str, float] | None = None
+) -> tuple[str, list[dict]]:
     """``best``, or the fastest of its cheaper variants within tolerance on their machine
     (:func:`cheaper_variants`, all of them returned too, each with its ``step_seconds``). With
     ``step_seconds`` (``bench_step.py --json`` of the configuration, "", and of its variants' extra
@@ -562,16 +659,18 @@ def choose_cheaper(best: str, runs: list[dict], tolerance: float,
     return min(within, key=key)["variant"], variants
 
 
-def choose_configuration(complete: dict[str, dict], runs: list[dict], tolerance: float,
-                         step_seconds: dict[str, float] | None = None) -> tuple[str, list[dict]]:
+def choose_configuration(
+    complete: dict[str, dict], runs: list[dict], tolerance: float, step_seconds: dict[str, float] | None = None
+) -> tuple[str, list[dict]]:
     """The configuration to test: :func:`choose` among the configurations' CV with the default
     training seed (seed repeats, refinements and cheaper variants are no candidates: every
     candidate then has the same seed and machine rules), then the best of its
     :func:`refinements` that beats it, then :func:`choose_cheaper` among the cheaper variants of
     what that left. Returns it and the refinements and cheaper variants compared."""
     refining = {v for variants in REFINEMENTS.values() for v in variants}
-    configurations = {k: v for k, v in complete.items()
-                      if k not in REPEATS and k not in refining and configuration_of(k) == k}
+    configurations = {
+        k: v for k, v in complete.items() if k not in REPEATS and k not in refining and configuration_of(k) == k
+    }
     best = choose(configurations, tolerance)
     compared = refinements(best, runs, tolerance)
     better = [v for v in compared if v["better"]]
@@ -591,8 +690,11 @@ def seed_averaged(complete: dict[str, dict]) -> dict[str, dict]:
             continue
         seeds = [s] + [complete[r] for r, of in REPEATS.items() if of == name and r in complete]
         if len(seeds) > 1:
-            s = {**s, "macro_f1": {m: statistics.mean(x["macro_f1"][m] for x in seeds) for m in MECHANISMS},
-                 "mean_macro_f1": statistics.mean(x["mean_macro_f1"] for x in seeds)}
+            s = {
+                **s,
+                "macro_f1": {m: statistics.mean(x["macro_f1"][m] for x in seeds) for m in MECHANISMS},
+                "mean_macro_f1": statistics.mean(x["mean_macro_f1"] for x in seeds),
+            }
         out[name] = {**s, "seeds": len(seeds), "seed_scores": [x["mean_macro_f1"] for x in seeds]}
     return out
 
@@ -616,7 +718,9 @@ def config_mismatches(cfg, base: str, overrides: list[str]) -> list[str]:
         got = OmegaConf.select(cfg, key, default=ADDED_KEYS.get(key))
         prefix, _, mechanism = key.rpartition(".")
         if prefix == "model.rationale_decoding" and mechanism in MECHANISMS and isinstance(parsed.value(), dict):
-            same = RationaleDecoding.from_config(cfg.model.rationale_decoding, mechanism) == RationaleDecoding(**parsed.value())
+            same = RationaleDecoding.from_config(cfg.model.rationale_decoding, mechanism) == RationaleDecoding(
+                **parsed.value()
+            )
         else:
             same = got == parsed.value()
         if not same:
@@ -624,8 +728,9 @@ def config_mismatches(cfg, base: str, overrides: list[str]) -> list[str]:
     return wrong
 
 
-def external_test_runs(spec: str, runs: list[dict], extended: bool = False,
-                       offsets: dict[str, list[float] | None] | None = None) -> list[dict]:
+def external_test_runs(
+    spec: str, runs: list[dict], extended: bool = False, offsets: dict[str, list[float] | None] | None = None
+) -> list[dict]:
     """``LEVER=DIR``: the test runs of a lever that another command trained (e.g. the 5 seeds of
     ``scripts/reproduce_table.py`` once the lever is the default), one ``empathy.train`` job per
     subfolder of DIR. Each job's resolved config must hold the lever's overrides and its
@@ -637,8 +742,9 @@ def external_test_runs(spec: str, runs: list[dict], extended: bool = False,
         raise SystemExit(f"--test-runs {spec}: expected LEVER=DIR with a lever of LEVERS")
     base, overrides = entry
     decodings = {m: tag for m, (tag, _) in lever_decodings(runs, lever, extended).items()}
-    overrides = merge_overrides(BASES[base], overrides, mechanism_decoding_overrides(decodings),
-                                level_offset_overrides(offsets or {}))
+    overrides = merge_overrides(
+        BASES[base], overrides, mechanism_decoding_overrides(decodings), level_offset_overrides(offsets or {})
+    )
     if set(decodings) == set(MECHANISMS):  # the shared setting then decodes nothing: not checked
         shared = {f"model.rationale_decoding.{k}" for k in ("threshold", "fill_gaps", "min_span", "fallback")}
         overrides = [o for o in overrides if o.partition("=")[0] not in shared]
@@ -653,8 +759,17 @@ def external_test_runs(spec: str, runs: list[dict], extended: bool = False,
         data = json.loads(path.read_text())
         job = f"{'joint' if base == 'joint' else data['mechanism']}-seed{data['seed']}"
         minutes = data.get("fit_minutes")
-        runs.append({"stage": "test", "lever": lever, "job": job, "metrics": data["metrics"],
-                     "seconds": 60 * minutes if minutes else None, "fit_minutes": minutes, "source": str(path.parent)})
+        runs.append(
+            {
+                "stage": "test",
+                "lever": lever,
+                "job": job,
+                "metrics": data["metrics"],
+                "seconds": 60 * minutes if minutes else None,
+                "fit_minutes": minutes,
+                "source": str(path.parent),
+            }
+        )
     return runs
 
 
@@ -753,8 +868,10 @@ def mechanism_decoding_overrides(decodings: dict[str, str]) -> list[str]:
     out = []
     for m, tag in sorted(decodings.items(), key=lambda item: MECHANISMS.index(item[0])):
         d = RationaleDecoding.from_tag(tag)
-        out.append(f"model.rationale_decoding.{m}={{threshold:{d.threshold:g},fill_gaps:{d.fill_gaps},"
-                   f"min_span:{d.min_span},fallback:{str(d.fallback).lower()}}}")
+        out.append(
+            f"model.rationale_decoding.{m}={{threshold:{d.threshold:g},fill_gaps:{d.fill_gaps},"
+            f"min_span:{d.min_span},fallback:{str(d.fallback).lower()}}}"
+        )
     return out
 
 
@@ -783,8 +900,9 @@ def best_decodings(runs: list[dict]) -> dict[str, tuple[str, float]]:
     out = {}
     for m, tags in grid_scores(runs).items():
         runs_of_m = max(len(v) for v in tags.values())
-        means = {t: statistics.mean(v) for t, v in tags.items()
-                 if len(v) == runs_of_m and not any(math.isnan(x) for x in v)}
+        means = {
+            t: statistics.mean(v) for t, v in tags.items() if len(v) == runs_of_m and not any(math.isnan(x) for x in v)
+        }
         if not means:
             continue
 
@@ -841,9 +959,18 @@ def run(args: argparse.Namespace) -> None:
     pretrain = None
     if any("{dapt}" in " ".join(o) for _, _, o, _ in levers) and not (dapt / "encoder" / "config.json").is_file():
         # pre-trains while the other levers run; the DAPT lever's jobs go last
-        cmd = [sys.executable, "-m", "empathy.pretrain", "corpus=epitome", f"trainer={args.trainer}", "logger=csv",
-               f"trainer.max_steps={args.dapt_steps}", "++trainer.enable_progress_bar=false",
-               f"paths.cache_dir={out / 'cache'}", f"hydra.run.dir={dapt}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "empathy.pretrain",
+            "corpus=epitome",
+            f"trainer={args.trainer}",
+            "logger=csv",
+            f"trainer.max_steps={args.dapt_steps}",
+            "++trainer.enable_progress_bar=false",
+            f"paths.cache_dir={out / 'cache'}",
+            f"hydra.run.dir={dapt}",
+        ]
         dapt.mkdir(parents=True, exist_ok=True)
         pretrain = subprocess.Popen(cmd, stdout=open(dapt / "job.log", "w"), stderr=subprocess.STDOUT)
     jobs, later = [], []
@@ -862,9 +989,15 @@ def run(args: argparse.Namespace) -> None:
     summary = summarise_cv(load_runs(out))
     base = summary.get("joint", {}).get("mean_macro_f1")
     if args.combine and base is not None:
-        better = [name for name, b, _, _ in levers
-                  if b == "joint" and name not in ("joint", *NOT_COMBINED) and name in summary
-                  and summary[name]["mean_macro_f1"] is not None and summary[name]["mean_macro_f1"] > base]
+        better = [
+            name
+            for name, b, _, _ in levers
+            if b == "joint"
+            and name not in ("joint", *NOT_COMBINED)
+            and name in summary
+            and summary[name]["mean_macro_f1"] is not None
+            and summary[name]["mean_macro_f1"] > base
+        ]
         better = combinable(better, summary)
         if len(better) >= 2:
             overrides = [o for name, _, oo, _ in levers if name in better for o in oo]
@@ -896,26 +1029,50 @@ def run(args: argparse.Namespace) -> None:
     level_choice: dict[str, dict] = {}
     if args.level_offsets:
         rescore_jobs(runner, decoding_runs(load_runs(out), configuration_of(best)), RESCORE_LEVELS)
-        level_choice = level_offset_choice(level_offset_runs(decoding_runs(load_runs(out), configuration_of(best))),
-                                           args.tolerance)
+        level_choice = level_offset_choice(
+            level_offset_runs(decoding_runs(load_runs(out), configuration_of(best))), args.tolerance
+        )
         offsets = {m: c["offsets"] for m, c in level_choice.items()}
     if args.ensemble:
         ensemble_jobs(runner, configuration_of(best), args.folds)
     runs = load_runs(out)
-    decodings = {name: {m: tag for m, (tag, _) in lever_decodings(runs, name, args.extended_grid and name == best).items()}
-                 for name in finals}
-    (out / "chosen.json").write_text(json.dumps(
-        {"lever": best, "tolerance": args.tolerance, **complete[best], "decodings": decodings[best],
-         "decoding_grid": "extended" if args.extended_grid else "default", "variants": variants,
-         "level_offsets": offsets, "level_offset_choice": level_choice,
-         "ensemble": ensemble_summary(out, runs, configuration_of(best), decodings[best], offsets) if args.ensemble else None},
-        indent=2))
+    decodings = {
+        name: {m: tag for m, (tag, _) in lever_decodings(runs, name, args.extended_grid and name == best).items()}
+        for name in finals
+    }
+    (out / "chosen.json").write_text(
+        json.dumps(
+            {
+                "lever": best,
+                "tolerance": args.tolerance,
+                **complete[best],
+                "decodings": decodings[best],
+                "decoding_grid": "extended" if args.extended_grid else "default",
+                "variants": variants,
+                "level_offsets": offsets,
+                "level_offset_choice": level_choice,
+                "ensemble": ensemble_summary(out, runs, configuration_of(best), decodings[best], offsets)
+                if args.ensemble
+                else None,
+            },
+            indent=2,
+        )
+    )
     if args.seeds:
         tests = []
         for name in finals:
             base_kind, overrides = lever_overrides(out, name)
-            tests += test_jobs(out, name, base_kind, [*overrides, *mechanism_decoding_overrides(decodings[name]),
-                                                      *(level_offset_overrides(offsets) if name == best else [])], args.seeds)
+            tests += test_jobs(
+                out,
+                name,
+                base_kind,
+                [
+                    *overrides,
+                    *mechanism_decoding_overrides(decodings[name]),
+                    *(level_offset_overrides(offsets) if name == best else []),
+                ],
+                args.seeds,
+            )
         runner.run_all(tests)
     print(f"finished in {time.monotonic() - runner.started:.0f}s", flush=True)
 
@@ -933,8 +1090,9 @@ def split_floors(max_len: int) -> dict[str, dict[str, float]]:
 
     out = {}
     for m in MECHANISMS:
-        cfg = runner.compose_config("train", [f"mechanism={m}", f"data.max_len={max_len}"],
-                                    output_dir=Path("outputs") / "floors")
+        cfg = runner.compose_config(
+            "train", [f"mechanism={m}", f"data.max_len={max_len}"], output_dir=Path("outputs") / "floors"
+        )
         f = datamodule_floors(runner.build_datamodule(cfg), m)
         out[m] = {k: 100 * v for k, v in f.items() if k != "majority_level"}
     return out
@@ -950,50 +1108,69 @@ def decoding_stage_lines(runs: list[dict]) -> list[str]:
         chosen = best_decodings(own)
         before = best_decodings([r for r in runs if r["lever"] == lever and r["stage"] in ("cv", "combine")])
         if not lines:
-            lines += ["", "## Decoding stage: the chosen configuration's folds again, with today's decoding grid", "",
-                      "| lever | folds | CV macro-F1 ER | IP | EX | mean | decoding ER (CV IOU-F1) | IP | EX | "
-                      "the CV stage's grid chose (ER / IP / EX) | min/job |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: |"]
+            lines += [
+                "",
+                "## Decoding stage: the chosen configuration's folds again, with today's decoding grid",
+                "",
+                "| lever | folds | CV macro-F1 ER | IP | EX | mean | decoding ER (CV IOU-F1) | IP | EX | "
+                "the CV stage's grid chose (ER / IP / EX) | min/job |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: |",
+            ]
         lines.append(
-            f"| {lever} | {again['folds']} | " + " | ".join(fmt(again["macro_f1"].get(m)) for m in MECHANISMS)
+            f"| {lever} | {again['folds']} | "
+            + " | ".join(fmt(again["macro_f1"].get(m)) for m in MECHANISMS)
             + f" | {fmt(again['mean_macro_f1'])} | "
-            + " | ".join(f"{chosen[m][0]} ({fmt(chosen[m][1])})" if m in chosen else "" for m in MECHANISMS) + " | "
+            + " | ".join(f"{chosen[m][0]} ({fmt(chosen[m][1])})" if m in chosen else "" for m in MECHANISMS)
+            + " | "
             + " / ".join(f"{before[m][0]} ({fmt(before[m][1])})" if m in before else "-" for m in MECHANISMS)
             + f" | {fmt(again['minutes_per_job'], 2)} |"
         )
     return lines
 
 
-PAIRED_HEADER = ("| variant | of | machine | folds | CV macro-F1 ER | IP | EX | mean | its configuration there: ER | IP "
-                 "| EX | mean | seeds | difference |")
+PAIRED_HEADER = (
+    "| variant | of | machine | folds | CV macro-F1 ER | IP | EX | mean | its configuration there: ER | IP "
+    "| EX | mean | seeds | difference |"
+)
 PAIRED_RULE = "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 
 
 def paired_cells(v: dict) -> str:
     """A :func:`paired` comparison's cells, up to its difference."""
-    return (f"| {v['variant']} | {v['of']} | {v['machine']} | {v['folds']} | "
-            + " | ".join(fmt(v["macro_f1"].get(m)) for m in MECHANISMS) + f" | {fmt(v['mean_macro_f1'])} | "
-            + " | ".join(fmt(v["reference_macro_f1"].get(m)) for m in MECHANISMS)
-            + f" | {fmt(v['reference_mean_macro_f1'])} | {', '.join(map(str, v['seeds']))} | "
-            + f"{v['mean_macro_f1'] - v['reference_mean_macro_f1']:+.1f} |")
+    return (
+        f"| {v['variant']} | {v['of']} | {v['machine']} | {v['folds']} | "
+        + " | ".join(fmt(v["macro_f1"].get(m)) for m in MECHANISMS)
+        + f" | {fmt(v['mean_macro_f1'])} | "
+        + " | ".join(fmt(v["reference_macro_f1"].get(m)) for m in MECHANISMS)
+        + f" | {fmt(v['reference_mean_macro_f1'])} | {', '.join(map(str, v['seeds']))} | "
+        + f"{v['mean_macro_f1'] - v['reference_mean_macro_f1']:+.1f} |"
+    )
 
 
-def cheaper_variant_lines(runs: list[dict], tolerance: float, step_seconds: dict[str, float] | None = None) -> list[str]:
+def cheaper_variant_lines(
+    runs: list[dict], tolerance: float, step_seconds: dict[str, float] | None = None
+) -> list[str]:
     """The section on cheaper variants (:data:`CHEAPER`): each one's CV macro-F1 against its
     configuration's runs on the same machine and folds, over its seeds (:func:`paired`), and the
     training step measured by ``bench_step.py --json`` where given."""
     variants = [v for best in CHEAPER for v in choose_cheaper(best, runs, tolerance, step_seconds)[1]]
     if not variants:
         return []
-    lines = ["", "## Cheaper variants: against their configuration on the same machine and folds", "",
-             "A variant trains its configuration with less work. It is compared with its configuration on the same "
-             "machine, folds and training seeds (`seeds`: each seed of the variant paired with the configuration's "
-             "run of that seed; both columns are the mean over them); within "
-             f"{tolerance:g} points of it, the fastest variant is chosen in its place (the rule of the main table, on "
-             "like with like). Fastest: the shortest training step on the 2-core CPU "
-             f"(`{STEP_SECONDS}` in the run folder, written by `scripts/bench_step.py --json`), which must beat the "
-             "configuration's own; without that file, the fewest CV minutes a job.", "",
-             PAIRED_HEADER + " within | CPU s/step (configuration) |", PAIRED_RULE + " --- | ---: |"]
+    lines = [
+        "",
+        "## Cheaper variants: against their configuration on the same machine and folds",
+        "",
+        "A variant trains its configuration with less work. It is compared with its configuration on the same "
+        "machine, folds and training seeds (`seeds`: each seed of the variant paired with the configuration's "
+        "run of that seed; both columns are the mean over them); within "
+        f"{tolerance:g} points of it, the fastest variant is chosen in its place (the rule of the main table, on "
+        "like with like). Fastest: the shortest training step on the 2-core CPU "
+        f"(`{STEP_SECONDS}` in the run folder, written by `scripts/bench_step.py --json`), which must beat the "
+        "configuration's own; without that file, the fewest CV minutes a job.",
+        "",
+        PAIRED_HEADER + " within | CPU s/step (configuration) |",
+        PAIRED_RULE + " --- | ---: |",
+    ]
     own = (step_seconds or {}).get("")
     for v in variants:
         step = f"{v['step_seconds']:.2f} ({own:.2f})" if v.get("step_seconds") and own else ""
@@ -1007,32 +1184,50 @@ def refinement_lines(runs: list[dict], tolerance: float) -> list[str]:
     compared = [v for best in REFINEMENTS for v in refinements(best, runs, tolerance)]
     if not compared:
         return []
-    return ["", "## Refinements: against their configuration on the same machine and folds", "",
-            "A refinement changes the chosen configuration at the same training cost, tried after it was chosen and "
-            "on another machine than its main-table row. It is compared with the configuration on the same machine, "
-            "folds and training seeds (as a cheaper variant is), and replaces it only when it is more than "
-            f"{tolerance:g} points better there (a tie keeps the configuration).", "",
-            PAIRED_HEADER + " better |", PAIRED_RULE + " --- |",
-            *(paired_cells(v) + (" yes |" if v["better"] else " no |") for v in compared)]
+    return [
+        "",
+        "## Refinements: against their configuration on the same machine and folds",
+        "",
+        "A refinement changes the chosen configuration at the same training cost, tried after it was chosen and "
+        "on another machine than its main-table row. It is compared with the configuration on the same machine, "
+        "folds and training seeds (as a cheaper variant is), and replaces it only when it is more than "
+        f"{tolerance:g} points better there (a tie keeps the configuration).",
+        "",
+        PAIRED_HEADER + " better |",
+        PAIRED_RULE + " --- |",
+        *(paired_cells(v) + (" yes |" if v["better"] else " no |") for v in compared),
+    ]
 
 
 def seed_noise_lines(cv: dict[str, dict]) -> list[str]:
     """The section on seed repeats (:data:`REPEATS`): each repeated configuration's CV score per
     training seed, their mean and standard deviation."""
-    averaged = {name: s for name, s in seed_averaged({k: v for k, v in cv.items() if v["mean_macro_f1"] is not None}).items()
-                if s["seeds"] > 1}
+    averaged = {
+        name: s
+        for name, s in seed_averaged({k: v for k, v in cv.items() if v["mean_macro_f1"] is not None}).items()
+        if s["seeds"] > 1
+    }
     if not averaged:
         return []
-    lines = ["", "## Seed noise: configurations trained again with other training seeds", "",
-             "The same folds, another training seed (`seed=`; the folds depend on `data.split_seed` only): how far one "
-             "seed's CV score moves. The main table's rows all have the default seed; a cheaper variant is compared "
-             "with its configuration seed by seed (above).", "",
-             "| configuration | seeds | CV macro-F1 of each seed | mean | std | ER | IP | EX |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "",
+        "## Seed noise: configurations trained again with other training seeds",
+        "",
+        "The same folds, another training seed (`seed=`; the folds depend on `data.split_seed` only): how far one "
+        "seed's CV score moves. The main table's rows all have the default seed; a cheaper variant is compared "
+        "with its configuration seed by seed (above).",
+        "",
+        "| configuration | seeds | CV macro-F1 of each seed | mean | std | ER | IP | EX |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, s in averaged.items():
-        lines.append(f"| {name} | {s['seeds']} | " + " / ".join(fmt(x) for x in s["seed_scores"])
-                     + f" | {fmt(s['mean_macro_f1'])} | {fmt(statistics.stdev(s['seed_scores']))} | "
-                     + " | ".join(fmt(s["macro_f1"][m]) for m in MECHANISMS) + " |")
+        lines.append(
+            f"| {name} | {s['seeds']} | "
+            + " / ".join(fmt(x) for x in s["seed_scores"])
+            + f" | {fmt(s['mean_macro_f1'])} | {fmt(statistics.stdev(s['seed_scores']))} | "
+            + " | ".join(fmt(s["macro_f1"][m]) for m in MECHANISMS)
+            + " |"
+        )
     return lines
 
 
@@ -1048,20 +1243,36 @@ def extended_grid_lines(runs: list[dict], chosen: str | None = None) -> list[str
         plain = best_decodings(decoding_runs(runs, lever))
         scores = grid_scores(own)
         subsets = {
-            "no fallback": [{**r, "metrics": {k: v for k, v in r["metrics"].items()
-                                              if not RationaleDecoding.from_tag(k.partition("@")[2]).fallback}} for r in own],
+            "no fallback": [
+                {
+                    **r,
+                    "metrics": {
+                        k: v
+                        for k, v in r["metrics"].items()
+                        if not RationaleDecoding.from_tag(k.partition("@")[2]).fallback
+                    },
+                }
+                for r in own
+            ],
             "any": own,
         }
         best = {name: best_decodings(sub) for name, sub in subsets.items()}
         if not lines:
-            lines += ["", "## Extended decoding grid: kept checkpoints scored again", "",
-                      "`ablations.py run --extended-grid`: `python -m empathy.evaluate split=dev grid=decoding_extended` on each "
-                      "fold's best checkpoint of the chosen configuration (thresholds 0.1-0.5 x gaps 2-32 x min_span 1, 2, 3, 5 "
-                      "x fallback off / on: a response with a predicted level > 0 and no rationale token gets every token). "
-                      "CV strict IOU-F1, mean over the folds. The chosen configuration decodes with the best of this grid "
-                      f"({chosen or 'none yet'}); a lever scored earlier keeps the decodings of the default grid.", "",
-                      "| lever | mechanism | folds | best of the default grid | best without fallback | best | gain |",
-                      "| --- | --- | ---: | --- | --- | --- | ---: |"]
+            lines += [
+                "",
+                "## Extended decoding grid: kept checkpoints scored again",
+                "",
+                "`ablations.py run --extended-grid`: `python -m empathy.evaluate split=dev grid=decoding_extended` "
+                "on each "
+                "fold's best checkpoint of the chosen configuration (thresholds 0.1-0.5 x gaps 2-32 x min_span 1, 2, "
+                "3, 5 "
+                "x fallback off / on: a response with a predicted level > 0 and no rationale token gets every token). "
+                "CV strict IOU-F1, mean over the folds. The chosen configuration decodes with the best of this grid "
+                f"({chosen or 'none yet'}); a lever scored earlier keeps the decodings of the default grid.",
+                "",
+                "| lever | mechanism | folds | best of the default grid | best without fallback | best | gain |",
+                "| --- | --- | ---: | --- | --- | --- | ---: |",
+            ]
         for m in MECHANISMS:
             if m not in best["any"]:
                 continue
@@ -1069,8 +1280,11 @@ def extended_grid_lines(runs: list[dict], chosen: str | None = None) -> list[str
             plain_m = plain.get(m)
             cells = [f"{t} ({fmt(v)})" for t, v in (best["no fallback"].get(m, ("", None)), best["any"][m])]
             gain = best["any"][m][1] - plain_m[1] if plain_m else None
-            lines.append(f"| {lever} | {m} | {folds} | " + (f"{plain_m[0]} ({fmt(plain_m[1])})" if plain_m else "")
-                         + f" | {cells[0]} | {cells[1]} | {fmt(gain)} |")
+            lines.append(
+                f"| {lever} | {m} | {folds} | "
+                + (f"{plain_m[0]} ({fmt(plain_m[1])})" if plain_m else "")
+                + f" | {cells[0]} | {cells[1]} | {fmt(gain)} |"
+            )
     return lines
 
 
@@ -1079,22 +1293,33 @@ def ensemble_lines(summary: dict | None, inference: str = "") -> list[str]:
     if not summary:
         return []
     e, mm = summary["ensemble"], summary["member_mean"]
-    lines = ["", "## Seed ensemble of the chosen configuration", "",
-             f"`ablations.py run --ensemble`: {summary['configuration']} and its seed repeats "
-             f"({', '.join(summary['members'])}) trained on the same {summary['folds']} folds on the 2-core CPU (the `decoding` "
-             "stage, checkpoints kept); on each fold `python -m empathy.evaluate 'ckpt_path=[<their best checkpoints>]' "
-             "split=dev` scores the ensemble (the mean of the members' probabilities, one seeker pass), and each member "
-             "alone (`rescore_extended`, `rescore_levels`). With the chosen configuration's level offsets and decodings; "
-             "CV = the mean over the folds. Not a candidate for the default: it trains and predicts "
-             f"{len(summary['members'])} models.{(' ' + inference) if inference else ''}", "",
-             "| model | CV macro-F1 ER | IP | EX | mean | at the argmax: ER | IP | EX | CV strict IOU-F1 ER | IP | EX |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "",
+        "## Seed ensemble of the chosen configuration",
+        "",
+        f"`ablations.py run --ensemble`: {summary['configuration']} and its seed repeats "
+        f"({', '.join(summary['members'])}) trained on the same {summary['folds']} folds on the 2-core CPU (the "
+        "`decoding` "
+        "stage, checkpoints kept); on each fold `python -m empathy.evaluate 'ckpt_path=[<their best checkpoints>]' "
+        "split=dev` scores the ensemble (the mean of the members' probabilities, one seeker pass), and each member "
+        "alone (`rescore_extended`, `rescore_levels`). With the chosen configuration's level offsets and decodings; "
+        "CV = the mean over the folds. Not a candidate for the default: it trains and predicts "
+        f"{len(summary['members'])} models.{(' ' + inference) if inference else ''}",
+        "",
+        "| model | CV macro-F1 ER | IP | EX | mean | at the argmax: ER | IP | EX | CV strict IOU-F1 ER | IP | EX |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
 
     def row(label: str, x: dict) -> str:
-        return (f"| {label} | " + " | ".join(fmt(x["macro_f1"][m]) for m in MECHANISMS)
-                + f" | {fmt(statistics.mean(x['macro_f1'].values()))} | "
-                + " | ".join(fmt(x["macro_f1_argmax"][m]) for m in MECHANISMS) + " | "
-                + " | ".join(fmt(x["iou_f1"].get(m)) for m in MECHANISMS) + " |")
+        return (
+            f"| {label} | "
+            + " | ".join(fmt(x["macro_f1"][m]) for m in MECHANISMS)
+            + f" | {fmt(statistics.mean(x['macro_f1'].values()))} | "
+            + " | ".join(fmt(x["macro_f1_argmax"][m]) for m in MECHANISMS)
+            + " | "
+            + " | ".join(fmt(x["iou_f1"].get(m)) for m in MECHANISMS)
+            + " |"
+        )
 
     lines.append(row(f"ensemble of {len(summary['members'])}", e))
     lines.append(row("its members, mean", mm))
@@ -1108,23 +1333,35 @@ def level_offset_lines(choice: dict[str, dict], chosen: str | None, tolerance: f
     """The level offsets' section (``chosen.json``: level_offset_choice, from ``run --level-offsets``)."""
     if not choice:
         return []
-    lines = ["", "## Level offsets: kept checkpoints' level logits, offset before the argmax", "",
-             "`ablations.py run --level-offsets`: `python -m empathy.evaluate split=dev grid=level_offsets` on each "
-             f"fold's best checkpoint of the chosen configuration ({chosen}): the dev macro-F1 of every pair of offsets "
-             "added to the logits of levels 1 and 2 (-3 to 3 in steps of 0.5; empathy/levels.py). A mechanism keeps its "
-             f"best pair only when it gains more than {tolerance:g} CV points over the argmax. Held out: each fold "
-             "scored with the pair chosen on the other folds, the gain over the argmax there (what the choice is "
-             "worth on data it did not see).", "",
-             "| mechanism | folds | best pair | CV macro-F1 argmax | with the pair | gain | held out: each fold | mean | kept |",
-             "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | --- |"]
+    lines = [
+        "",
+        "## Level offsets: kept checkpoints' level logits, offset before the argmax",
+        "",
+        "`ablations.py run --level-offsets`: `python -m empathy.evaluate split=dev grid=level_offsets` on each "
+        f"fold's best checkpoint of the chosen configuration ({chosen}): the dev macro-F1 of every pair of offsets "
+        "added to the logits of levels 1 and 2 (-3 to 3 in steps of 0.5; empathy/levels.py). A mechanism keeps its "
+        f"best pair only when it gains more than {tolerance:g} CV points over the argmax. Held out: each fold "
+        "scored with the pair chosen on the other folds, the gain over the argmax there (what the choice is "
+        "worth on data it did not see).",
+        "",
+        "| mechanism | folds | best pair | CV macro-F1 argmax | with the pair | gain | held out: each fold | mean | "
+        "kept |",
+        "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | --- |",
+    ]
     for m in MECHANISMS:
         if m not in choice:
             continue
         c = choice[m]
-        lines.append(f"| {m} | {c['folds']} | {c['tag']} | {fmt(c['macro_f1_without'])} | {fmt(c['macro_f1'])} | "
-                     f"{c['gain']:+.1f} | " + " / ".join(f"{x:+.1f}" for x in c["held_out"]) + " | "
-                     + (f"{c['held_out_gain']:+.1f}" if c["held_out_gain"] is not None else "") + " | "
-                     + (str(c["offsets"]) if c["offsets"] else "no") + " |")
+        lines.append(
+            f"| {m} | {c['folds']} | {c['tag']} | {fmt(c['macro_f1_without'])} | {fmt(c['macro_f1'])} | "
+            f"{c['gain']:+.1f} | "
+            + " / ".join(f"{x:+.1f}" for x in c["held_out"])
+            + " | "
+            + (f"{c['held_out_gain']:+.1f}" if c["held_out_gain"] is not None else "")
+            + " | "
+            + (str(c["offsets"]) if c["offsets"] else "no")
+            + " |"
+        )
     return lines
 
 
@@ -1135,12 +1372,17 @@ def report(args: argparse.Namespace) -> None:
     choice = json.loads((out / "chosen.json").read_text()) if (out / "chosen.json").is_file() else {}
     chosen = choice.get("lever")
     extended = choice.get("decoding_grid") == "extended"  # the chosen lever's decodings came from it
+
     def is_chosen(spec: str) -> bool:
         return configuration_of(spec.partition("=")[0]) == configuration_of(chosen or "")
 
-    runs += [run for spec in args.test_runs
-             for run in external_test_runs(spec, runs, extended and is_chosen(spec),
-                                           choice.get("level_offsets") if is_chosen(spec) else None)]
+    runs += [
+        run
+        for spec in args.test_runs
+        for run in external_test_runs(
+            spec, runs, extended and is_chosen(spec), choice.get("level_offsets") if is_chosen(spec) else None
+        )
+    ]
     test = summarise_test(runs)
     descriptions = {n: (b, o, d) for n, b, o, d in LEVERS}
     if (out / "combined.json").is_file():
@@ -1153,12 +1395,16 @@ def report(args: argparse.Namespace) -> None:
         t = test.get(name, {})
         best = best_decodings([r for r in runs if r["lever"] == name and r["stage"] in ("cv", "combine")])
         row = {
-            "lever": name, "base": base, "what": what, "overrides": " ".join(overrides),
+            "lever": name,
+            "base": base,
+            "what": what,
+            "overrides": " ".join(overrides),
             "cv_folds": s["folds"],
             **{f"cv_macro_f1_{m}": s["macro_f1"].get(m) for m in MECHANISMS},
             "cv_macro_f1_mean": s["mean_macro_f1"],
             **{f"cv_iou_f1_{m}": s["iou_f1"].get(m) for m in MECHANISMS},
-            "cv_best_decoding": s["best_decoding"], "cv_best_decoding_iou_f1": s["best_decoding_iou"],
+            "cv_best_decoding": s["best_decoding"],
+            "cv_best_decoding_iou_f1": s["best_decoding_iou"],
             **{f"cv_best_decoding_{m}": best.get(m, (None, None))[0] for m in MECHANISMS},
             **{f"cv_best_decoding_iou_f1_{m}": best.get(m, (None, None))[1] for m in MECHANISMS},
             "minutes_per_job": s["minutes_per_job"],
@@ -1179,10 +1425,14 @@ def report(args: argparse.Namespace) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in row.items()})
-    manifest = [json.loads(x) for x in (out / "jobs.jsonl").read_text().splitlines()] if (out / "jobs.jsonl").is_file() else []
+    manifest = (
+        [json.loads(x) for x in (out / "jobs.jsonl").read_text().splitlines()] if (out / "jobs.jsonl").is_file() else []
+    )
     latest = {m["folder"]: m for m in manifest}  # a job run again: its last record counts
     elsewhere = {spec.partition("=")[0] for spec in args.test_runs}  # their test runs came from --test-runs
-    failed = [m for m in latest.values() if m["status"] != "ok" and not (m["stage"] == "test" and m["lever"] in elsewhere)]
+    failed = [
+        m for m in latest.values() if m["status"] != "ok" and not (m["stage"] == "test" and m["lever"] in elsewhere)
+    ]
     lines = [
         "# Ablations: every lever, chosen by cross-validation inside train + dev",
         "",
@@ -1205,7 +1455,9 @@ def report(args: argparse.Namespace) -> None:
             f"{fmt(r['cv_macro_f1_EX'])} | {fmt(r['cv_macro_f1_mean'])} | {fmt(r['cv_iou_f1_ER'])} | "
             f"{fmt(r['cv_iou_f1_IP'])} | {fmt(r['cv_iou_f1_EX'])} | {r['cv_best_decoding'] or ''} "
             f"({fmt(r['cv_best_decoding_iou_f1'])}) | "
-            + "".join(f"{r[f'cv_best_decoding_{m}'] or ''} ({fmt(r[f'cv_best_decoding_iou_f1_{m}'])}) | " for m in MECHANISMS)
+            + "".join(
+                f"{r[f'cv_best_decoding_{m}'] or ''} ({fmt(r[f'cv_best_decoding_iou_f1_{m}'])}) | " for m in MECHANISMS
+            )
             + f"{fmt(r['minutes_per_job'], 2)} |"
         )
     lines += seed_noise_lines(cv)
@@ -1217,25 +1469,44 @@ def report(args: argparse.Namespace) -> None:
     lines += ensemble_lines(choice.get("ensemble"), getattr(args, "ensemble_cost", ""))
     tested = [r for r in rows if r["test_macro_f1_ER_n"] or r["test_macro_f1_IP_n"]]
     if tested:
-        lines += ["", "## Test (final configurations only)", "",
-                  "| configuration | macro-F1 ER | IP | EX | strict IOU-F1 ER | IP | EX | seeds | min/job |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-                  f"| paper (RoBERTa-base) | {PAPER['ER']} | {PAPER['IP']} | {PAPER['EX']} | | | | | |"]
+        lines += [
+            "",
+            "## Test (final configurations only)",
+            "",
+            "| configuration | macro-F1 ER | IP | EX | strict IOU-F1 ER | IP | EX | seeds | min/job |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"| paper (RoBERTa-base) | {PAPER['ER']} | {PAPER['IP']} | {PAPER['EX']} | | | | | |",
+        ]
         for r in tested:
             cells = [f"{fmt(r[f'test_macro_f1_{m}_mean'])} +- {fmt(r[f'test_macro_f1_{m}_std'])}" for m in MECHANISMS]
-            cells += [f"{fmt(r[f'test_rationale_iou_f1_{m}_mean'])} +- {fmt(r[f'test_rationale_iou_f1_{m}_std'])}" for m in MECHANISMS]
-            lines.append(f"| {r['lever']} | " + " | ".join(cells) + f" | {r['test_macro_f1_ER_n']} | {fmt(r['test_minutes_per_job'], 2)} |")
+            cells += [
+                f"{fmt(r[f'test_rationale_iou_f1_{m}_mean'])} +- {fmt(r[f'test_rationale_iou_f1_{m}_std'])}"
+                for m in MECHANISMS
+            ]
+            lines.append(
+                f"| {r['lever']} | "
+                + " | ".join(cells)
+                + f" | {r['test_macro_f1_ER_n']} | {fmt(r['test_minutes_per_job'], 2)} |"
+            )
     if tested and not args.no_floors:
-        lengths = sorted({int(o.split("=")[1]) for r in tested for o in r["overrides"].split() if o.startswith("data.max_len=")} | {args.max_len})
+        lengths = sorted(
+            {int(o.split("=")[1]) for r in tested for o in r["overrides"].split() if o.startswith("data.max_len=")}
+            | {args.max_len}
+        )
         for max_len in lengths:
             f = split_floors(max_len)
             lines.append(
                 f"| floor: majority level / every token is rationale (max_len {max_len}) | "
-                + " | ".join(fmt(f[m]["majority_macro_f1"]) for m in MECHANISMS) + " | "
-                + " | ".join(fmt(f[m]["every_token_rationale_iou_f1_strict"]) for m in MECHANISMS) + " | | |"
+                + " | ".join(fmt(f[m]["majority_macro_f1"]) for m in MECHANISMS)
+                + " | "
+                + " | ".join(fmt(f[m]["every_token_rationale_iou_f1_strict"]) for m in MECHANISMS)
+                + " | | |"
             )
     if failed:
-        lines += ["", f"{len(failed)} job(s) did not finish: " + "; ".join(f"{m['folder']} ({m['status']})" for m in failed[:20])]
+        lines += [
+            "",
+            f"{len(failed)} job(s) did not finish: " + "; ".join(f"{m['folder']} ({m['status']})" for m in failed[:20]),
+        ]
     notes = out / "NOTES.md"  # what the run folder cannot say by itself (hardware, failures fixed since)
     if notes.is_file():
         lines += ["", notes.read_text().strip()]
@@ -1256,30 +1527,56 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--budget-s", type=float, default=float("inf"), help="start no job after this many seconds")
     r.add_argument("--dapt-steps", type=int, default=1000)
     r.add_argument("--no-combine", dest="combine", action="store_false")
-    r.add_argument("--no-decoding", dest="decoding", action="store_false",
-                   help="no decoding stage: the decodings come from the CV jobs' grid, whatever its size")
-    r.add_argument("--extended-grid", action="store_true",
-                   help="score the chosen configuration's kept checkpoints with the extended decoding grid "
-                        "(min_span, fallback) and choose its decodings from it")
-    r.add_argument("--level-offsets", action="store_true",
-                   help="score the chosen configuration's kept checkpoints with the level offset grid and choose "
-                        "each mechanism's offsets from it (kept only when more than --tolerance better)")
-    r.add_argument("--ensemble", action="store_true",
-                   help="train the chosen configuration's seed repeats on the same folds (checkpoints kept) and score "
-                        "their ensemble against its members (reported; 3x the training and prediction: no default)")
+    r.add_argument(
+        "--no-decoding",
+        dest="decoding",
+        action="store_false",
+        help="no decoding stage: the decodings come from the CV jobs' grid, whatever its size",
+    )
+    r.add_argument(
+        "--extended-grid",
+        action="store_true",
+        help="score the chosen configuration's kept checkpoints with the extended decoding grid "
+        "(min_span, fallback) and choose its decodings from it",
+    )
+    r.add_argument(
+        "--level-offsets",
+        action="store_true",
+        help="score the chosen configuration's kept checkpoints with the level offset grid and choose "
+        "each mechanism's offsets from it (kept only when more than --tolerance better)",
+    )
+    r.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="train the chosen configuration's seed repeats on the same folds (checkpoints kept) and score "
+        "their ensemble against its members (reported; 3x the training and prediction: no default)",
+    )
     r.add_argument("--only", nargs="*", help="run only these levers")
     r.add_argument("--skip", nargs="*", default=[], help="do not run these levers")
-    r.add_argument("--tolerance", type=float, default=0.5,
-                   help="CV macro-F1 points within the best at which the faster configuration is chosen (default 0.5)")
+    r.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.5,
+        help="CV macro-F1 points within the best at which the faster configuration is chosen (default 0.5)",
+    )
     r.add_argument("--set", nargs="*", default=[], help="overrides added to every job (e.g. encoder=tiny)")
     p = sub.add_parser("report", help="write results/ablations.{md,csv} from a run folder")
     p.add_argument("--out", default="outputs/ablations")
     p.add_argument("--results", default="results", help="folder of ablations.md and ablations.csv (default: results)")
     p.add_argument("--max-len", type=int, default=128, help="max_len of the default configuration (for its floors)")
     p.add_argument("--no-floors", action="store_true", help="skip the floors (they read the EPITOME data)")
-    p.add_argument("--ensemble-cost", default="", help="a sentence on the ensemble's measured inference cost (bench_predict.py --ensemble)")
-    p.add_argument("--test-runs", nargs="*", default=[], metavar="LEVER=DIR",
-                   help="test runs of LEVER trained by another command (a multirun folder), checked against its config")
+    p.add_argument(
+        "--ensemble-cost",
+        default="",
+        help="a sentence on the ensemble's measured inference cost (bench_predict.py --ensemble)",
+    )
+    p.add_argument(
+        "--test-runs",
+        nargs="*",
+        default=[],
+        metavar="LEVER=DIR",
+        help="test runs of LEVER trained by another command (a multirun folder), checked against its config",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run(args) if args.command == "run" else report(args)

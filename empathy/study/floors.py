@@ -31,10 +31,12 @@ def floor_metrics(train_levels: Sequence[int], test: Mapping[str, Sequence]) -> 
     values = levels.compute()
     mask = _pad(test["response_mask"]).bool()
     rationale = RationaleMetrics()
-    rationale.update(
-        mask.long(), _pad(test["rationale_paper"]), _pad(test["rationale_strict"]), mask, gold
-    )
-    out = {"majority_level": float(majority), "majority_acc": float(values["acc"]), "majority_macro_f1": float(values["macro_f1"])}
+    rationale.update(mask.long(), _pad(test["rationale_paper"]), _pad(test["rationale_strict"]), mask, gold)
+    out = {
+        "majority_level": float(majority),
+        "majority_acc": float(values["acc"]),
+        "majority_macro_f1": float(values["macro_f1"]),
+    }
     for name, value in rationale.compute().items():
         out[f"every_token_{name}"] = float(value)
     return out
@@ -48,8 +50,12 @@ def datamodule_floors(datamodule, mechanism: str) -> dict[str, float]:
     test = datamodule.dataset("test")
     level = level_column(mechanism)
     labelled = [i for i, v in enumerate(test[level]) if v != IGNORE_INDEX]
-    columns = {"level": level, "response_mask": "response_mask",
-               "rationale_paper": rationale_column(mechanism, "paper"), "rationale_strict": rationale_column(mechanism, "strict")}
+    columns = {
+        "level": level,
+        "response_mask": "response_mask",
+        "rationale_paper": rationale_column(mechanism, "paper"),
+        "rationale_strict": rationale_column(mechanism, "strict"),
+    }
     train = [v for v in datamodule.dataset("train")[level] if v != IGNORE_INDEX]
     return floor_metrics(train, {k: [test[c][i] for i in labelled] for k, c in columns.items()})
 

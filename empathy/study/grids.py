@@ -103,19 +103,12 @@ class DecodingGrid(nn.Module):
         the predicted ones (for decodings with the fallback; None: every row counts as > 0)."""
         _check_probs_and_mask(probs, mask)
         if not isinstance(target_strict, Tensor) or target_strict.shape != probs.shape:
-            got = (
-                tuple(target_strict.shape)
-                if isinstance(target_strict, Tensor)
-                else type(target_strict).__name__
-            )
-            raise ValueError(
-                f"target_strict must have the shape of probs {tuple(probs.shape)}, got {got}"
-            )
+            got = tuple(target_strict.shape) if isinstance(target_strict, Tensor) else type(target_strict).__name__
+            raise ValueError(f"target_strict must have the shape of probs {tuple(probs.shape)}, got {got}")
         if not isinstance(level, Tensor) or level.ndim != 1 or level.shape[0] != probs.shape[0]:
             got = tuple(level.shape) if isinstance(level, Tensor) else type(level).__name__
             raise ValueError(
-                f"level must be a 1-D tensor with one gold level per example "
-                f"({probs.shape[0]}), got {got}"
+                f"level must be a 1-D tensor with one gold level per example ({probs.shape[0]}), got {got}"
             )
         # Always update (possibly with zero rows) so every DDP rank syncs the same states.
         keep = level.detach().cpu() > 0
@@ -196,15 +189,22 @@ class LevelOffsetGrid(Metric):
         super().__init__()
         self.pairs = list(itertools.product(offsets, offsets))
         self.register_buffer("_offsets", torch.tensor([[0.0, a, b] for a, b in self.pairs]), persistent=False)
-        self.add_state("confusion", default=torch.zeros(len(self.pairs), NUM_LEVELS, NUM_LEVELS, dtype=torch.long),
-                       dist_reduce_fx="sum")
+        self.add_state(
+            "confusion",
+            default=torch.zeros(len(self.pairs), NUM_LEVELS, NUM_LEVELS, dtype=torch.long),
+            dist_reduce_fx="sum",
+        )
 
     def update(self, logits: Tensor, target: Tensor) -> None:
         """``logits`` [batch, 3] raw level logits; ``target`` [batch] gold levels."""
         if logits.ndim != 2 or logits.shape[-1] != NUM_LEVELS or target.shape != logits.shape[:1]:
-            raise ValueError(f"expected logits [batch, {NUM_LEVELS}] and target [batch], got "
-                             f"{tuple(logits.shape)} and {tuple(target.shape)}")
-        preds = (logits.float().unsqueeze(0) + self._offsets.to(logits.device).unsqueeze(1)).argmax(-1)  # [pairs, batch]
+            raise ValueError(
+                f"expected logits [batch, {NUM_LEVELS}] and target [batch], got "
+                f"{tuple(logits.shape)} and {tuple(target.shape)}"
+            )
+        preds = (logits.float().unsqueeze(0) + self._offsets.to(logits.device).unsqueeze(1)).argmax(
+            -1
+        )  # [pairs, batch]
         cells = target.long().unsqueeze(0) * NUM_LEVELS + preds
         cells = cells + torch.arange(len(self.pairs), device=cells.device).unsqueeze(1) * NUM_LEVELS**2
         counts = torch.bincount(cells.flatten(), minlength=len(self.pairs) * NUM_LEVELS**2)
@@ -245,7 +245,9 @@ class GridCallback(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.grids = {m: new_grid(self.grid).to(pl_module.device) for m in pl_module.mechanisms}
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs: Mapping[str, Any], batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs: Mapping[str, Any], batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if trainer.sanity_checking:
             return
         for m, rows in (outputs or {}).items():
@@ -253,8 +255,13 @@ class GridCallback(pl.Callback):
             if isinstance(grid, LevelOffsetGrid):
                 grid.update(rows.level_logits, rows.level)
             else:
-                grid.update(rationale_probs(rows.rationale_logits), rows.rationale_strict, rows.mask, rows.level,
-                            rows.predicted_level)
+                grid.update(
+                    rationale_probs(rows.rationale_logits),
+                    rows.rationale_strict,
+                    rows.mask,
+                    rows.level,
+                    rows.predicted_level,
+                )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:

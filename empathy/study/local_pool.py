@@ -89,8 +89,11 @@ class LocalPool:
                     for job_id, job in new.items():
                         job.folder.mkdir(parents=True, exist_ok=True)
                         log = open(job.folder / "job.log", "w")  # noqa: SIM115 (closed when the job ends)
-                        env = {**os.environ, THREADS_FILE_ENV: str(threads_file(job_id)),
-                               "OMP_NUM_THREADS": str(shares[job_id])}
+                        env = {
+                            **os.environ,
+                            THREADS_FILE_ENV: str(threads_file(job_id)),
+                            "OMP_NUM_THREADS": str(shares[job_id]),
+                        }
                         env.setdefault("TOKENIZERS_PARALLELISM", "false")
                         process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, env=env)
                         running[job_id] = (job, process, log, time.monotonic())
@@ -102,8 +105,10 @@ class LocalPool:
                     log.close()
                     job.returncode, job.minutes = process.returncode, (time.monotonic() - t0) / 60
                     threads_file(job_id).unlink(missing_ok=True)
-                    say(f"{'finished' if job.returncode == 0 else f'FAILED (exit {job.returncode})'} "
-                        f"{job.folder} in {job.minutes:.1f} min")
+                    say(
+                        f"{'finished' if job.returncode == 0 else f'FAILED (exit {job.returncode})'} "
+                        f"{job.folder} in {job.minutes:.1f} min"
+                    )
                 if finished and running and not pending:  # else the next job's start shares the cores
                     share({})
         finally:

@@ -7,7 +7,7 @@ per kind of model), then write the results table (``scripts/reproduce_table.py``
     python scripts/reproduce_table.py model=biencoder                   # one model per mechanism x ER,IP,EX x seeds
     python scripts/reproduce_table.py --dry-run                         # print the command(s) only
     python scripts/reproduce_table.py --jobs 1                          # one job at a time (one Hydra multirun)
-    python scripts/reproduce_table.py --rescore outputs/reproduce/2026-01-01_10-00-00  # kept checkpoints, today's decisions
+    python scripts/reproduce_table.py --rescore outputs/reproduce/2026-01-01_10-00-00  # kept checkpoints
 
 Positional ``key=value`` arguments are passed to ``empathy.train`` as they are. An experiment
 of the joint model (the default) trains ER, IP and EX in one run per seed; one of a model per
@@ -27,8 +27,9 @@ since the decisions change the dev macro-F1 that chooses it.
 Training on the CPU, ``--jobs`` (default 2 there) runs that many jobs at once, each a plain
 ``empathy.train`` run into ``<sweep-dir>/<n>``, sharing the cores (``empathy.study.local_pool``:
 on a CPU, jobs of one thread each train faster in all than one job of all the threads,
-``scripts/bench_threads.py``; a job gets the cores of those that finished). On a GPU, or with a launcher (``cluster=...``), the
-default is 1: one Hydra multirun, one job after another (or the launcher's).
+``scripts/bench_threads.py``; a job gets the cores of those that finished). On a GPU, or with a
+launcher (``cluster=...``), the default is 1: one Hydra multirun, one job after another (or the
+launcher's).
 """
 
 from __future__ import annotations
@@ -97,9 +98,17 @@ def pool_jobs(experiments: list[str], mechanisms: list[str], seeds: list[int], f
         for mechanism in mechanisms or [None]:
             for seed in seeds:
                 run_dir = folder / str(len(jobs))
-                command = [sys.executable, "-m", "empathy.train", f"experiment={experiment}",
-                           *([f"mechanism={mechanism}"] if mechanism else []), f"seed={seed}",
-                           f"hydra.run.dir={run_dir}", *extra, *overrides]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "empathy.train",
+                    f"experiment={experiment}",
+                    *([f"mechanism={mechanism}"] if mechanism else []),
+                    f"seed={seed}",
+                    f"hydra.run.dir={run_dir}",
+                    *extra,
+                    *overrides,
+                ]
                 jobs.append(PoolJob(command, run_dir))
     return jobs
 
@@ -117,13 +126,26 @@ def run_pool(jobs, n: int, folder: Path, dry_run: bool) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
     pool.run(jobs, folder / ".threads")
-    write_json_atomic(folder / results.POOL_FILE, {
-        "jobs": n, "cores": pool.cores, "count": len(jobs), "wall_minutes": round((time.time() - started) / 60, 2),
-        "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
-        "finished": datetime.now().isoformat(timespec="seconds"),
-        "runs": [{"folder": str(job.folder), "returncode": job.returncode, "minutes": job.minutes and round(job.minutes, 2),
-                  "threads": job.threads} for job in jobs],
-    })
+    write_json_atomic(
+        folder / results.POOL_FILE,
+        {
+            "jobs": n,
+            "cores": pool.cores,
+            "count": len(jobs),
+            "wall_minutes": round((time.time() - started) / 60, 2),
+            "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+            "finished": datetime.now().isoformat(timespec="seconds"),
+            "runs": [
+                {
+                    "folder": str(job.folder),
+                    "returncode": job.returncode,
+                    "minutes": job.minutes and round(job.minutes, 2),
+                    "threads": job.threads,
+                }
+                for job in jobs
+            ],
+        },
+    )
     return next((job.returncode for job in jobs if job.returncode), 0)
 
 
@@ -157,10 +179,15 @@ def rescore(source: Path, target: Path, overrides: list[str]) -> Path:
         payload = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         checkpoint = payload.get("best_checkpoint")
         if not checkpoint or not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"{folder / 'metrics.json'}: best_checkpoint {checkpoint!r} is not a file (kept checkpoints are needed)")
+            raise FileNotFoundError(
+                f"{folder / 'metrics.json'}: best_checkpoint {checkpoint!r} is not a file (kept checkpoints are needed)"
+            )
         config = yaml.safe_load((folder / "resolved_config.yaml").read_text(encoding="utf-8"))
-        cfg = runner.compose_config("evaluate", [f"ckpt_path={checkpoint}", "split=test", "++trainer.enable_progress_bar=false"],
-                                    output_dir=new / "rescore")
+        cfg = runner.compose_config(
+            "evaluate",
+            [f"ckpt_path={checkpoint}", "split=test", "++trainer.enable_progress_bar=false"],
+            output_dir=new / "rescore",
+        )
         with open_dict(cfg):
             cfg.paths.data_dir = config["paths"]["data_dir"]  # the data and cache the run used
             cfg.paths.cache_dir = config["paths"]["cache_dir"]
@@ -172,7 +199,8 @@ def rescore(source: Path, target: Path, overrides: list[str]) -> Path:
         if not old <= set(metrics):
             raise KeyError(f"{folder}: the evaluation lacks {sorted(old - set(metrics))[:5]}")
         payload["metrics"] = {k: v for k, v in payload["metrics"].items() if not k.startswith("test/")} | {
-            k: v for k, v in metrics.items() if k.startswith("test/")}
+            k: v for k, v in metrics.items() if k.startswith("test/")
+        }
         payload["rescored"] = {"from": str(folder), "checkpoint": checkpoint, **decisions}
         for key, value in decisions.items():
             config["model"][key] = value
@@ -190,21 +218,44 @@ def main(argv: list[str] | None = None) -> int:
     """The command line of ``scripts/reproduce_table.py``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for empathy.train (key=value)")
-    parser.add_argument("--experiments", type=comma_list, default=["default"], help="conf/experiment names, comma-separated (default: default)")
+    parser.add_argument(
+        "--experiments",
+        type=comma_list,
+        default=["default"],
+        help="conf/experiment names, comma-separated (default: default)",
+    )
     parser.add_argument("--mechanisms", type=comma_list, default=["ER", "IP", "EX"])
     parser.add_argument("--seeds", type=comma_list, default=["1", "2", "3", "4", "5"])
-    parser.add_argument("--sweep-dir", help="the multirun folder (default: $EMPATHY_LOG_DIR or outputs, then reproduce/<time>)")
+    parser.add_argument(
+        "--sweep-dir", help="the multirun folder (default: $EMPATHY_LOG_DIR or outputs, then reproduce/<time>)"
+    )
     parser.add_argument("--out", default="results", help="folder of the table files (default: results)")
-    parser.add_argument("--name", default="paper_table", help="file name of the table: <out>/<name>.md and .csv (default: paper_table)")
-    parser.add_argument("--aggregate-only", nargs="+", metavar="DIR", help="only aggregate these finished run / multirun folders")
-    parser.add_argument("--joint", action="store_true", help="model=joint for every experiment (the default model already is)")
-    parser.add_argument("--jobs", type=int, help="jobs run at once on this machine, sharing its cores (default: 2 training on the CPU, "
-                        "else 1; 1: one Hydra multirun)")
-    parser.add_argument("--rescore", metavar="DIR", help="train nothing: evaluate the best checkpoints of the runs under DIR "
-                        "on test again with today's rationale decodings and level offsets, into --sweep-dir, and "
-                        "make the table from that")
+    parser.add_argument(
+        "--name", default="paper_table", help="file name of the table: <out>/<name>.md and .csv (default: paper_table)"
+    )
+    parser.add_argument(
+        "--aggregate-only", nargs="+", metavar="DIR", help="only aggregate these finished run / multirun folders"
+    )
+    parser.add_argument(
+        "--joint", action="store_true", help="model=joint for every experiment (the default model already is)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="jobs run at once on this machine, sharing its cores (default: 2 training on the CPU, "
+        "else 1; 1: one Hydra multirun)",
+    )
+    parser.add_argument(
+        "--rescore",
+        metavar="DIR",
+        help="train nothing: evaluate the best checkpoints of the runs under DIR "
+        "on test again with today's rationale decodings and level offsets, into --sweep-dir, and "
+        "make the table from that",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the training command(s) and exit")
-    parser.add_argument("--no-floors", action="store_true", help="do not compute the floors on the runs' split (needs the data)")
+    parser.add_argument(
+        "--no-floors", action="store_true", help="do not compute the floors on the runs' split (needs the data)"
+    )
     args = parser.parse_args(argv)
 
     status = 0
@@ -213,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rescore and --aggregate-only exclude each other")
     if args.rescore:
         log_dir = Path(os.environ.get("EMPATHY_LOG_DIR", "outputs"))
-        target = Path(args.sweep_dir or log_dir / "reproduce" / (datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f") + "-rescored"))
+        target = Path(
+            args.sweep_dir or log_dir / "reproduce" / (datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f") + "-rescored")
+        )
         try:
             roots = [str(rescore(Path(args.rescore), target.resolve(), list(args.overrides)))]
         except (FileNotFoundError, FileExistsError, KeyError) as error:
@@ -221,19 +274,26 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if not roots:
         log_dir = Path(os.environ.get("EMPATHY_LOG_DIR", "outputs"))
-        sweep_dir = Path(args.sweep_dir or log_dir / "reproduce" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")).resolve()
+        sweep_dir = Path(
+            args.sweep_dir or log_dir / "reproduce" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+        ).resolve()
         seeds = [int(s) for s in args.seeds]
         overrides = ["model=joint", *args.overrides] if args.joint else list(args.overrides)
         groups = group_experiments(args.experiments, overrides)
         jobs = args.jobs or default_jobs(overrides)
         if jobs > 1 and uses_launcher(overrides):
-            parser.error("--jobs runs the jobs on this machine; with a launcher or sweeper (cluster=..., hparams_search=...) use --jobs 1")
+            parser.error(
+                "--jobs runs the jobs on this machine; with a launcher or sweeper (cluster=..., hparams_search=...) "
+                "use --jobs 1"
+            )
         roots = []
         for joint, experiments in groups.items():
             folder = sweep_dir if len(groups) == 1 else sweep_dir / ("joint" if joint else "separate")
             mechanisms = [] if joint else args.mechanisms
             if jobs > 1:
-                code = run_pool(pool_jobs(experiments, mechanisms, seeds, folder, overrides), jobs, folder, args.dry_run)
+                code = run_pool(
+                    pool_jobs(experiments, mechanisms, seeds, folder, overrides), jobs, folder, args.dry_run
+                )
             else:
                 command = results.multirun_command(experiments, mechanisms, seeds, folder, overrides, sys.executable)
                 print(shlex.join(command), flush=True)

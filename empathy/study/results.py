@@ -225,7 +225,9 @@ def split_joint_job(job: Job) -> list[Job]:
             if len(parts) == 3 and parts[1] == m:
                 metrics[f"{parts[0]}/{parts[2]}"] = value
         config = {**(job.config or {}), "mechanism": {"name": m, "file": files.get(m)}}
-        jobs.append(Job(job.path, experiment, config, metrics, job.fit_minutes, job.hardware, list(job.overrides), joint=joint))
+        jobs.append(
+            Job(job.path, experiment, config, metrics, job.fit_minutes, job.hardware, list(job.overrides), joint=joint)
+        )
     return jobs
 
 
@@ -430,7 +432,11 @@ def to_markdown(
     jobs = list({str(j.path): j for c in cells for j in c.jobs}.values())
     total = sum(j.fit_minutes or 0.0 for j in jobs)
     recorded = {describe_hardware(j.hardware) for j in jobs if j.hardware}
-    hardware_text = "; ".join(sorted(recorded)) if recorded else f"{describe_hardware(hardware())} (this machine: the runs did not record theirs)"
+    hardware_text = (
+        "; ".join(sorted(recorded))
+        if recorded
+        else f"{describe_hardware(hardware())} (this machine: the runs did not record theirs)"
+    )
     lines = [
         "# EPITOME results: our runs beside the paper and the floors",
         "",
@@ -449,9 +455,14 @@ def to_markdown(
             f"`{display_path(source)}`: {pool['count']} jobs, {pool['jobs']} at a time sharing {pool['cores']} cores "
             f"(`reproduce_table.py --jobs`), {pool['wall_minutes']:.1f} minutes of wall time from the first "
             "start to the last end; min/run is each job's own training time while it shared the cores."
-            + (f" Test figures: those runs' kept best checkpoints evaluated again from `{display_path(pool['rescored_from'])}` "
-               "with the rationale decodings and level offsets of today's configuration (`reproduce_table.py --rescore`)."
-               if pool.get("rescored_from") else "")
+            + (
+                " Test figures: those runs' kept best checkpoints evaluated again from "
+                f"`{display_path(pool['rescored_from'])}` "
+                "with the rationale decodings and level offsets of today's configuration (`reproduce_table.py "
+                "--rescore`)."
+                if pool.get("rescored_from")
+                else ""
+            )
         )
     if skipped:
         lines += ["", f"Skipped {len(skipped)} unfinished job(s): " + ", ".join(f"`{j.path}`" for j in skipped) + "."]
@@ -468,7 +479,8 @@ def to_markdown(
         if floors and mechanism in floors:
             f = floors[mechanism]
             lines.append(
-                f"| **floor on our split: majority level** | - | | {_reference_text(round(100 * f['majority_acc'], 1))} | "
+                "| **floor on our split: majority level** | - | | "
+                f"{_reference_text(round(100 * f['majority_acc'], 1))} | "
                 f"{_reference_text(round(100 * f['majority_macro_f1'], 1))} | | | |"
             )
             for policy in POLICIES:
@@ -496,7 +508,9 @@ def aggregate(
     mechanism that only a joint run trained, ``floors(job_folder, mechanism=M)``."""
     finished, skipped = read_jobs(roots)
     if not finished:
-        raise ValueError(f"no finished job (a folder with metrics.json and resolved_config.yaml) under {', '.join(map(str, roots))}")
+        raise ValueError(
+            f"no finished job (a folder with metrics.json and resolved_config.yaml) under {', '.join(map(str, roots))}"
+        )
     cells = group_jobs(finished)
     rows = table_rows(cells)
     out_dir = Path(out_dir)
@@ -508,11 +522,15 @@ def aggregate(
                 continue
             try:
                 job = cell.jobs[0]
-                floor_values[cell.mechanism] = floors(job.path, mechanism=cell.mechanism) if job.joint else floors(job.path)
+                floor_values[cell.mechanism] = (
+                    floors(job.path, mechanism=cell.mechanism) if job.joint else floors(job.path)
+                )
             except Exception as error:  # the data or the config may be gone: the table still stands
                 warnings.warn(f"no floors for {cell.mechanism} ({cell.jobs[0].path}): {error}", stacklevel=2)
     pools = {str(r): json.loads((Path(r) / POOL_FILE).read_text()) for r in roots if (Path(r) / POOL_FILE).is_file()}
-    write_text_atomic(markdown, to_markdown(rows, cells, [str(r) for r in roots], skipped, floors=floor_values, pools=pools))
+    write_text_atomic(
+        markdown, to_markdown(rows, cells, [str(r) for r in roots], skipped, floors=floor_values, pools=pools)
+    )
     write_text_atomic(csv_path, to_csv(rows))
     return {"rows": rows, "cells": cells, "skipped": skipped, "markdown": markdown, "csv": csv_path}
 
