@@ -85,7 +85,7 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     if cfg.get("level_offsets") is not None:
         module.set_level_offsets(cfg.level_offsets)
     datamodule = checkpoint_datamodule(cfg, module)
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=callbacks)
+    trainer = runner.build_trainer(cfg, logger=False, callbacks=callbacks)
     # Validation scores any split and runs the study plug-ins (callbacks on validation batches).
     results = trainer.validate(module, dataloaders=datamodule.split_dataloader(cfg.split))[0]
     metrics = {key.replace("dev/", f"{cfg.split}/", 1): value for key, value in runner.scalar_metrics(results).items()}

@@ -23,7 +23,7 @@ def hardware() -> dict[str, Any]:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count()}
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "native_bf16": cpu_has_native_bf16()}
     try:
         import torch
 
@@ -32,6 +32,24 @@ def hardware() -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         info["torch"] = None
     return info
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16): there bf16 autocast
+    runs faster than fp32; on CPUs with AVX2 only it runs several times slower
+    (``scripts/bench_precision.py`` measures both)."""
+    flags = next((line.split(":", 1)[1].split() for line in _cpuinfo().splitlines() if line.startswith("flags")), [])
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def bf16_is_fast(device_type: str) -> bool:
+    """Whether bf16 autocast pays on this device type: a GPU that supports bf16, or a CPU with
+    native bf16 (:func:`cpu_has_native_bf16`)."""
+    if device_type == "cuda":
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device_type == "cpu" and cpu_has_native_bf16()
 
 
 def describe_hardware(info: Mapping[str, Any]) -> str:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,15 @@ def sweep_name() -> str | None:
     return Path(hydra_cfg.sweep.dir).name
 
 
+def sweep_overrides() -> list[str]:
+    """Inside a Hydra multirun job: its own overrides (those of the sweep's values), else []."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if sweep_name() is None:
+        return []
+    return [str(o) for o in HydraConfig.get().overrides.task]
+
+
 def build_loggers(
     cfg: DictConfig,
     output_dir: Path,
@@ -184,9 +194,10 @@ def build_loggers(
     tags: Sequence[str] | None = None,
     job_type: str | None = None,
 ) -> list[pl.loggers.Logger]:
-    """The configured loggers. A W&B run is named ``name`` (default: mechanism-encoder-seed),
-    grouped by ``group`` or the multirun folder, tagged, and given the SLURM job id when there is
-    one, so that parallel and requeued jobs never share a run."""
+    """The configured loggers. A W&B run is named ``name`` (default: mechanism-encoder-seed, and
+    in a sweep the job's overrides too, so that jobs that differ in any value have distinct
+    names), grouped by ``group`` or the multirun folder, tagged, and given the SLURM job id when
+    there is one, so that parallel and requeued jobs never share a run."""
     loggers = []
     for logger_cfg in (cfg.get("logger") or {}).values():
         if not logger_cfg or "_target_" not in logger_cfg:
@@ -195,7 +206,8 @@ def build_loggers(
         if logger_cfg._target_.endswith("WandbLogger"):
             job = run_id()
             label = mechanisms_label(config_mechanisms(cfg)) if "mechanism" in cfg else None
-            name = name or f"{label}-{cfg.encoder.name}-seed{cfg.seed}"
+            own = [o for o in sweep_overrides() if o.partition("=")[0].lstrip("+~") not in ("seed", "hydra.run.dir")]
+            name = name or "-".join([f"{label}-{cfg.encoder.name}-seed{cfg.seed}", *own])
             default_tags = [label, cfg.encoder.name] if label else [cfg.encoder.name]
             extra = {
                 "name": name + (f"-{job}" if job else ""),
@@ -215,8 +227,54 @@ def build_loggers(
     return loggers
 
 
-def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    return [hydra.utils.instantiate(cb) for cb in (cfg.get("callbacks") or {}).values() if cb and "_target_" in cb]
+def build_callbacks(cfg: DictConfig, *, with_logger: bool = True) -> list[pl.Callback]:
+    """The configured callbacks (the project's own configs), less those the run cannot take: a
+    progress bar when ``trainer.enable_progress_bar`` is false, a learning-rate monitor without
+    a logger."""
+    callbacks = [hydra.utils.instantiate(cb) for cb in (cfg.get("callbacks") or {}).values() if cb and "_target_" in cb]
+    bar = (cfg.get("trainer") or {}).get("enable_progress_bar", True)
+    return [
+        cb
+        for cb in callbacks
+        if not (isinstance(cb, pl.callbacks.ProgressBar) and not bar)
+        and not (isinstance(cb, pl.callbacks.LearningRateMonitor) and not with_logger)
+    ]
+
+
+def training_precision(precision: str | int, accelerator: str | None) -> str:
+    """``trainer.precision``, with ``auto`` resolved for this machine: ``bf16-mixed`` where bf16
+    is fast (a GPU that supports it, a CPU with native bf16: :func:`empathy.hardware.bf16_is_fast`),
+    else ``32-true``."""
+    if str(precision) != "auto":
+        return str(precision)
+    from empathy.hardware import bf16_is_fast
+
+    device = (
+        "cuda"
+        if accelerator in ("gpu", "cuda") or (accelerator in (None, "auto") and torch.cuda.is_available())
+        else "cpu"
+    )
+    return "bf16-mixed" if bf16_is_fast(device) else "32-true"
+
+
+def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
+    """The Lightning Trainer of ``cfg.trainer`` (``precision: auto`` resolved, :func:`training_precision`)."""
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg["precision"] = training_precision(
+        trainer_cfg.get("precision", "32-true"), trainer_cfg.get("accelerator")
+    )
+    return hydra.utils.instantiate(trainer_cfg, **kwargs)
+
+
+@contextmanager
+def loggers_off(trainer: pl.Trainer) -> Iterator[None]:
+    """The trainer's loggers set aside for the block (an evaluation that should log nothing)."""
+    loggers = trainer.loggers
+    trainer.loggers = []
+    try:
+        yield
+    finally:
+        trainer.loggers = loggers
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

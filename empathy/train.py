@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from empathy import CONFIG_DIR, runner
@@ -60,58 +62,79 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     datamodule.setup()
     module = runner.build_module(cfg, datamodule)
     loggers = runner.build_loggers(cfg, output_dir)
-    trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=runner.build_callbacks(cfg), logger=loggers or False
+    trainer = runner.build_trainer(
+        cfg, callbacks=runner.build_callbacks(cfg, with_logger=bool(loggers)), logger=loggers or False
     )
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
         shutil.copyfile(datamodule.prepared.split_csv, output_dir / "split.csv")
+    frozen = sum(1 for m in module.net.seeker_encoder.modules()) if module.net.seeker_encoder is not None else 0
+    if frozen and module.net.freeze_seeker:
+        # Lightning warns about modules in eval mode: the frozen seeker encoder is meant to be.
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+        log.info("the frozen seeker encoder's %d modules stay in eval mode (no dropout: its states are cached)", frozen)
 
-    started = time.perf_counter()
-    trainer.fit(
-        module,
-        datamodule=datamodule,
-        ckpt_path=resolve_ckpt_path(cfg.ckpt_path, output_dir, cfg.get("resume", "never")),
-        weights_only=True,
-    )
-    fit_minutes = (time.perf_counter() - started) / 60
-
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    best = best or None  # fast_dev_run and runs without checkpoints evaluate the last weights
-    metrics: dict[str, Any] = {}
-    metrics.update(
-        runner.scalar_metrics(trainer.validate(module, datamodule=datamodule, ckpt_path=best, weights_only=True)[0])
-    )
-    if cfg.get("test"):
-        metrics.update(
-            runner.scalar_metrics(trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)[0])
+    succeeded = False
+    try:
+        started = time.perf_counter()
+        trainer.fit(
+            module,
+            datamodule=datamodule,
+            ckpt_path=resolve_ckpt_path(cfg.ckpt_path, output_dir, cfg.get("resume", "never")),
+            weights_only=True,
         )
-        runner.log_confusion(loggers, module, "test")
-    result = {
-        "metrics": metrics,
-        "best_checkpoint": best,
-        "fit_minutes": round(fit_minutes, 3),
-        "epochs": trainer.current_epoch,
-        "mechanism": runner.mechanisms_label(datamodule.mechanisms),
-        "mechanisms": list(datamodule.mechanisms),
-        "encoder": cfg.encoder.name,
-        "seed": cfg.seed,
-        "summary": datamodule.prepared.summary,
-        "hardware": hardware(),
-    }
-    shares = [cb for cb in trainer.callbacks if isinstance(cb, ThreadShare) and cb.path is not None]
-    if shares:  # a job of a local pool (reproduce_table.py --jobs): its threads, [global step, count] at each change
-        result["thread_changes"] = [list(change) for change in shares[0].changes]
-    if trainer.is_global_zero:
-        write_json_atomic(output_dir / "metrics.json", result)
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
-            lg.experiment.summary.update(metrics)
+        fit_minutes = (time.perf_counter() - started) / 60
+
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = best or None  # fast_dev_run and runs without checkpoints evaluate the last weights
+        metrics: dict[str, Any] = {}
+        with runner.loggers_off(trainer):  # the best epoch's dev metrics are logged already
+            metrics.update(
+                runner.scalar_metrics(
+                    trainer.validate(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)[0]
+                )
+            )
+        if cfg.get("test"):
+            metrics.update(
+                runner.scalar_metrics(trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)[0])
+            )
+            runner.log_confusion(loggers, module, "test")
+        result = {
+            "metrics": metrics,
+            "best_checkpoint": best,
+            "fit_minutes": round(fit_minutes, 3),
+            "epochs": trainer.current_epoch,
+            "mechanism": runner.mechanisms_label(datamodule.mechanisms),
+            "mechanisms": list(datamodule.mechanisms),
+            "encoder": cfg.encoder.name,
+            "seed": cfg.seed,
+            "precision": str(trainer.precision),
+            "summary": datamodule.prepared.summary,
+            "hardware": hardware(),
+        }
+        shares = [cb for cb in trainer.callbacks if isinstance(cb, ThreadShare) and cb.path is not None]
+        if shares:  # a job of a local pool (reproduce_table.py --jobs): [global step, threads] at each change
+            result["thread_changes"] = [list(change) for change in shares[0].changes]
+        if trainer.is_global_zero:
+            write_json_atomic(output_dir / "metrics.json", result)
+            log.info(
+                "run folder %s: metrics.json, best checkpoint %s (dev/macro_f1 %.4f%s)",
+                output_dir,
+                best or "(none kept)",
+                metrics.get("dev/macro_f1", float("nan")),
+                f", test/macro_f1 {metrics['test/macro_f1']:.4f}" if "test/macro_f1" in metrics else "",
+            )
+        for lg in loggers:
+            if isinstance(lg, WandbLogger):
+                lg.experiment.summary.update(metrics)
+        succeeded = True
+        return result
+    finally:
+        if any(isinstance(lg, WandbLogger) for lg in loggers):
             import wandb
 
-            wandb.finish()
-    return result
+            wandb.finish(exit_code=0 if succeeded else 1)  # a failed job's run is closed, marked failed
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

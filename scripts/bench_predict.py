@@ -42,9 +42,7 @@ from pathlib import Path
 import torch
 
 from empathy.data.synthetic import write_synthetic_epitome
-from empathy.encoders import load_tokenizer
-from empathy.models.biencoder import BiEncoder
-from empathy.models.checkpoint import state_dict_sha256
+from empathy.models.checkpoint import random_heads_model
 from empathy.models.ensemble import EnsembleNet
 from empathy.predict import EmpathyPredictor, LoadedModel, load_model, predict_file
 from empathy.predict.predictor import MECHANISMS, autocast_dtype, length_sorted_batches
@@ -65,46 +63,17 @@ TINY = {
 }
 # Beside a checkout (as the project's CI and tests find it), else EMPATHY_DATA_DIR.
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "epitome-reddit"
-NET = {"attention_heads": 1, "use_attention": True, "freeze_seeker": True, "dropout": 0.1}
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _random_heads(net: BiEncoder, seed: int) -> BiEncoder:
-    torch.manual_seed(seed)
-    for module in (net.heads, net.attention):
-        for p in module.parameters():
-            torch.nn.init.normal_(p, std=0.05)
-    return net.eval()
-
-
 def random_head_models(encoder: dict, max_len: int, joint: bool) -> dict[str, LoadedModel]:
     """Bi-encoders on ``encoder`` with random heads: one per mechanism, or one joint model of all
-    three (the speed does not depend on the weights). The seeker encoders are the same weights,
-    as after training (frozen)."""
-    tokenizer = load_tokenizer(encoder)
+    three (the speed does not depend on the weights)."""
     groups = {"joint": list(MECHANISMS)} if joint else {m: [m] for m in MECHANISMS}
-    models = {}
-    for seed, (name, mechanisms) in enumerate(groups.items()):
-        torch.manual_seed(0)
-        net = _random_heads(BiEncoder(encoder, mechanisms=mechanisms, **NET), seed + 1)
-        hparams = {
-            "encoder": dict(encoder),
-            "mechanisms": mechanisms,
-            "net": {**NET, "mechanisms": mechanisms},
-            "max_len": max_len,
-            "rationale_policy": "strict",
-        }
-        models[name] = LoadedModel(
-            hparams,
-            net,
-            f"{encoder['name']}, random heads",
-            seeker_sha256=state_dict_sha256(net.seeker_encoder),
-            tokenizer_override=tokenizer,
-        )
-    return models
+    return {name: random_heads_model(encoder, ms, max_len, seed=k + 1) for k, (name, ms) in enumerate(groups.items())}
 
 
 def source_pairs(synthetic: bool) -> tuple[list[tuple[str, str]], str]:

@@ -19,6 +19,7 @@ cheaper variants by their training step on this machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -48,9 +49,13 @@ def training_steps(overrides: list[str], steps: int, folder: Path) -> tuple[Call
     batches = [b for _, b in zip(range(steps + 1), datamodule.train_dataloader(), strict=False)]
     optimizer = allowlist.build_optimizer(cfg.model.optimizer, [p for p in module.parameters() if p.requires_grad])
     module.train()
+    # trainer.precision as a training run resolves it (auto: bf16-mixed where bf16 is fast)
+    precision = runner.training_precision(cfg.trainer.precision, cfg.trainer.get("accelerator"))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision.startswith("bf16") else contextlib.nullcontext()
 
     def step(batch) -> None:
-        loss = module.training_step(batch, 0)
+        with autocast:
+            loss = module.training_step(batch, 0)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()

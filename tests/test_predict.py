@@ -732,3 +732,34 @@ def test_cli_predictions_reproduce_evaluate_metrics(trained, ckpts, tmp_path):
         metrics = evaluate(eval_cfg, tmp_path)
         assert float(values["acc"]) == pytest.approx(metrics[f"test/{m}/acc"], abs=1e-6)
         assert float(values["macro_f1"]) == pytest.approx(metrics[f"test/{m}/macro_f1"], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------- precision
+def test_auto_precision_follows_what_the_machine_computes_fast(monkeypatch):
+    from empathy import hardware, runner
+    from empathy.predict.predictor import autocast_dtype
+
+    cpu = torch.device("cpu")
+    for native, dtype, trainer in ((True, torch.bfloat16, "bf16-mixed"), (False, None, "32-true")):
+        monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda native=native: native)
+        assert autocast_dtype("auto", cpu) is dtype
+        assert runner.training_precision("auto", "cpu") == trainer
+    assert autocast_dtype("32", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert runner.training_precision("32-true", "cpu") == "32-true"
+
+
+def test_bf16_and_fp32_give_the_same_levels_on_real_rows(real_data_dir):
+    """bf16 autocast (what precision=auto picks on a CPU with native bf16, and on GPUs) decides the
+    same levels as fp32 on real rows, on at least 99% of them (packaged MiniLM, random heads; a
+    trained model: scripts/bench_precision.py, docs/benchmarks.md)."""
+    from empathy.models.checkpoint import random_heads_model
+
+    model = random_heads_model({"name": "minilm", "path": "packaged:all-MiniLM-L6-v2"}, ["ER", "IP", "EX"])
+    with (real_data_dir / "emotional-reactions-reddit.csv").open(encoding="utf-8", newline="") as f:
+        rows = [(r["seeker_post"], r["response_post"]) for r in csv.DictReader(f)][:200]
+    seekers, responses = zip(*rows, strict=True)
+    fp32 = EmpathyPredictor({"joint": model}, precision="32").predict(seekers, responses)
+    bf16 = EmpathyPredictor({"joint": model}, precision="bf16").predict(seekers, responses)
+    for m in fp32:
+        assert (fp32[m].levels == bf16[m].levels).mean() >= 0.99, m
+        assert np.abs(fp32[m].probs - bf16[m].probs).max() < 0.02, m

@@ -1,10 +1,12 @@
-"""Checkpoints that let a run killed mid-epoch continue bit for bit.
+"""The training run's callbacks: resumable checkpoints, progress in the log, the progress bar and
+the job's share of the CPU cores.
 
-Lightning restores the weights, optimiser, scheduler and loop counters from a checkpoint; to end
-a resumed run with exactly the metrics of an uninterrupted one we also need (a) the global RNG
-states (dropout) and (b) the position in the epoch's shuffled order. ``ResumableCheckpoint``
-saves ``last.ckpt`` with both at every epoch end and within an epoch every ``every_n_minutes`` of
-training (or every ``every_n_train_steps`` optimiser steps), and the train loader
+Resumable checkpoints let a run killed mid-epoch continue bit for bit. Lightning restores the
+weights, optimiser, scheduler and loop counters from a checkpoint; to end a resumed run with
+exactly the metrics of an uninterrupted one we also need (a) the global RNG states (dropout) and
+(b) the position in the epoch's shuffled order. ``ResumableCheckpoint`` saves ``last.ckpt`` with
+both at every epoch end and within an epoch every ``every_n_minutes`` of training (or every
+``every_n_train_steps`` optimiser steps), and the train loader
 (``empathy.data.datamodule.ResumableSampler``) skips the batches that were already seen.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ class ResumableCheckpoint(pl.Callback):
         """Write ``last.ckpt`` atomically (temp file, then rename)."""
         path = self.dirpath / self.filename
         tmp = path.with_name(path.name + ".tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full state: a resume continues bit for bit
         if trainer.is_global_zero:
             os.replace(tmp, path)
         self._last_save = time.monotonic()
@@ -120,36 +123,84 @@ def _as_python_state(state: Any) -> tuple:
 
 
 class EpochSummary(pl.Callback):
-    """One log line per epoch (train loss, dev metrics, seconds), readable in the run's log file
-    and on a terminal without a progress bar (cluster jobs, CI)."""
+    """Progress in the run's log file (and on a terminal without a progress bar: cluster jobs,
+    CI): what the run will do at its start, a line every ``every_n_minutes`` within an epoch
+    (step, loss, seconds a step, the epoch's remaining minutes) and one per epoch (train loss, dev
+    metrics, seconds). Epochs are counted from 1, as the progress bar (:class:`ProgressBar`)
+    counts them."""
 
     KEYS = ("train/loss", "dev/loss", "dev/macro_f1")
 
+    def __init__(self, every_n_minutes: float | None = 1.0) -> None:
+        self.every_n_minutes = every_n_minutes or 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        log.info(
+            "training %s for %d epochs of %s steps on %s (precision %s); checkpoints in %s",
+            ", ".join(getattr(pl_module, "mechanisms", ())) or type(pl_module).__name__,
+            trainer.max_epochs,
+            trainer.num_training_batches,
+            trainer.strategy.root_device,
+            trainer.precision,
+            trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else "(none)",
+        )
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
-        self._started = time.perf_counter()
+        self._started = self._reported = time.perf_counter()
+        self._first_batch = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._first_batch is None:
+            self._first_batch = batch_idx  # a resumed epoch starts part-way
+        now = time.perf_counter()
+        if not trainer.is_global_zero or not self.every_n_minutes or now - self._reported < 60 * self.every_n_minutes:
+            return
+        self._reported = now
+        done, total = batch_idx + 1, trainer.num_training_batches
+        per_step = (now - self._started) / max(1, done - self._first_batch)
+        loss = trainer.callback_metrics.get("train/loss")
+        log.info(
+            "epoch %d/%d step %d/%d%s  %.2f s/step, about %.1f min left in the epoch",
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            done,
+            total,
+            "" if loss is None else f"  train/loss={float(loss):.4f}",
+            per_step,
+            per_step * (total - done) / 60,
+        )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
-        keys = [
-            *self.KEYS,
-            *(f"dev/{m}/{k}" for m in getattr(pl_module, "mechanisms", ()) for k in ("macro_f1", "rationale_iou_f1")),
-        ]
+        mechanisms = getattr(pl_module, "mechanisms", ())
+        keys = [*self.KEYS, *(f"dev/{m}/{k}" for m in mechanisms for k in ("macro_f1", "rationale_iou_f1"))]
         values = " ".join(f"{k}={float(metrics[k]):.4f}" for k in keys if k in metrics)
         seconds = time.perf_counter() - getattr(self, "_started", time.perf_counter())
         log.info("epoch %d/%d  %s  (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, values, seconds)
 
 
-class ThreadShare(pl.Callback):
-    """This job's share of the machine's CPU cores, re-read from ``path`` while it runs.
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar with epochs counted from 1 (``Epoch 1/6``), as the log counts them."""
 
-    ``scripts/reproduce_table.py --jobs N`` (``empathy.study.local_pool``) runs N training jobs at once on
-    one machine and writes each one's thread count to a file: 2 jobs of 1 thread each train about
-    1.2x faster in all than one job of 2 threads on the 2-core CPU (``scripts/bench_threads.py``),
-    and when one job finishes the pool gives its cores to those still running. The file holds one
-    integer; it is checked (one ``stat``) before every training, validation and test batch and
-    applied with ``torch.set_num_threads``. With no path, or no such file, the callback does nothing.
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+
+class ThreadShare(pl.Callback):
+    """This job's share of the machine's CPU cores.
+
+    - With ``path`` (a file holding one integer, re-read before every training, validation and
+      test batch; one ``stat`` each): the share a local pool gives it (``empathy.study.local_pool``:
+      ``scripts/reproduce_table.py --jobs N`` runs N training jobs at once and gives the cores of a
+      finished job to those still running). No such file: nothing changes.
+    - Without: processes of one run on the CPU (DDP ranks, ``trainer=ddp``) each take their share
+      of the usable cores, instead of each taking all of them (oversubscribed cores run many times
+      slower).
     """
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
@@ -180,6 +231,13 @@ class ThreadShare(pl.Callback):
             self.changes.append((step, threads))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.path is None and trainer.world_size > 1 and trainer.strategy.root_device.type == "cpu":
+            from empathy.hardware import usable_cores
+
+            share = max(1, usable_cores() // trainer.world_size)
+            if share != torch.get_num_threads():
+                log.info("threads: %d of %d cores for each of %d processes", share, usable_cores(), trainer.world_size)
+                torch.set_num_threads(share)
         self.refresh(trainer.global_step)
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:

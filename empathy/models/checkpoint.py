@@ -219,3 +219,26 @@ def _ensemble(models: Sequence[LoadedModel]) -> LoadedModel:
         source=" + ".join(m.source for m in models),
         info={**first.info, "ensemble": [m.source for m in models]},
     )
+
+
+def random_heads_model(
+    encoder: Mapping[str, Any], mechanisms: Sequence[str], max_len: int = 64, seed: int = 1
+) -> LoadedModel:
+    """A bi-encoder on ``encoder`` (its pretrained weights) with randomly initialised attention and
+    heads, for benchmarks: the speed of a model does not depend on its weights. Seeker encoders
+    built with the same ``encoder`` are the same weights, as after training (frozen)."""
+    net = build_net(encoder, {"mechanisms": list(mechanisms)})
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in (net.heads, net.attention):
+            for p in module.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    hparams = {
+        "encoder": dict(encoder),
+        "mechanisms": list(mechanisms),
+        "net": {"mechanisms": list(mechanisms)},
+        "max_len": max_len,
+        "rationale_policy": "strict",
+    }
+    seeker = None if net.seeker_encoder is None else state_dict_sha256(net.seeker_encoder)
+    return LoadedModel(hparams, net.eval(), f"{encoder.get('name')}, random heads", seeker_sha256=seeker)

@@ -116,15 +116,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def autocast_dtype(precision: str | int, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` (None: fp32). ``auto``: bf16 on a GPU that supports
-    it, else fp32 (on CPUs without native bf16, bf16 autocast is several times slower)."""
+    """The autocast dtype for ``precision`` (None: fp32). ``auto``: bf16 where it is fast (a GPU
+    that supports it, a CPU with native bf16: :func:`empathy.hardware.bf16_is_fast`), else fp32
+    (on CPUs without native bf16, bf16 autocast is several times slower)."""
     precision = str(precision).lower().removesuffix("-mixed").removesuffix("-true")
     if precision in ("32", "fp32", "float32"):
         return None
     if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
+        from empathy.hardware import bf16_is_fast
+
+        return torch.bfloat16 if bf16_is_fast(device.type) else None
     if precision in ("bf16", "bfloat16"):
         return torch.bfloat16
     if precision in ("16", "fp16", "float16"):
