@@ -18,6 +18,10 @@ MECHANISM_FILES = {
     "EX": "explorations-reddit.csv",
 }
 MINILM_CFG = {"name": "minilm", "path": "packaged:all-MiniLM-L6-v2"}
+
+# The commands and scripts the tests run as subprocesses import the checkout under test first,
+# whatever `empathy` the environment has installed.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 CSV_HEADER = ("sp_id", "rp_id", "seeker_post", "response_post", "level", "rationales")
 
 BPE_TRAINING_TEXT = [

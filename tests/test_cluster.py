@@ -96,14 +96,14 @@ def test_a_rerun_of_the_same_job_folder_resumes_from_its_last_checkpoint(tmp_pat
     assert cfg.resume == "auto" and cfg.ckpt_path is None
 
     build = runner.build_callbacks
-    monkeypatch.setattr(runner, "build_callbacks", lambda c: [*build(c), _CrashAtEpoch(1)])
+    monkeypatch.setattr(runner, "build_callbacks", lambda c, **kw: [*build(c, **kw), _CrashAtEpoch(1)])
     with pytest.raises(RuntimeError, match="simulated preemption"):
         train(cfg, out)
     saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["epoch"] == 0 and saved["global_step"] > 0
 
     probe = _StartStep()
-    monkeypatch.setattr(runner, "build_callbacks", lambda c: [*build(c), probe])
+    monkeypatch.setattr(runner, "build_callbacks", lambda c, **kw: [*build(c, **kw), probe])
     result = train(cfg, out)
     assert (probe.step, probe.epoch) == (saved["global_step"], 1)
     assert result["epochs"] == 2 and (out / "metrics.json").exists()

@@ -406,7 +406,15 @@ def test_export_and_predict_give_every_mechanism_with_one_response_pass(joint_ru
         writer.writerows([k, s, r] for k, (s, r) in enumerate(pairs))
     output = tmp_path / "scored.csv"
     cfg = runner.compose_config(
-        "predict", [f"input={source}", f"output={output}", f"models.joint={folder}", "progress=false", "batch_size=8"]
+        "predict",
+        [
+            f"input={source}",
+            f"output={output}",
+            f"models.joint={folder}",
+            "progress=false",
+            "batch_size=8",
+            "precision=32",
+        ],
     )
     predict_from_config(cfg)
     with output.open(encoding="utf-8", newline="") as f:
@@ -616,7 +624,14 @@ def test_an_ensemble_averages_its_members_probabilities_in_evaluation_and_predic
     output = tmp_path / "scored.csv"
     predict_from_config(
         runner.compose_config(
-            "predict", [f"input={source}", f"output={output}", f"models.joint=[{first},{second}]", "progress=false"]
+            "predict",
+            [
+                f"input={source}",
+                f"output={output}",
+                f"models.joint=[{first},{second}]",
+                "progress=false",
+                "precision=32",
+            ],
         )
     )
     with output.open(encoding="utf-8", newline="") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -149,7 +150,7 @@ def test_resume_after_interrupt_ends_with_the_same_metrics(trained_run, syntheti
     build = runner.build_callbacks
     # Epoch 0 has 8 steps (60 train rows / 8); last.ckpt is written at steps 3 and 6, and at
     # epoch end (8): crash at step 11, mid-epoch 1, three steps after the checkpoint at step 9.
-    monkeypatch.setattr(runner, "build_callbacks", lambda c: [*build(c), _Crash(step=11)])
+    monkeypatch.setattr(runner, "build_callbacks", lambda c, **kw: [*build(c, **kw), _Crash(step=11)])
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, out)
     monkeypatch.setattr(runner, "build_callbacks", build)
@@ -176,7 +177,7 @@ class _Snapshot(pl.Callback):
 def test_frozen_seeker_is_unchanged_and_response_is_trained(synthetic_dir, tmp_path, monkeypatch):
     snapshot = _Snapshot()
     build = runner.build_callbacks
-    monkeypatch.setattr(runner, "build_callbacks", lambda c: [*build(c), snapshot])
+    monkeypatch.setattr(runner, "build_callbacks", lambda c, **kw: [*build(c, **kw), snapshot])
     train(train_cfg(synthetic_dir, tmp_path, "trainer.max_epochs=1", "test=false"), tmp_path)
     for name, before in snapshot.seeker.items():
         assert torch.equal(before, snapshot.seeker_after[name]), name
@@ -196,7 +197,13 @@ def test_wandb_offline_run_has_metrics_and_confusion_image(
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = train_cfg(
-        synthetic_dir, tmp_path, f"mechanism={mechanism}", "logger=wandb", "trainer.max_epochs=1", "group=pytest"
+        synthetic_dir,
+        tmp_path,
+        f"mechanism={mechanism}",
+        "logger=wandb",
+        "trainer.max_epochs=1",
+        "group=pytest",
+        "trainer.log_every_n_steps=2",
     )
     result = train(cfg, tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
@@ -205,6 +212,61 @@ def test_wandb_offline_run_has_metrics_and_confusion_image(
         images = list(runs[0].glob(f"files/media/images/{folder}/confusion_matrix_*.png"))
         assert images, f"no confusion-matrix image logged under {folder}"
     assert result["metrics"]["test/macro_f1"] >= 0
+    (records,) = runs[0].glob("run-*.wandb")  # the offline run's records (protobuf)
+    assert b"lr-AdamW" in records.read_bytes()  # the learning rate is logged
+    import wandb
+
+    assert wandb.run is None  # finished
+
+
+def test_a_failed_run_closes_its_wandb_run(synthetic_dir, tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    build = runner.build_callbacks
+    monkeypatch.setattr(runner, "build_callbacks", lambda c, **kw: [*build(c, **kw), _Crash(step=2)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(train_cfg(synthetic_dir, tmp_path, "logger=wandb", "trainer.max_epochs=1"), tmp_path)
+    assert wandb.run is None
+
+
+def test_dev_metrics_are_logged_once_per_epoch_and_progress_reaches_the_log(synthetic_dir, tmp_path, caplog):
+    import logging
+
+    cfg = train_cfg(synthetic_dir, tmp_path, "trainer.max_epochs=2", "callbacks.epoch_summary.every_n_minutes=1e-9")
+    with caplog.at_level(logging.INFO):
+        result = train(cfg, tmp_path)
+    with (tmp_path / "csv" / "version_0" / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sum(1 for r in rows if r.get("dev/macro_f1")) == 2  # the two epochs', not a third from the end
+    assert any(r.get("lr-AdamW") for r in rows)
+    text = caplog.text
+    assert "training ER, IP, EX for 2 epochs" in text
+    assert "epoch 1/2 step 1/" in text and "s/step" in text and "epoch 2/2  train/loss=" in text
+    assert f"run folder {tmp_path}: metrics.json, best checkpoint {result['best_checkpoint']}" in text
+    assert "eval mode at the start of training" not in text  # said once, as an info line
+    assert "frozen seeker encoder's" in text
+
+
+def test_the_progress_bar_counts_epochs_from_one(synthetic_dir, tmp_path, capfd):
+    cfg = train_cfg(synthetic_dir, tmp_path, "trainer.max_epochs=1")
+    with open_dict(cfg):
+        cfg.trainer.enable_progress_bar = True
+    train(cfg, tmp_path)
+    out = capfd.readouterr().out  # Lightning draws the training bar on stdout
+    assert "Epoch 1/1" in out and "Epoch 0" not in out
+
+
+def test_sweep_jobs_that_differ_in_any_value_get_distinct_wandb_names(monkeypatch, tmp_path):
+    cfg = compose_cfg("train", ["logger=wandb", "encoder=tiny"], tmp_path, tmp_path)
+    names = []
+    for overrides in (["model.optimizer.lr=1e-3", "seed=1"], ["model.optimizer.lr=2e-4", "seed=1"]):
+        monkeypatch.setattr(runner, "sweep_overrides", lambda o=overrides: o)
+        monkeypatch.setattr(runner, "sweep_name", lambda: "sweep")
+        (logger,) = runner.build_loggers(cfg, tmp_path)
+        names.append(logger._wandb_init["name"])
+    assert names[0] != names[1] and "model.optimizer.lr=1e-3" in names[0] and names[0].startswith("joint-tiny-seed12")
 
 
 # ------------------------------------------------------------------------------------- mechanism=
@@ -247,7 +309,7 @@ def test_resumable_checkpoint_saves_mid_epoch_by_minutes_or_steps(tmp_path, monk
         def __init__(self):
             self.saved = []
 
-        def save_checkpoint(self, path):
+        def save_checkpoint(self, path, weights_only=None):
             self.saved.append(self.global_step)
             Path(path).write_bytes(b"ckpt")
 
@@ -368,3 +430,22 @@ def test_a_training_run_keeps_the_seeker_cache_in_the_data_cache(synthetic_dir, 
     cfg = train_cfg(synthetic_dir, tmp_path / "run", "debug=fast", "model=biencoder", "mechanism=EX")
     train(cfg, Path(cfg.paths.output_dir))
     assert len(list((Path(cfg.paths.cache_dir) / "seeker_states").glob("*.pt"))) == 1
+
+
+def test_each_process_takes_its_share_of_the_cores(monkeypatch):
+    from empathy.models.callbacks import cpu_share
+
+    class _Trainer:
+        def __init__(self, world_size: int, device: str = "cpu") -> None:
+            self.world_size = self.num_devices = world_size
+            self.strategy = type("S", (), {"root_device": torch.device(device)})()
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setattr("empathy.hardware.usable_cores", lambda: 8)
+    assert cpu_share(_Trainer(1)) is None  # one process: torch's own choice
+    assert cpu_share(_Trainer(2)) == 4  # two DDP ranks on the CPU: half the cores each
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert cpu_share(_Trainer(1)) == 3  # a cluster job: the cores it was given
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_share(_Trainer(2)) is None  # the user's choice stands

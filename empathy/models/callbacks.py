@@ -22,6 +22,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ class EpochSummary(pl.Callback):
 
     def __init__(self, every_n_minutes: float | None = 1.0) -> None:
         self.every_n_minutes = every_n_minutes or 0.0
+        self._started = self._reported = time.perf_counter()
+        self._first_batch: int | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -187,8 +190,42 @@ class ProgressBar(TQDMProgressBar):
     """Lightning's progress bar with epochs counted from 1 (``Epoch 1/6``), as the log counts them."""
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        super().on_train_epoch_start(trainer, *args)
+        # TQDMProgressBar's own, with the description set before the bar is first drawn
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.reset()
+        self.train_progress_bar.total = convert_inf(self.total_train_batches)
+        self.train_progress_bar.initial = 0
         self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+
+def _launcher_cpus() -> int | None:
+    """``hydra.launcher.cpus_per_task`` inside a job of a submitit launcher (``cluster=...``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    cpus = (HydraConfig.get().get("launcher") or {}).get("cpus_per_task")
+    return int(cpus) if isinstance(cpus, int) and cpus > 0 else None
+
+
+def cpu_share(trainer: pl.Trainer) -> int | None:
+    """The torch threads of this process when no pool decides them: None when ``OMP_NUM_THREADS``
+    is set (the user's choice) or when nothing calls for a change; the cores a cluster job was
+    given (``SLURM_CPUS_PER_TASK``, or the submitit launcher's ``cpus_per_task``, which its local
+    executor does not enforce): torch would otherwise take every core of the machine; for the ranks
+    of one run on the CPU (``trainer=ddp``), the usable cores shared among the ranks of this machine."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return max(1, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    if (cpus := _launcher_cpus()) is not None:
+        return cpus
+    if trainer.world_size > 1 and trainer.strategy.root_device.type == "cpu":
+        from empathy.hardware import usable_cores
+
+        return max(1, usable_cores() // max(1, trainer.num_devices))
+    return None
 
 
 class ThreadShare(pl.Callback):
@@ -198,8 +235,8 @@ class ThreadShare(pl.Callback):
       test batch; one ``stat`` each): the share a local pool gives it (``empathy.study.local_pool``:
       ``scripts/reproduce_table.py --jobs N`` runs N training jobs at once and gives the cores of a
       finished job to those still running). No such file: nothing changes.
-    - Without: processes of one run on the CPU (DDP ranks, ``trainer=ddp``) each take their share
-      of the usable cores, instead of each taking all of them (oversubscribed cores run many times
+    - Without: :func:`cpu_share` (a cluster job's allocated cores; DDP ranks on the CPU share the
+      cores) instead of every process taking every core (oversubscribed cores run many times
       slower).
     """
 
@@ -231,13 +268,10 @@ class ThreadShare(pl.Callback):
             self.changes.append((step, threads))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.path is None and trainer.world_size > 1 and trainer.strategy.root_device.type == "cpu":
-            from empathy.hardware import usable_cores
-
-            share = max(1, usable_cores() // trainer.world_size)
-            if share != torch.get_num_threads():
-                log.info("threads: %d of %d cores for each of %d processes", share, usable_cores(), trainer.world_size)
-                torch.set_num_threads(share)
+        share = cpu_share(trainer) if self.path is None else None
+        if share is not None and share != torch.get_num_threads():
+            log.info("threads: %d -> %d (this process's share of the CPU cores)", torch.get_num_threads(), share)
+            torch.set_num_threads(share)
         self.refresh(trainer.global_step)
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
