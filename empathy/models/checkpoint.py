@@ -1,6 +1,6 @@
-"""The one way a trained model is loaded: a training checkpoint, an exported folder
-(:mod:`empathy.models.export`) or a list of them (an ensemble) becomes a :class:`LoadedModel`,
-which ``empathy.evaluate`` (through the LightningModule) and the predictor both use.
+"""A trained model as the code holds it (:class:`LoadedModel`), and how a training checkpoint
+becomes one (:func:`load_checkpoint`). :func:`empathy.models.loading.load_model` is the one entry
+point (a checkpoint, an export folder or an ensemble).
 
 Reading is safe: ``torch.load(weights_only=True)`` (no pickle code runs) and hyper-parameters
 checked to be plain values (:func:`empathy.allowlist.check_plain`), so that nothing a file holds
@@ -11,7 +11,6 @@ that one mechanism (:func:`upgrade`).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -163,62 +162,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     )
 
 
-def load_model(
-    path: str | Path | Sequence[str | Path],
-    mechanisms: Sequence[str] | None = None,
-    map_location: str | torch.device = "cpu",
-) -> LoadedModel:
-    """A checkpoint file or an export folder; a list of them is their ensemble (an
-    :class:`~empathy.models.ensemble.EnsembleNet`: the mean of their probabilities, one seeker
-    pass, the first one's settings), which must be of one kind (mechanisms, tokenizer, max_len,
-    seeker encoder, labelling policy and data settings). With ``mechanisms`` (or one mechanism's
-    name), the model must score exactly those."""
+def check_mechanisms(model: LoadedModel, mechanisms: Sequence[str] | str | None) -> LoadedModel:
+    """``model``, when it scores exactly ``mechanisms`` (or the one mechanism named); else a
+    ValueError naming its source."""
     if isinstance(mechanisms, str):
         mechanisms = (mechanisms,)
-    if not isinstance(path, (str, Path)):
-        paths = list(path)
-        if not paths:
-            raise ValueError("no model given (an empty list)")
-        if len(paths) > 1:
-            return _ensemble([load_model(p, mechanisms, map_location) for p in paths])
-        path = paths[0]
-    path = Path(path)
-    if path.is_dir():
-        from empathy.models.export import load_exported
-
-        model = load_exported(path, map_location)
-    elif path.is_file():
-        model = load_checkpoint(path, map_location)
-    else:
-        raise FileNotFoundError(f"model {path} does not exist (expected a .ckpt file or an exported folder)")
     if mechanisms is not None and tuple(mechanisms) != model.mechanisms:
         raise ValueError(
-            f"{path} scores {', '.join(model.mechanisms)}, but it was given as the model of {', '.join(mechanisms)}"
+            f"{model.source} scores {', '.join(model.mechanisms)}, but it was given as the model of "
+            f"{', '.join(mechanisms)}"
         )
     return model
-
-
-def _ensemble(models: Sequence[LoadedModel]) -> LoadedModel:
-    first = models[0]
-    for model in models[1:]:
-        for what, get in (
-            ("mechanisms", lambda m: m.mechanisms),
-            ("tokenizer and max_len", lambda m: m.token_key),
-            ("seeker encoder", lambda m: m.seeker_sha256),
-            ("rationale policy", lambda m: m.rationale_policy),
-            ("data settings (its split)", lambda m: m.hparams.get("data_config")),
-        ):
-            if get(model) != get(first):
-                raise ValueError(
-                    f"ensemble: {model.source}'s {what} differs from {first.source}'s: an ensemble's models must be "
-                    "of one kind"
-                )
-    return dataclasses.replace(
-        first,
-        net=EnsembleNet([m.net for m in models]).eval(),
-        source=" + ".join(m.source for m in models),
-        info={**first.info, "ensemble": [m.source for m in models]},
-    )
 
 
 def random_heads_model(

@@ -2,7 +2,7 @@
 ``config.json``; no optimiser state, no pickle, no Hydra run folder needed).
 
     export_model("runs/<run>/checkpoints/best-epoch05.ckpt", "models/joint")
-    load_exported("models/joint")      # or empathy.models.checkpoint.load_model, which dispatches
+    load_exported("models/joint")      # or empathy.models.loading.load_model, which dispatches
 
 A folder of an earlier version (a single-mechanism model) loads as the model of its mechanism
 (:func:`empathy.models.checkpoint.upgrade`).
@@ -23,7 +23,7 @@ import torch
 from empathy import allowlist
 from empathy.encoders import load_encoder
 from empathy.models.biencoder import build_net
-from empathy.models.checkpoint import LoadedModel, load_model, state_dict_sha256, upgrade
+from empathy.models.checkpoint import LoadedModel, check_mechanisms, load_checkpoint, state_dict_sha256, upgrade
 
 EXPORT_FORMAT = "empathy-export"
 EXPORT_VERSION = 1
@@ -160,7 +160,7 @@ def export_model(
         raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path} (expected a training .ckpt file)")
-    model = load_model(ckpt_path, mechanisms)
+    model = check_mechanisms(load_checkpoint(ckpt_path), mechanisms)
     net = model.net
     seeker_info: dict[str, Any] | None = None
     if net.seeker_encoder is not None:

@@ -25,7 +25,7 @@ from empathy.decoding import decoding_config
 from empathy.io import atomic_output, file_lock
 from empathy.metrics import RationaleMetrics, level_metrics
 from empathy.models.biencoder import LAYER_INDEX, BiEncoderOutput, build_net, multitask_loss
-from empathy.models.checkpoint import load_model
+from empathy.models.loading import load_model
 
 STAGE_PREFIX = {"val": "dev", "test": "test"}
 # The seeker cache's files (EmpathyModule.build_seeker_cache) live in <data cache_dir>/seeker_states.
@@ -216,15 +216,17 @@ class EmpathyModule(pl.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> EmpathyModule:
-        """A training checkpoint (:func:`~empathy.models.checkpoint.load_model`)."""
+        """A training checkpoint (:func:`~empathy.models.loading.load_model`)."""
         return cls.from_checkpoints([path], map_location)
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], map_location: str | torch.device = "cpu") -> EmpathyModule:
         """One checkpoint, or several of one kind as an ensemble (the first's settings, an
         :class:`~empathy.models.ensemble.EnsembleNet` of every network): see
-        :func:`~empathy.models.checkpoint.load_model`."""
+        :func:`~empathy.models.loading.load_model`."""
         loaded = load_model([str(p) for p in paths], map_location=map_location)
+        if "optimizer" not in loaded.hparams:
+            raise ValueError(f"{loaded.source} is an exported folder: evaluation needs training checkpoints (.ckpt)")
         settings = {k: v for k, v in loaded.hparams.items() if k in inspect.signature(cls).parameters}
         module = cls(**settings, trained_net=loaded.net)
         if len(paths) > 1:
@@ -246,7 +248,7 @@ class EmpathyModule(pl.LightningModule):
         there under a key of everything they depend on: the seeker encoder's weights, the posts'
         ids and token ids, the device type and the precision. A later run with the same key
         (another seed, a resumed run, an evaluation) loads them instead of encoding the posts
-        again: 30 s of each joint run on the 2-core CPU. A file under that key is only written
+        again. A file under that key is only written
         whole (temporary file, then rename), and built by one process at a time (:func:`file_lock`
         on ``<key>.lock``): jobs that start together (a pool's first jobs, DDP ranks) encode the
         posts once, and the others load the file."""

@@ -5,8 +5,9 @@ and export with :func:`export_model`.
     python -m empathy.predict input=pairs.csv output=scored.csv models.joint=models/joint
 """
 
-from empathy.models.checkpoint import LoadedModel, load_model
+from empathy.models.checkpoint import LoadedModel
 from empathy.models.export import export_model
+from empathy.models.loading import load_model
 from empathy.predict.files import PredictSummary, predict_file
 from empathy.predict.predictor import (
     MECHANISMS,

@@ -2,7 +2,7 @@
 
 A model is a training checkpoint (``.ckpt``) or an exported folder
 (:func:`~empathy.models.export.export_model`), loaded by
-:func:`empathy.models.checkpoint.load_model` (a list of them: their ensemble). A model scores the
+:func:`empathy.models.loading.load_model` (a list of them: their ensemble). A model scores the
 mechanisms it was trained on: all three (given as ``joint``) with one response pass and one
 seeker pass per batch, or one (given as that mechanism: ``ER``, ``IP`` or ``EX``).
 :class:`EmpathyPredictor` holds any mix of them (each mechanism from exactly one model), and
@@ -38,7 +38,8 @@ import torch
 
 from empathy import JOINT, MECHANISMS
 from empathy.models.biencoder import NUM_LEVELS
-from empathy.models.checkpoint import LoadedModel, load_model
+from empathy.models.checkpoint import LoadedModel
+from empathy.models.loading import load_model
 
 PRECISIONS = ("auto", "32", "bf16", "16")
 # What a model may be given as: a mechanism (a single-mechanism model) or the joint model.
