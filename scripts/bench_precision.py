@@ -1,6 +1,7 @@
 """Prediction in fp32 against bf16 autocast on this CPU: speed, and how often the levels agree.
 
     python scripts/bench_precision.py                                  # packaged MiniLM, random heads
+    python scripts/bench_precision.py --encoder mpnet --rows 300       # all-mpnet-base-v2 (empathy.download)
     python scripts/bench_precision.py --model <run>/checkpoints/best-epoch05.ckpt --rows 3084
 
 One process, the same rows, the precisions taking turns (--rounds) so that load from other
@@ -22,7 +23,9 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
+from empathy import CONFIG_DIR
 from empathy.hardware import cpu_has_native_bf16
 from empathy.models.checkpoint import random_heads_model
 from empathy.predict import EmpathyPredictor, load_model
@@ -40,7 +43,10 @@ def data_file() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a checkpoint or export folder (default: packaged MiniLM, random heads)")
+    parser.add_argument("--model", help="a checkpoint or export folder (default: --encoder with random heads)")
+    parser.add_argument(
+        "--encoder", default="minilm", help="conf/encoder option of the random-head model (default: minilm)"
+    )
     parser.add_argument("--rows", type=int, default=1200)
     parser.add_argument("--max-len", type=int, default=64, help="tokens per post (a checkpoint keeps its own)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
@@ -55,8 +61,8 @@ def main() -> None:
     if args.model:
         model, label = load_model(args.model), args.model
     else:
-        encoder = {"name": "minilm", "path": "packaged:all-MiniLM-L6-v2"}
-        model, label = random_heads_model(encoder, ["ER", "IP", "EX"], args.max_len), "packaged MiniLM, random heads"
+        encoder = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "encoder" / f"{args.encoder}.yaml"))
+        model, label = random_heads_model(encoder, ["ER", "IP", "EX"], args.max_len), f"{args.encoder}, random heads"
     with data_file().open(encoding="utf-8", newline="") as f:
         rows = [(r["seeker_post"], r["response_post"]) for r in csv.DictReader(f)][: args.rows]
     seekers, responses = [s for s, _ in rows], [r for _, r in rows]

@@ -40,7 +40,9 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
+from empathy import CONFIG_DIR
 from empathy.data.synthetic import write_synthetic_epitome
 from empathy.models.checkpoint import random_heads_model
 from empathy.models.ensemble import EnsembleNet
@@ -48,19 +50,8 @@ from empathy.predict import EmpathyPredictor, LoadedModel, load_model, predict_f
 from empathy.predict.predictor import MECHANISMS, autocast_dtype, length_sorted_batches
 
 MINILM = {"name": "minilm", "path": "packaged:all-MiniLM-L6-v2"}
-TINY = {
-    "name": "tiny",
-    "path": None,
-    "tokenizer": "packaged:all-MiniLM-L6-v2",
-    "config": {
-        "model_type": "bert",
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "max_position_embeddings": 512,
-    },
-}
+# conf/encoder/tiny.yaml: a 2-layer, 32-wide BERT with random weights
+TINY = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "encoder" / "tiny.yaml"))
 # Beside a checkout (as the project's CI and tests find it), else EMPATHY_DATA_DIR.
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "epitome-reddit"
 

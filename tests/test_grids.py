@@ -12,23 +12,9 @@ import torch
 from empathy.decoding import RationaleDecoding, rationale_probs
 from empathy.metrics import RationaleIOUF1, RationaleMetrics, iou_f1, spans_from_labels
 from empathy.study.grids import EXTENDED_GRID, DecodingGrid
+from tests.test_decoding import HI, LO, full, m, p
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-HI, LO = 0.9, 0.1
-
-
-def p(rows):
-    return torch.tensor(rows, dtype=torch.float32)
-
-
-def m(rows):
-    return torch.tensor(rows, dtype=torch.bool)
-
-
-def full(probs):
-    return torch.ones_like(probs, dtype=torch.bool)
-
 
 # ---------------------------------------------------------------------------------------
 # DecodingGrid

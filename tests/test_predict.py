@@ -763,3 +763,20 @@ def test_bf16_and_fp32_give_the_same_levels_on_real_rows(real_data_dir):
     for m in fp32:
         assert (fp32[m].levels == bf16[m].levels).mean() >= 0.99, m
         assert np.abs(fp32[m].probs - bf16[m].probs).max() < 0.02, m
+
+
+def test_a_response_predicted_at_level_0_has_no_rationale(ckpts):
+    """A rationale is the evidence for a predicted level above 0, as in the gold data: even a head
+    that marks every token gives no span to a row decided at level 0."""
+    model = load_model(ckpts["ER"], "ER")
+    head = model.net.heads["ER"].rationale_head[-1]
+    with torch.no_grad():  # a rationale head that marks every token
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([-5.0, 5.0]))
+    seekers, responses = zip(*PAIRS, strict=True)
+    model.hparams["level_offsets"] = {"ER": [-50.0, -50.0]}  # every row decided at level 0
+    zero = EmpathyPredictor({"ER": model}, precision="32").predict(seekers, responses)["ER"]
+    assert (zero.levels == 0).all() and all(spans == [] for spans in zero.rationales)
+    model.hparams["level_offsets"] = {"ER": [50.0, 0.0]}  # every row at level 1
+    one = EmpathyPredictor({"ER": model}, precision="32").predict(seekers, responses)["ER"]
+    assert (one.levels == 1).all() and all(spans for spans in one.rationales)
