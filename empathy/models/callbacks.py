@@ -32,9 +32,9 @@ class ResumableCheckpoint(pl.Callback):
     since the last save (decided on rank 0 and broadcast, so every DDP rank saves together) or
     every ``every_n_train_steps`` optimiser steps; 0 or None turns either off.
 
-    A joint MiniLM checkpoint is 374 MB and takes about 2.7 s to write on the 2-core CPU: a save
-    every 50 steps cost about 4 s an epoch there, and on a GPU (several steps a second) a save every
-    few seconds. Time bounds the work a preempted job loses, whatever the hardware."""
+    A checkpoint with the optimiser state is hundreds of MB and takes seconds to write: saving
+    every few steps would cost much of a GPU run's time. Minutes bound the work a preempted job
+    loses, whatever the hardware."""
 
     def __init__(
         self,

@@ -1,8 +1,7 @@
 """Choose the default model honestly: k-fold cross-validation of every lever inside train + dev,
 then test only the chosen configurations; write results/ablations.{md,csv}.
 
-    # everything (a GPU machine: about 20 minutes on one H100 with 16 workers; a joint job took
-    # about 200 s with 16 sharing the GPU, the 45 joint CV jobs about 11 minutes)
+    # everything, on a GPU machine with 16 jobs at a time sharing it
     python scripts/ablations.py run --out outputs/ablations --trainer gpu --workers 16
     # the report of a finished (or partly finished) run folder; test runs trained elsewhere
     python scripts/ablations.py report --out outputs/ablations [--test-runs LEVER=DIR ...]
@@ -1164,7 +1163,7 @@ def cheaper_variant_lines(
         "machine, folds and training seeds (`seeds`: each seed of the variant paired with the configuration's "
         "run of that seed; both columns are the mean over them); within "
         f"{tolerance:g} points of it, the fastest variant is chosen in its place (the rule of the main table, on "
-        "like with like). Fastest: the shortest training step on the 2-core CPU "
+        "like with like). Fastest: the shortest training step on the CPU "
         f"(`{STEP_SECONDS}` in the run folder, written by `scripts/bench_step.py --json`), which must beat the "
         "configuration's own; without that file, the fewest CV minutes a job.",
         "",
@@ -1298,7 +1297,7 @@ def ensemble_lines(summary: dict | None, inference: str = "") -> list[str]:
         "## Seed ensemble of the chosen configuration",
         "",
         f"`ablations.py run --ensemble`: {summary['configuration']} and its seed repeats "
-        f"({', '.join(summary['members'])}) trained on the same {summary['folds']} folds on the 2-core CPU (the "
+        f"({', '.join(summary['members'])}) trained on the same {summary['folds']} folds on the CPU (the "
         "`decoding` "
         "stage, checkpoints kept); on each fold `python -m empathy.evaluate 'ckpt_path=[<their best checkpoints>]' "
         "split=dev` scores the ensemble (the mean of the members' probabilities, one seeker pass), and each member "

@@ -1,9 +1,8 @@
 """Run training jobs as processes on this machine, N at a time, sharing its CPU cores among them.
 
-On a CPU, PyTorch gains less than linearly from more threads: on the 2-core machine two jobs of one
-thread each train about 1.2x faster in all than one job of two threads (``scripts/bench_threads.py``: 1.22x;
-1.27x per epoch in a 5-seed run).
-A seed sweep therefore finishes sooner as parallel jobs, provided the cores are not left idle at
+On a CPU, PyTorch gains less than linearly from more threads: jobs of one thread each train faster
+in all than one job of every thread (``scripts/bench_threads.py`` measures it on a machine). A seed
+sweep therefore finishes sooner as parallel jobs, provided the cores are not left idle at
 its end: when a job finishes, the pool gives its cores to the jobs still running. Each job reads
 its thread count from a file that the pool rewrites (``empathy.models.callbacks.ThreadShare``,
 ``EMPATHY_THREADS_FILE``), and starts with it as ``OMP_NUM_THREADS``.
