@@ -200,10 +200,7 @@ class BiEncoder(nn.Module):
             input_ids=response_input_ids, attention_mask=response_attention_mask
         ).last_hidden_state
         if self.use_attention:
-            if seeker_states is None:
-                if seeker_input_ids is None or seeker_attention_mask is None:
-                    raise ValueError("the bi-encoder needs the seeker post (or its encoded states)")
-                seeker_states = self.encode_seeker(seeker_input_ids, seeker_attention_mask)
+            seeker_states = seeker_states_of(self, seeker_input_ids, seeker_attention_mask, seeker_states)
             seeker_states = seeker_states.to(states.dtype)
             attended, _ = self.attention(
                 states,
@@ -214,6 +211,17 @@ class BiEncoder(nn.Module):
             )
             states = states + self.dropout(attended)
         return states
+
+
+def seeker_states_of(
+    net: nn.Module, seeker_input_ids: Tensor | None, seeker_attention_mask: Tensor | None, seeker_states: Tensor | None
+) -> Tensor:
+    """The seeker states given, else the seeker post encoded by ``net.encode_seeker``."""
+    if seeker_states is not None:
+        return seeker_states
+    if seeker_input_ids is None or seeker_attention_mask is None:
+        raise ValueError("the bi-encoder needs the seeker post (or its encoded states)")
+    return net.encode_seeker(seeker_input_ids, seeker_attention_mask)
 
 
 def build_net(encoder: Mapping[str, Any], net: Mapping[str, Any]) -> BiEncoder:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from empathy.models.biencoder import BiEncoder, BiEncoderOutput
+from empathy.models.biencoder import BiEncoder, BiEncoderOutput, seeker_states_of
 
 
 def mean_log_probs(logits: Sequence[Tensor]) -> Tensor:
@@ -90,10 +90,8 @@ class EnsembleNet(nn.Module):
         seeker_attention_mask: Tensor | None = None,
         seeker_states: Tensor | None = None,
     ) -> dict[str, BiEncoderOutput]:
-        if self.use_attention and seeker_states is None:
-            if seeker_input_ids is None or seeker_attention_mask is None:
-                raise ValueError("the bi-encoder needs the seeker post (or its encoded states)")
-            seeker_states = self.encode_seeker(seeker_input_ids, seeker_attention_mask)
+        if self.use_attention:
+            seeker_states = seeker_states_of(self, seeker_input_ids, seeker_attention_mask, seeker_states)
         outputs = [
             member(
                 response_input_ids,
