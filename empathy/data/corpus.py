@@ -45,7 +45,6 @@ from empathy.data.split import SPLITS, splits_of
 log = logging.getLogger(__name__)
 
 TEXT = "text"
-EPITOME_TEXT_COLUMNS = ("seeker_post", "response_post")
 # File extension -> the `datasets` builder that reads it.
 TABLE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 FORMATS = ("epitome", "text", "csv", "json", "parquet", "auto")
