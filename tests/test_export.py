@@ -118,6 +118,9 @@ def test_export_folder_is_self_contained_and_predicts_like_the_checkpoint(traine
     assert from_ckpt.rationales == from_folder.rationales
     with pytest.raises(ValueError, match="scores ER, but it was given as the model of IP"):
         EmpathyPredictor.from_pretrained({"IP": moved})
+    # Evaluation needs the training settings, which an export does not carry.
+    with pytest.raises(ValueError, match="exported folder: evaluation needs training checkpoints"):
+        EmpathyModule.from_checkpoints([ckpt, moved])
 
 
 def test_export_refuses_to_overwrite_unless_asked(trained_er, tmp_path):

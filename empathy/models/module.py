@@ -224,9 +224,10 @@ class EmpathyModule(pl.LightningModule):
         """One checkpoint, or several of one kind as an ensemble (the first's settings, an
         :class:`~empathy.models.ensemble.EnsembleNet` of every network): see
         :func:`~empathy.models.loading.load_model`."""
+        for path in paths:  # an export holds no training settings (optimiser, data) to evaluate with
+            if Path(path).is_dir():
+                raise ValueError(f"{path} is an exported folder: evaluation needs training checkpoints (.ckpt)")
         loaded = load_model([str(p) for p in paths], map_location=map_location)
-        if "optimizer" not in loaded.hparams:
-            raise ValueError(f"{loaded.source} is an exported folder: evaluation needs training checkpoints (.ckpt)")
         settings = {k: v for k, v in loaded.hparams.items() if k in inspect.signature(cls).parameters}
         module = cls(**settings, trained_net=loaded.net)
         if len(paths) > 1:
