@@ -32,7 +32,6 @@ import csv
 import dataclasses
 import itertools
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from omegaconf import OmegaConf
 
 from empathy import CONFIG_DIR
 from empathy.data.synthetic import write_synthetic_epitome
+from empathy.hardware import describe_hardware, hardware
 from empathy.models.checkpoint import random_heads_model
 from empathy.models.ensemble import EnsembleNet
 from empathy.predict import EmpathyPredictor, LoadedModel, load_model, predict_file
@@ -277,12 +277,12 @@ def main(argv: list[str] | None = None) -> None:
     dtype = predictor.dtype
     print("bench_predict")
     print(
-        f"  machine      {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"  machine      {describe_hardware(hardware())}, torch threads "
         f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} (other jobs share the CPU)"
     )
     print(
         f"  device       {predictor.device}, precision {'fp32' if dtype is None else dtype} "
-        f"(autocast: {autocast_dtype(args.precision, predictor.device)}), torch {torch.__version__}"
+        f"(autocast: {autocast_dtype(args.precision, predictor.device)})"
     )
     print(f"  models       {model_label} (loaded in {load_seconds:.1f} s)")
     print(f"  seeker pass  shared by {predictor.seeker_groups}")
